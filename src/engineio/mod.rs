@@ -1,0 +1,136 @@
+//! Engine.IO v4: the session layer under Socket.IO.
+//!
+//! [`packet`] is the pure codec; [`websocket`] runs a session over one
+//! websocket. A session hands every message packet to an [`EngineHandler`]'s
+//! session and never looks inside it, so Socket.IO (or anything else) sits on
+//! top without this layer knowing.
+
+pub mod fragments;
+pub mod outbox;
+pub mod packet;
+pub mod websocket;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+pub use outbox::{Outbound, Outbox};
+
+/// Protocol settings a server announces in its open packet.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How often the server pings.
+    pub ping_interval: Duration,
+    /// How long the server waits for the pong before closing the session.
+    pub ping_timeout: Duration,
+    /// The largest packet accepted from a client, in bytes.
+    pub max_payload: usize,
+    /// How many packets may wait in one session's outbound queue.
+    pub outbound_queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            ping_interval: Duration::from_millis(25_000),
+            ping_timeout: Duration::from_millis(20_000),
+            max_payload: 65_536,
+            outbound_queue: 1024,
+        }
+    }
+}
+
+/// What the handshake request told us about the client.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    /// The handshake URL's query parameters, percent-decoded, in order.
+    pub query: Vec<(String, String)>,
+    /// The client's address.
+    pub remote: SocketAddr,
+}
+
+impl RequestInfo {
+    /// The first value of a query parameter.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Why a session ended, in the reference server's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close packet or closed the websocket.
+    TransportClose,
+    /// The transport failed (reset, TLS error, oversized frame).
+    TransportError,
+    /// No pong within the ping timeout.
+    PingTimeout,
+    /// The client sent something that is not the protocol.
+    ParseError,
+    /// The server closed it (shutdown, slow reader, handler's decision).
+    ServerClose,
+}
+
+impl CloseReason {
+    /// The reason string Socket.IO reports for this close.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::TransportClose => "transport close",
+            CloseReason::TransportError => "transport error",
+            CloseReason::PingTimeout => "ping timeout",
+            CloseReason::ParseError => "parse error",
+            CloseReason::ServerClose => "server shutting down",
+        }
+    }
+}
+
+/// The layer above Engine.IO: opens a session handler per client.
+pub trait EngineHandler: Send + Sync + 'static {
+    /// The per-session state that receives the client's messages.
+    type Session: SessionHandler;
+
+    /// Called once the open packet is queued; `outbox` reaches the client.
+    fn open(&self, outbox: Outbox, info: RequestInfo) -> Self::Session;
+}
+
+/// A protocol violation that ends the session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("protocol error: {0}")]
+pub struct ProtocolError(pub String);
+
+/// Receives one session's messages, in order, from whichever transport.
+pub trait SessionHandler: Send + 'static {
+    /// A text message packet's data.
+    fn on_text(&mut self, text: &str) -> impl Future<Output = Result<(), ProtocolError>> + Send;
+    /// A binary message.
+    fn on_binary(&mut self, data: Bytes) -> impl Future<Output = Result<(), ProtocolError>> + Send;
+    /// The session is over; called exactly once.
+    fn on_close(self, reason: CloseReason) -> impl Future<Output = ()> + Send;
+}
+
+/// A fresh 20-character URL-safe id, as the reference server's ids look.
+pub fn new_id() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 15] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_twenty_url_safe_characters_and_distinct() {
+        let (a, b) = (new_id(), new_id());
+        assert_eq!(a.len(), 20);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_ne!(a, b);
+    }
+}

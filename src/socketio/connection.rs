@@ -1,0 +1,166 @@
+//! One Engine.IO session seen from Socket.IO: its namespaces, the binary
+//! attachments still owed for an event, and the dispatch to the handler.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::handler::{Event, Handler};
+use super::packet::{Packet, PacketType, encode};
+use super::socket::Socket;
+use crate::engineio::{CloseReason, Outbox, ProtocolError, RequestInfo, SessionHandler};
+
+/// An event or ack whose binary attachments are still arriving.
+struct PendingBinary {
+    nsp: String,
+    kind: PacketType,
+    id: Option<u64>,
+    args: Value,
+    expected: usize,
+    attachments: Vec<Bytes>,
+}
+
+/// The Socket.IO state of one client connection.
+pub struct Connection<H: Handler> {
+    handler: Arc<H>,
+    outbox: Outbox,
+    request: RequestInfo,
+    sockets: Vec<(Socket, H::State)>,
+    pending: Option<PendingBinary>,
+    joined: Arc<AtomicBool>,
+}
+
+impl<H: Handler> Connection<H> {
+    /// A connection that has joined no namespace yet. `joined` is set on the
+    /// first successful CONNECT (the handshake deadline watches it).
+    pub fn new(
+        handler: Arc<H>,
+        outbox: Outbox,
+        request: RequestInfo,
+        joined: Arc<AtomicBool>,
+    ) -> Self {
+        Connection {
+            handler,
+            outbox,
+            request,
+            sockets: Vec::new(),
+            pending: None,
+            joined,
+        }
+    }
+
+    fn send(&self, kind: PacketType, nsp: &str, data: Option<&Value>) {
+        let mut packet = String::from("4");
+        packet.push_str(&encode(kind, nsp, 0, None, data));
+        self.outbox.send_text(Bytes::from(packet));
+    }
+
+    async fn on_connect(&mut self, nsp: &str, auth: Option<Value>) {
+        if self.sockets.iter().any(|(socket, _)| socket.nsp() == nsp) {
+            return;
+        }
+        if !self.handler.has_namespace(nsp) {
+            let error = json!({"message": "Invalid namespace"});
+            self.send(PacketType::ConnectError, nsp, Some(&error));
+            return;
+        }
+        let socket = Socket::new(nsp, self.outbox.clone());
+        match self.handler.connect(&socket, auth, &self.request).await {
+            Ok(mut state) => {
+                self.joined.store(true, Ordering::Relaxed);
+                self.send(PacketType::Connect, nsp, Some(&json!({"sid": socket.id()})));
+                self.handler.connected(&mut state, &socket).await;
+                self.sockets.push((socket, state));
+            }
+            Err(error) => self.send(PacketType::ConnectError, nsp, Some(&error)),
+        }
+    }
+
+    async fn on_disconnect(&mut self, nsp: &str) {
+        if let Some(index) = self.sockets.iter().position(|(s, _)| s.nsp() == nsp) {
+            let (socket, state) = self.sockets.swap_remove(index);
+            self.handler
+                .disconnect(state, &socket, "client namespace disconnect")
+                .await;
+        }
+    }
+
+    async fn dispatch(&mut self, nsp: &str, kind: PacketType, event: Event) {
+        // Packets for a namespace the client never joined are ignored, as
+        // the reference server does.
+        let Some((socket, state)) = self.sockets.iter_mut().find(|(s, _)| s.nsp() == nsp) else {
+            return;
+        };
+        if matches!(kind, PacketType::Event | PacketType::BinaryEvent) {
+            self.handler.event(state, socket, event).await;
+        }
+    }
+}
+
+impl<H: Handler> SessionHandler for Connection<H> {
+    async fn on_text(&mut self, text: &str) -> Result<(), ProtocolError> {
+        if self.pending.is_some() {
+            return Err(ProtocolError(
+                "text packet while attachments were due".into(),
+            ));
+        }
+        let packet = Packet::decode(text).map_err(|e| ProtocolError(e.to_string()))?;
+        match packet.kind {
+            PacketType::Connect => self.on_connect(packet.nsp, packet.data).await,
+            PacketType::Disconnect => self.on_disconnect(packet.nsp).await,
+            PacketType::ConnectError => {
+                return Err(ProtocolError("CONNECT_ERROR from a client".into()));
+            }
+            kind => {
+                let args = packet.data.unwrap_or(Value::Null);
+                if packet.attachments > 0 {
+                    self.pending = Some(PendingBinary {
+                        nsp: packet.nsp.to_owned(),
+                        kind,
+                        id: packet.id,
+                        args,
+                        expected: packet.attachments,
+                        attachments: Vec::with_capacity(packet.attachments),
+                    });
+                } else {
+                    let event = Event {
+                        args,
+                        attachments: Vec::new(),
+                        ack: packet.id,
+                    };
+                    let nsp = packet.nsp.to_owned();
+                    self.dispatch(&nsp, kind, event).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_binary(&mut self, data: Bytes) -> Result<(), ProtocolError> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(ProtocolError("binary message nobody announced".into()));
+        };
+        pending.attachments.push(data);
+        if pending.attachments.len() == pending.expected {
+            if let Some(done) = self.pending.take() {
+                let event = Event {
+                    args: done.args,
+                    attachments: done.attachments,
+                    ack: done.id,
+                };
+                self.dispatch(&done.nsp, done.kind, event).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_close(mut self, reason: CloseReason) {
+        for (socket, state) in self.sockets.drain(..) {
+            self.handler
+                .disconnect(state, &socket, reason.as_str())
+                .await;
+        }
+    }
+}
