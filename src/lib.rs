@@ -1,3 +1,9 @@
 //! chatd: a self-hosted chat backend that speaks Socket.IO v5 / Engine.IO v4
 //! over TLS WebSockets and keeps every accepted message in an embedded redb
 //! database.
+
+pub mod chat;
+pub mod cli;
+pub mod datadir;
+pub mod duration;
+pub mod server;
