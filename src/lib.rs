@@ -2,5 +2,10 @@
 //! over TLS WebSockets and keeps every accepted message in an embedded redb
 //! database.
 
+pub mod chat;
+pub mod cli;
+pub mod datadir;
+pub mod duration;
 pub mod engineio;
+pub mod server;
 pub mod socketio;

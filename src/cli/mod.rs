@@ -1,0 +1,3 @@
+//! The operator commands of the `chatd` binary.
+
+pub mod token;

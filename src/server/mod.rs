@@ -1,0 +1,3 @@
+//! The network side of `chatd run`.
+
+pub mod tls;

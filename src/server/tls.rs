@@ -1,0 +1,296 @@
+//! TLS for the listener: the operator's certificate, or a self-signed one
+//! generated on first use and kept in the data directory.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use crate::datadir;
+
+/// Builds the TLS acceptor from a PEM certificate chain and a PEM private
+/// key (PKCS#8, PKCS#1 or SEC1). Only `http/1.1` is offered over ALPN: the
+/// server speaks HTTP/1 (WebSocket upgrades need it).
+pub fn load_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    let certs = read_certs(cert)?;
+    let key_der = read_key(key)?;
+    // An explicit provider: no process-wide default has to be installed, and
+    // nothing can silently pick another backend.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("the TLS provider supports no safe protocol version")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => anyhow!(
+                "the private key in {} does not match the certificate in {}: \
+                 give the key that belongs to this certificate",
+                key.display(),
+                cert.display()
+            ),
+            e => anyhow!(
+                "cannot use the certificate {} with the key {}: {e}",
+                cert.display(),
+                key.display()
+            ),
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Returns `<data_dir>/tls/cert.pem` and `<data_dir>/tls/key.pem`, generating
+/// a self-signed pair on first use and reusing it afterwards, so a restarted
+/// server serves the certificate its clients already accepted.
+pub fn self_signed(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = data_dir.join("tls");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    match (cert.exists(), key.exists()) {
+        (true, true) => return Ok((cert, key)),
+        (false, false) => {}
+        _ => bail!(
+            "{} holds only one of cert.pem and key.pem: restore the missing file, \
+             or delete the directory to have a new self-signed pair generated",
+            dir.display()
+        ),
+    }
+    datadir::ensure(data_dir)?;
+    generate(&dir).with_context(|| {
+        format!(
+            "cannot create the self-signed certificate in {}: check that the data \
+             directory is writable, or pass --tls-cert and --tls-key",
+            dir.display()
+        )
+    })?;
+    Ok((cert, key))
+}
+
+/// Writes a new self-signed pair into `dir`, which must not hold one yet.
+///
+/// Both files are written into a temporary directory that is then renamed
+/// to `dir`, so no reader ever sees a certificate without its key. If
+/// another process won the race, its pair is kept.
+fn generate(dir: &Path) -> anyhow::Result<()> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    names.extend(host_name().filter(|h| h != "localhost"));
+    let mut params = rcgen::CertificateParams::new(names)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "chatd self-signed");
+    let signing_key = rcgen::KeyPair::generate()?;
+    let certificate = params.self_signed(&signing_key)?;
+
+    let tmp = datadir::temp_sibling(dir);
+    fs::create_dir(&tmp)?;
+    let written = datadir::write_new_file(
+        &tmp.join("key.pem"),
+        signing_key.serialize_pem().as_bytes(),
+        0o600,
+    )
+    .and_then(|()| {
+        datadir::write_new_file(&tmp.join("cert.pem"), certificate.pem().as_bytes(), 0o644)
+    })
+    // rename() replaces an empty `dir` but never a populated one.
+    .and_then(|()| fs::rename(&tmp, dir));
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            let lost_race = matches!(
+                e.kind(),
+                io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists
+            ) && dir.join("cert.pem").exists()
+                && dir.join("key.pem").exists();
+            if lost_race { Ok(()) } else { Err(e.into()) }
+        }
+    }
+}
+
+/// This machine's host name, if it is usable as a DNS name in a certificate.
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&buf[..len]).ok()?;
+    let usable = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    usable.then(|| name.to_owned())
+}
+
+/// Reads every certificate from a PEM file, end-entity first.
+fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = fs::read(path).with_context(|| {
+        format!(
+            "cannot read the TLS certificate {}: check the --tls-cert path and its permissions",
+            path.display()
+        )
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("the TLS certificate {} is not valid PEM", path.display()))?;
+    if certs.is_empty() {
+        bail!(
+            "no certificate found in {}: expected PEM \"BEGIN CERTIFICATE\" blocks, \
+             the server's certificate first",
+            path.display()
+        );
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key from a PEM file.
+fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let pem = fs::read(path).with_context(|| {
+        format!(
+            "cannot read the TLS private key {}: check the --tls-key path and its permissions",
+            path.display()
+        )
+    })?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => anyhow!(
+            "no private key found in {}: expected a PEM \"PRIVATE KEY\", \
+             \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" block",
+            path.display()
+        ),
+        e => anyhow!(
+            "the TLS private key {} is not valid PEM: {e}",
+            path.display()
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn err_text<T>(r: anyhow::Result<T>) -> String {
+        match r {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn generated_pair_loads_and_is_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let (cert, key) = self_signed(&data).unwrap();
+        assert_eq!(cert, data.join("tls/cert.pem"));
+        assert_eq!(key, data.join("tls/key.pem"));
+        let mode = fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        load_acceptor(&cert, &key).unwrap();
+
+        let before = (fs::read(&cert).unwrap(), fs::read(&key).unwrap());
+        assert_eq!(self_signed(&data).unwrap(), (cert.clone(), key.clone()));
+        assert_eq!(before, (fs::read(&cert).unwrap(), fs::read(&key).unwrap()));
+        // Only `tls/` is left: no temporary directory.
+        let entries: Vec<_> = fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, ["tls"]);
+    }
+
+    #[test]
+    fn half_a_pair_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, key) = self_signed(tmp.path()).unwrap();
+        fs::remove_file(&key).unwrap();
+        assert!(err_text(self_signed(tmp.path())).contains("only one of"));
+    }
+
+    #[test]
+    fn mismatched_key_is_refused() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let (cert, _) = self_signed(a.path()).unwrap();
+        let (_, other_key) = self_signed(b.path()).unwrap();
+        let err = err_text(load_acceptor(&cert, &other_key));
+        assert!(err.contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed(tmp.path()).unwrap();
+        let absent = tmp.path().join("absent.pem");
+        let err = err_text(load_acceptor(&absent, &key));
+        assert!(
+            err.contains("absent.pem") && err.contains("--tls-cert"),
+            "{err}"
+        );
+
+        let empty = tmp.path().join("empty.pem");
+        fs::write(&empty, "").unwrap();
+        let err = err_text(load_acceptor(&empty, &key));
+        assert!(
+            err.contains("no certificate found in") && err.contains("empty.pem"),
+            "{err}"
+        );
+        // The certificate file holds no key.
+        let err = err_text(load_acceptor(&cert, &cert));
+        assert!(err.contains("no private key found in"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn handshake_with_a_client_trusting_the_certificate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed(tmp.path()).unwrap();
+        let acceptor = load_acceptor(&cert, &key).unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut buf = [0u8; 4];
+            tls.read_exact(&mut buf).await.unwrap();
+            tls.write_all(b"pong").await.unwrap();
+            tls.shutdown().await.unwrap();
+            buf
+        });
+
+        let mut roots = rustls::RootCertStore::empty();
+        for c in read_certs(&cert).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        tls.write_all(b"ping").await.unwrap();
+        let mut reply = Vec::new();
+        tls.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"pong");
+        assert_eq!(&server.await.unwrap(), b"ping");
+    }
+}
