@@ -9,3 +9,4 @@ pub mod duration;
 pub mod engineio;
 pub mod server;
 pub mod socketio;
+pub mod store;

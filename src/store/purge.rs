@@ -1,0 +1,160 @@
+//! Deleting history: one room at once, or every room in bounded batches.
+
+use std::ops::Bound;
+
+use redb::Table;
+
+use super::error::DbContext;
+use super::read::next_room;
+use super::schema::MESSAGES;
+use super::{Store, StoreError};
+
+// Removes up to `max` messages of `room` with ts < `before` (all if None);
+// returns how many went.
+fn delete_in_room(
+    table: &mut Table<'_, (&'static str, u64), &'static [u8]>,
+    room: &str,
+    before: Option<u64>,
+    max: usize,
+) -> Result<usize, StoreError> {
+    let hi = match before {
+        Some(b) => Bound::Excluded((room, b)),
+        None => Bound::Included((room, u64::MAX)),
+    };
+    let extracted = table
+        .extract_from_if((Bound::Included((room, 0)), hi), |_, _| true)
+        .ctx("deleting messages")?;
+    let mut deleted = 0;
+    // Only entries pulled from the iterator are removed, so take() bounds the batch.
+    for item in extracted.take(max) {
+        item.ctx("deleting messages")?;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+impl Store {
+    /// Deletes a room's messages with ts < `before` (all if None) in one
+    /// transaction; returns how many.
+    pub fn purge_room(&self, room: &str, before: Option<u64>) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().ctx("starting purge")?;
+        let deleted = {
+            let mut table = txn.open_table(MESSAGES).ctx("opening messages table")?;
+            delete_in_room(&mut table, room, before, usize::MAX)?
+        };
+        txn.commit().ctx("committing purge")?;
+        Ok(deleted as u64)
+    }
+
+    /// Deletes messages with ts < `before` in every room, at most `batch`
+    /// (at least 1) per write transaction so the live writer is never held
+    /// up for long; returns the total.
+    pub fn purge_all_before(&self, before: u64, batch: usize) -> Result<u64, StoreError> {
+        self.purge_all_before_observed(before, batch, |_| {})
+    }
+
+    // `committed(n)` is told the size of each committed batch (tests check the bound).
+    pub(crate) fn purge_all_before_observed(
+        &self,
+        before: u64,
+        batch: usize,
+        mut committed: impl FnMut(usize),
+    ) -> Result<u64, StoreError> {
+        let batch = batch.max(1);
+        let mut total = 0;
+        // The room to resume in: a batch may end in the middle of one.
+        let mut resume: Option<String> = None;
+        loop {
+            let txn = self.db.begin_write().ctx("starting purge")?;
+            let mut in_txn = 0usize;
+            {
+                let mut table = txn.open_table(MESSAGES).ctx("opening messages table")?;
+                // Only the first transaction starts without a room to resume in.
+                let mut room = match resume.take() {
+                    Some(r) => Some(r),
+                    None => next_room(&table, None)?,
+                };
+                while let Some(r) = room {
+                    let left = batch - in_txn;
+                    in_txn += delete_in_room(&mut table, &r, Some(before), left)?;
+                    if in_txn >= batch {
+                        // The room may have more: come back to it next transaction.
+                        resume = Some(r);
+                        break;
+                    }
+                    room = next_room(&table, Some(&r))?;
+                }
+            }
+            txn.commit().ctx("committing purge")?;
+            committed(in_txn);
+            total += in_txn as u64;
+            if resume.is_none() {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+    use crate::store::HistoryQuery;
+
+    fn all_ts(s: &Store, room: &str) -> Vec<u64> {
+        let q = HistoryQuery {
+            limit: usize::MAX,
+            ..Default::default()
+        };
+        s.history(room, &q).unwrap().iter().map(|m| m.ts).collect()
+    }
+
+    #[test]
+    fn purge_room_before_and_all_leave_other_rooms() {
+        let (_dir, s) = tmp_store();
+        let rows: Vec<_> = (1..=10).flat_map(|ts| [("a", ts), ("b", ts)]).collect();
+        put_many(&s, &rows);
+        assert_eq!(s.purge_room("a", Some(4)).unwrap(), 3);
+        assert_eq!(all_ts(&s, "a"), (4..=10).collect::<Vec<_>>());
+        assert_eq!(all_ts(&s, "b").len(), 10);
+        assert_eq!(s.purge_room("a", None).unwrap(), 7);
+        assert!(all_ts(&s, "a").is_empty());
+        assert_eq!(s.rooms().unwrap(), ["b"]);
+        assert_eq!(s.purge_room("nope", None).unwrap(), 0);
+    }
+
+    #[test]
+    fn purge_all_before_in_batches() {
+        // Rooms of 0, 1, 7 and 25 old messages plus newer ones, so batches end
+        // mid-room, at room ends, and in rooms with nothing to delete.
+        let mut rows = Vec::new();
+        for (room, old) in [("r0", 0u64), ("r1", 1), ("r2", 7), ("r3", 25)] {
+            rows.extend((0..old).map(|ts| (room, ts)));
+            rows.push((room, 1000));
+        }
+        for batch in [1usize, 3, 5, 33, 100] {
+            let (_d, s) = tmp_store();
+            put_many(&s, &rows);
+            let mut commits = Vec::new();
+            let total = s
+                .purge_all_before_observed(1000, batch, |n| commits.push(n))
+                .unwrap();
+            assert_eq!(total, 33, "batch {batch}");
+            assert!(
+                commits.iter().all(|&n| n <= batch),
+                "batch {batch}: {commits:?}"
+            );
+            assert!(
+                commits.len() <= 33 / batch + 2,
+                "batch {batch}: {commits:?}"
+            );
+            for room in ["r0", "r1", "r2", "r3"] {
+                assert_eq!(all_ts(&s, room), [1000], "batch {batch} room {room}");
+            }
+        }
+        // batch 0 is taken as 1 rather than looping forever.
+        let (_d, s) = tmp_store();
+        put_many(&s, &rows);
+        assert_eq!(s.purge_all_before(1000, 0).unwrap(), 33);
+    }
+}

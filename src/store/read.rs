@@ -1,0 +1,367 @@
+//! Read paths: history pages, streaming exports and the room list.
+//!
+//! Each call reads one MVCC snapshot, so it never blocks (or is blocked by)
+//! the writer, and a page is consistent with itself.
+
+use std::ops::Bound;
+
+use redb::{AccessGuard, ReadableDatabase, ReadableTable, StorageError};
+
+use super::error::DbContext;
+use super::schema::MESSAGES;
+use super::{Store, StoreError, StoredMessage, decode_record};
+
+/// A history page request; see [`Store::history`].
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Exclusive upper bound on ts.
+    pub before: Option<u64>,
+    /// Exclusive lower bound on ts.
+    pub after: Option<u64>,
+    /// Most messages to return (0 returns none).
+    pub limit: usize,
+    /// Ignore messages newer than this (inclusive), for a consistent snapshot.
+    pub max_ts: Option<u64>,
+}
+
+impl HistoryQuery {
+    // The inclusive ts range the bounds leave, or None if they leave nothing.
+    fn inclusive_bounds(&self) -> Option<(u64, u64)> {
+        let lo = match self.after {
+            Some(a) => a.checked_add(1)?,
+            None => 0,
+        };
+        let mut hi = u64::MAX;
+        if let Some(b) = self.before {
+            hi = hi.min(b.checked_sub(1)?);
+        }
+        if let Some(m) = self.max_ts {
+            hi = hi.min(m);
+        }
+        (lo <= hi).then_some((lo, hi))
+    }
+}
+
+type KeyBounds<'a> = (Bound<(&'a str, u64)>, Bound<(&'a str, u64)>);
+
+type Entry<'a> = (
+    AccessGuard<'a, (&'static str, u64)>,
+    AccessGuard<'a, &'static [u8]>,
+);
+
+// Decodes one table entry, naming the key if its record is corrupt.
+fn decode_entry(item: Result<Entry<'_>, StorageError>) -> Result<StoredMessage, StoreError> {
+    let (key, value) = item.ctx("reading messages")?;
+    let (room, ts) = key.value();
+    match decode_record(value.value()) {
+        Ok(record) => Ok(StoredMessage::from_record(room.to_owned(), ts, record)),
+        Err(e) => Err(StoreError::CorruptMessage {
+            room: room.to_owned(),
+            ts,
+            reason: match e {
+                StoreError::BadRecord(reason) => reason,
+                other => other.to_string(),
+            },
+        }),
+    }
+}
+
+/// The first room after `after` (or the first room at all), by byte order.
+pub(crate) fn next_room(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    after: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    let entry = match after {
+        None => table.first().ctx("listing rooms")?,
+        Some(room) => {
+            let from: KeyBounds<'_> = (Bound::Excluded((room, u64::MAX)), Bound::Unbounded);
+            table
+                .range(from)
+                .ctx("listing rooms")?
+                .next()
+                .transpose()
+                .ctx("listing rooms")?
+        }
+    };
+    Ok(entry.map(|(k, _)| k.value().0.to_owned()))
+}
+
+impl Store {
+    /// History query, oldest first. `before`/`after` are exclusive bounds.
+    /// Only `before`: the newest `limit` older than it; only `after`: the
+    /// oldest `limit` newer than it; both: the oldest `limit` strictly
+    /// between; neither: the newest `limit`. With `max_ts`, messages with
+    /// ts > max_ts are ignored.
+    pub fn history(&self, room: &str, q: &HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        let Some((lo, hi)) = q.inclusive_bounds() else {
+            return Ok(Vec::new());
+        };
+        if q.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read().ctx("starting read transaction")?;
+        let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
+        let range = table
+            .range((room, lo)..=(room, hi))
+            .ctx("reading history")?;
+        // Cap the up-front allocation: limit comes from a client.
+        let mut out = Vec::with_capacity(q.limit.min(256));
+        if q.after.is_some() {
+            for item in range.take(q.limit) {
+                out.push(decode_entry(item)?);
+            }
+        } else {
+            // Without a lower bound the page is the newest end: walk backwards.
+            for item in range.rev().take(q.limit) {
+                out.push(decode_entry(item)?);
+            }
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    /// Streams messages of one room (ts in `since..=until` when given),
+    /// oldest first, to `f`, without loading the room into memory. `f` may
+    /// return an error to stop. Returns how many messages `f` accepted.
+    pub fn export_room<E: From<StoreError>>(
+        &self,
+        room: &str,
+        since: Option<u64>,
+        until: Option<u64>,
+        mut f: impl FnMut(&StoredMessage) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let (lo, hi) = (since.unwrap_or(0), until.unwrap_or(u64::MAX));
+        if lo > hi {
+            return Ok(0);
+        }
+        let txn = self.db.begin_read().ctx("starting read transaction")?;
+        let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
+        let range = table.range((room, lo)..=(room, hi)).ctx("exporting room")?;
+        let mut count = 0;
+        for item in range {
+            f(&decode_entry(item)?)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Streams every message of every room (room order, then ts) to `f`.
+    pub fn export_all<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(&StoredMessage) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let txn = self.db.begin_read().ctx("starting read transaction")?;
+        let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
+        let mut count = 0;
+        for item in table.iter().ctx("exporting all rooms")? {
+            f(&decode_entry(item)?)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Names of rooms that have at least one message, in byte order.
+    pub fn rooms(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read().ctx("starting read transaction")?;
+        let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
+        let mut rooms = Vec::new();
+        // One seek per room rather than a scan of every message.
+        while let Some(room) = next_room(&table, rooms.last().map(String::as_str))? {
+            rooms.push(room);
+        }
+        Ok(rooms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+
+    const ROOM: &str = "dm:A_B";
+
+    // ROOM holds ts 10, 20, ..., 100; neighbouring rooms must never leak in.
+    fn fixture() -> (tempfile::TempDir, Store) {
+        let (dir, store) = tmp_store();
+        for ts in (10..=100).step_by(10) {
+            put(&store, ROOM, ts, &format!("m{ts}"));
+        }
+        let mut others = Vec::new();
+        for room in ["dm:A_", "dm:A_B0", "dm:A_A"] {
+            others.extend([(room, 5), (room, 55), (room, 500)]);
+        }
+        put_many(&store, &others);
+        (dir, store)
+    }
+
+    fn ts(
+        store: &Store,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+        max_ts: Option<u64>,
+    ) -> Vec<u64> {
+        let q = HistoryQuery {
+            before,
+            after,
+            limit,
+            max_ts,
+        };
+        store
+            .history(ROOM, &q)
+            .unwrap()
+            .iter()
+            .map(|m| m.ts)
+            .collect()
+    }
+
+    #[test]
+    fn history_paging() {
+        let (_dir, s) = fixture();
+        // neither: the newest `limit`
+        assert_eq!(ts(&s, None, None, 3, None), [80, 90, 100]);
+        assert_eq!(ts(&s, None, None, 50, None).len(), 10);
+        // only before: the newest `limit` older than it (exclusive)
+        assert_eq!(ts(&s, Some(50), None, 2, None), [30, 40]);
+        assert_eq!(ts(&s, Some(50), None, 10, None), [10, 20, 30, 40]);
+        assert_eq!(ts(&s, Some(10), None, 10, None), Vec::<u64>::new());
+        // only after: the oldest `limit` newer than it (exclusive)
+        assert_eq!(ts(&s, None, Some(50), 2, None), [60, 70]);
+        assert_eq!(ts(&s, None, Some(0), 2, None), [10, 20]);
+        assert_eq!(ts(&s, None, Some(100), 5, None), Vec::<u64>::new());
+        // both: the oldest `limit` strictly between
+        assert_eq!(ts(&s, Some(80), Some(20), 3, None), [30, 40, 50]);
+        assert_eq!(ts(&s, Some(30), Some(20), 3, None), Vec::<u64>::new());
+        assert_eq!(ts(&s, Some(20), Some(30), 3, None), Vec::<u64>::new());
+        // max_ts hides newer messages (inclusive)
+        assert_eq!(ts(&s, None, None, 2, Some(65)), [50, 60]);
+        assert_eq!(ts(&s, None, None, 2, Some(60)), [50, 60]);
+        assert_eq!(ts(&s, None, Some(40), 10, Some(65)), [50, 60]);
+        assert_eq!(ts(&s, Some(90), None, 2, Some(45)), [30, 40]);
+        // degenerate bounds
+        assert_eq!(ts(&s, None, None, 0, None), Vec::<u64>::new());
+        assert_eq!(ts(&s, Some(0), None, 5, None), Vec::<u64>::new());
+        assert_eq!(ts(&s, None, Some(u64::MAX), 5, None), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn history_returns_full_messages_and_unknown_room_is_empty() {
+        let (_dir, s) = fixture();
+        let q = HistoryQuery {
+            limit: 1,
+            ..Default::default()
+        };
+        let got = s.history(ROOM, &q).unwrap();
+        assert_eq!(
+            got,
+            [StoredMessage::from_record(ROOM.into(), 100, record("m100"))]
+        );
+        assert!(s.history("dm:X_Y", &q).unwrap().is_empty());
+    }
+
+    #[test]
+    fn export_room_streams_in_order_with_inclusive_bounds() {
+        let (_dir, s) = fixture();
+        let mut seen = Vec::new();
+        let n = s
+            .export_room::<StoreError>(ROOM, Some(20), Some(40), |m| {
+                seen.push((m.ts, m.text.clone()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            seen,
+            [(20, "m20".into()), (30, "m30".into()), (40, "m40".into())]
+        );
+        let all = s
+            .export_room::<StoreError>(ROOM, None, None, |_| Ok(()))
+            .unwrap();
+        assert_eq!(all, 10);
+        assert_eq!(
+            s.export_room::<StoreError>(ROOM, Some(50), Some(40), |_| Ok(()))
+                .unwrap(),
+            0
+        );
+    }
+
+    #[derive(Debug)]
+    enum StopOr {
+        Stop,
+        Store,
+    }
+    impl From<StoreError> for StopOr {
+        fn from(_: StoreError) -> Self {
+            StopOr::Store
+        }
+    }
+
+    #[test]
+    fn export_callback_error_stops_the_stream() {
+        let (_dir, s) = fixture();
+        let mut calls = 0;
+        let r = s.export_room(ROOM, None, None, |_| {
+            calls += 1;
+            if calls == 3 {
+                Err(StopOr::Stop)
+            } else {
+                Ok(())
+            }
+        });
+        assert!(matches!(r, Err(StopOr::Stop)));
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn export_all_is_in_room_then_ts_order() {
+        let (_dir, s) = fixture();
+        let mut keys = Vec::new();
+        let n = s
+            .export_all::<StoreError>(|m| {
+                keys.push((m.room.clone(), m.ts));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(n, 19);
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(keys[0], ("dm:A_".into(), 5));
+    }
+
+    #[test]
+    fn rooms_lists_each_room_once() {
+        let (_dir, s) = fixture();
+        assert_eq!(s.rooms().unwrap(), ["dm:A_", "dm:A_A", "dm:A_B", "dm:A_B0"]);
+        let (_dir2, empty) = tmp_store();
+        assert!(empty.rooms().unwrap().is_empty());
+    }
+
+    #[test]
+    fn corrupt_record_is_an_error_not_a_panic() {
+        let (_dir, s) = fixture();
+        put_raw(&s, ROOM, 55, &[RECORD_VERSION_FOR_TEST, 0xFD, 0xFF, 0xFF]);
+        let q = HistoryQuery {
+            limit: 50,
+            ..Default::default()
+        };
+        match s.history(ROOM, &q) {
+            Err(StoreError::CorruptMessage { room, ts, .. }) => {
+                assert_eq!((room.as_str(), ts), (ROOM, 55))
+            }
+            other => panic!("expected CorruptMessage, got {other:?}"),
+        }
+        // Pages that do not touch the bad record still work.
+        assert_eq!(ts(&s, None, None, 2, None), [90, 100]);
+        assert!(
+            s.export_room::<StoreError>(ROOM, None, None, |_| Ok(()))
+                .is_err()
+        );
+        assert!(s.export_all::<StoreError>(|_| Ok(())).is_err());
+        // Purging removes it without decoding it.
+        assert_eq!(s.purge_room(ROOM, Some(56)).unwrap(), 6);
+        assert_eq!(ts(&s, None, None, 50, None), [60, 70, 80, 90, 100]);
+    }
+
+    const RECORD_VERSION_FOR_TEST: u8 = super::super::RECORD_VERSION;
+}

@@ -1,0 +1,82 @@
+//! Table layout and the schema-version check done at open.
+//!
+//! `messages` is keyed by `(room, ts)` so one room's history is one
+//! contiguous, ts-ordered key range. `meta` holds small named counters.
+
+use std::path::Path;
+
+use redb::{ReadableTable, TableDefinition, TableError, WriteTransaction};
+
+use super::StoreError;
+use super::error::DbContext;
+
+/// Messages: `(room, ts)` -> record bytes (see `record.rs`).
+pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+
+/// Named u64 values: [`SCHEMA_VERSION_KEY`] and [`LAST_TS_KEY`].
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Meta key of the schema version.
+pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+/// Meta key of the highest ts ever assigned; survives purges so ts never repeats.
+pub(crate) const LAST_TS_KEY: &str = "last_ts";
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Checks (or, on a fresh file, writes) the schema version, and makes sure
+/// both tables exist so readers never see "table does not exist".
+pub(crate) fn check_or_init(txn: &WriteTransaction, path: &Path) -> Result<(), StoreError> {
+    let not_chatd = |reason: String| StoreError::NotChatd {
+        path: path.to_owned(),
+        reason,
+    };
+    let had_tables = txn.list_tables().ctx("listing tables")?.next().is_some()
+        || txn
+            .list_multimap_tables()
+            .ctx("listing tables")?
+            .next()
+            .is_some();
+
+    let mut meta = match txn.open_table(META) {
+        Ok(t) => t,
+        // Someone else's table called "meta": not ours.
+        Err(e @ (TableError::TableTypeMismatch { .. } | TableError::TableIsMultimap(_))) => {
+            return Err(not_chatd(e.to_string()));
+        }
+        Err(e) => return Err(e).ctx("opening meta table"),
+    };
+    let found = meta
+        .get(SCHEMA_VERSION_KEY)
+        .ctx("reading schema version")?
+        .map(|v| v.value());
+    match found {
+        None if had_tables => return Err(not_chatd("no schema version record".into())),
+        None => {
+            meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
+                .ctx("writing schema version")?;
+        }
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(StoreError::NewerSchema {
+                found: v,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Some(v) if v < SCHEMA_VERSION => {
+            return Err(StoreError::OlderSchema {
+                found: v,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Some(_) => {}
+    }
+    drop(meta);
+    match txn.open_table(MESSAGES) {
+        Ok(_) => Ok(()),
+        Err(e @ (TableError::TableTypeMismatch { .. } | TableError::TableIsMultimap(_))) => {
+            Err(not_chatd(e.to_string()))
+        }
+        Err(e) => Err(e).ctx("opening messages table"),
+    }
+}
