@@ -1,1 +1,23 @@
-fn main() {}
+//! The `chatd` binary: parse the command line, set up logging, run.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("chatd=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let command: chatd::cli::Chatd = argh::from_env();
+    match command.execute() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("chatd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -113,7 +113,9 @@ impl Hub {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere while holding the lock leaves plain maps behind,
         // still consistent enough to keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A key for a new connection.
@@ -123,7 +125,13 @@ impl Hub {
 
     /// Registers a connection. Until [`Hub::ready`], what it should receive
     /// is held back so it arrives after the history the caller sends.
-    pub fn join(&self, key: ConnKey, user: Arc<str>, room: Option<Arc<str>>, socket: Socket) -> Joined {
+    pub fn join(
+        &self,
+        key: ConnKey,
+        user: Arc<str>,
+        room: Option<Arc<str>>,
+        socket: Socket,
+    ) -> Joined {
         let mut state = self.lock();
         let rate = self.rate;
         state
@@ -339,7 +347,10 @@ mod tests {
         assert_eq!(joined.room_online, ["A", "B"]);
         assert_eq!(drain(&mut a1_out), [r#"42["online",["A","B"]]"#]);
         let (a2, _, _) = join(&hub, "A", room);
-        assert!(drain(&mut a1_out).is_empty(), "a second connection of A changes nothing");
+        assert!(
+            drain(&mut a1_out).is_empty(),
+            "a second connection of A changes nothing"
+        );
         hub.leave(a2);
         assert!(drain(&mut a1_out).is_empty());
         let everyone = hub.leave(a1);

@@ -73,9 +73,15 @@ mod tests {
     #[test]
     fn formats_time_on_a_twelve_hour_clock() {
         // With TZ unset the stamp is UTC whatever /etc/localtime says.
-        if std::env::var("TZ").map(|tz| tz == "UTC" || tz.is_empty()).unwrap_or(true) {
+        if std::env::var("TZ")
+            .map(|tz| tz == "UTC" || tz.is_empty())
+            .unwrap_or(true)
+        {
             assert_eq!(format_time(1_766_889_946_123_456), "28/12/2025, 2:45:46 am");
-            assert_eq!(format_time(1_766_880_000_000_000), "28/12/2025, 12:00:00 am");
+            assert_eq!(
+                format_time(1_766_880_000_000_000),
+                "28/12/2025, 12:00:00 am"
+            );
             assert_eq!(format_time(1_766_926_800_000_000), "28/12/2025, 1:00:00 pm");
         }
     }

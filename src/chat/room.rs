@@ -47,7 +47,10 @@ mod tests {
 
     #[test]
     fn reads_both_operator_forms() {
-        assert_eq!(parse_room("dm:Dummy-1_Dummy-2").unwrap(), "dm:Dummy-1_Dummy-2");
+        assert_eq!(
+            parse_room("dm:Dummy-1_Dummy-2").unwrap(),
+            "dm:Dummy-1_Dummy-2"
+        );
         assert_eq!(parse_room("Dummy-2,Dummy-1").unwrap(), "dm:Dummy-1_Dummy-2");
         for bad in ["dm:", "dm:a", "a", "a,a", "dm:a_b_c", "x:a_b", "a,b c"] {
             assert!(parse_room(bad).is_err(), "{bad:?}");

@@ -62,7 +62,10 @@ pub fn validate<'a>(
     let (text, to) = match payload {
         Some(Value::String(text)) => (text.as_str(), None),
         Some(Value::Object(fields)) => {
-            let text = fields.get("text").and_then(Value::as_str).ok_or(Refusal::BadPayload)?;
+            let text = fields
+                .get("text")
+                .and_then(Value::as_str)
+                .ok_or(Refusal::BadPayload)?;
             let to = match fields.get("to") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(to)) => Some(to.as_str()),
@@ -97,12 +100,18 @@ mod tests {
 
     #[test]
     fn accepts_text_for_the_handshake_peer_or_an_explicit_one() {
-        assert_eq!(check(json!("hi"), Some("Dummy-2")), Ok(("hi".into(), "Dummy-2".into())));
+        assert_eq!(
+            check(json!("hi"), Some("Dummy-2")),
+            Ok(("hi".into(), "Dummy-2".into()))
+        );
         assert_eq!(
             check(json!({"text": "hi", "to": "Dummy-3"}), Some("Dummy-2")),
             Ok(("hi".into(), "Dummy-3".into()))
         );
-        assert_eq!(check(json!("12345678"), Some("B")), Ok(("12345678".into(), "B".into())));
+        assert_eq!(
+            check(json!("12345678"), Some("B")),
+            Ok(("12345678".into(), "B".into()))
+        );
     }
 
     #[test]
@@ -112,14 +121,39 @@ mod tests {
         assert_eq!(check(json!("123456789"), Some("B")), Err(Refusal::TooLong));
         assert_eq!(check(json!("ééééé"), Some("B")), Err(Refusal::TooLong));
         assert_eq!(check(json!("hi"), None), Err(Refusal::NoPeer));
-        assert_eq!(check(json!({"text": "hi", "to": "bad name"}), None), Err(Refusal::InvalidPeer));
-        assert_eq!(check(json!({"text": "hi", "to": "Dummy-1"}), None), Err(Refusal::InvalidPeer));
-        assert_eq!(check(json!({"text": "hi", "to": 5}), None), Err(Refusal::InvalidPeer));
-        for bad in [json!(5), json!(["hi"]), json!(null), json!({}), json!({"text": 1})] {
-            assert_eq!(check(bad.clone(), Some("B")), Err(Refusal::BadPayload), "{bad}");
+        assert_eq!(
+            check(json!({"text": "hi", "to": "bad name"}), None),
+            Err(Refusal::InvalidPeer)
+        );
+        assert_eq!(
+            check(json!({"text": "hi", "to": "Dummy-1"}), None),
+            Err(Refusal::InvalidPeer)
+        );
+        assert_eq!(
+            check(json!({"text": "hi", "to": 5}), None),
+            Err(Refusal::InvalidPeer)
+        );
+        for bad in [
+            json!(5),
+            json!(["hi"]),
+            json!(null),
+            json!({}),
+            json!({"text": 1}),
+        ] {
+            assert_eq!(
+                check(bad.clone(), Some("B")),
+                Err(Refusal::BadPayload),
+                "{bad}"
+            );
         }
-        assert_eq!(validate(None, false, "A", Some("B"), 8), Err(Refusal::BadPayload));
+        assert_eq!(
+            validate(None, false, "A", Some("B"), 8),
+            Err(Refusal::BadPayload)
+        );
         let text = json!("hi");
-        assert_eq!(validate(Some(&text), true, "A", Some("B"), 8), Err(Refusal::BadPayload));
+        assert_eq!(
+            validate(Some(&text), true, "A", Some("B"), 8),
+            Err(Refusal::BadPayload)
+        );
     }
 }

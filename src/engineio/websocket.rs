@@ -12,6 +12,7 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite, upgrade::UpgradeFut};
 use tokio::io::{AsyncWrite, BufWriter};
 use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use super::fragments::{Message, Reassembler};
 use super::outbox::{Outbound, OutboxReceiver};
@@ -33,12 +34,14 @@ struct Heartbeat {
     timed_out: AtomicBool,
 }
 
-/// Runs a whole session on an upgraded websocket until it ends.
+/// Runs a whole session on an upgraded websocket until it ends, or until
+/// `shutdown` asks it to flush and close.
 pub async fn serve<H: EngineHandler>(
     upgrade: UpgradeFut,
     handler: Arc<H>,
     config: Arc<EngineConfig>,
     info: RequestInfo,
+    shutdown: CancellationToken,
 ) {
     let ws = match upgrade.await {
         Ok(ws) => ws,
@@ -92,9 +95,15 @@ pub async fn serve<H: EngineHandler>(
         std::future::ready(Ok::<(), Infallible>(()))
     };
 
+    let mut shutting_down = false;
     let reason = loop {
         let frame = tokio::select! {
             biased;
+            _ = shutdown.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                outbox.close();
+                continue;
+            }
             _ = outbox.closed() => {
                 break if heartbeat.timed_out.load(Ordering::Relaxed) {
                     CloseReason::PingTimeout

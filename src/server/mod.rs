@@ -1,3 +1,69 @@
-//! The network side of `chatd run`.
+//! The network side of `chatd run`: accept TCP, finish TLS within a
+//! deadline, serve HTTP/1.1 with hyper, and hand `/socket.io/` upgrades to
+//! the Engine.IO websocket transport.
 
+pub mod http;
 pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engineio::{EngineConfig, EngineHandler};
+
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A listener's settings and shared state.
+pub struct Server<H> {
+    /// The Engine.IO application (Socket.IO over chat, or the echo server).
+    pub engine: Arc<H>,
+    /// Protocol settings announced to clients.
+    pub config: Arc<EngineConfig>,
+    /// TLS, unless the operator chose plain ws/http.
+    pub tls: Option<TlsAcceptor>,
+    /// Cancelled to close every session (shutdown).
+    pub sessions: CancellationToken,
+    /// Tracks connection and session tasks so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl<H: EngineHandler> Server<H> {
+    /// Accepts connections until `stop` is cancelled.
+    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let server = self.clone();
+            self.tracker.spawn(async move {
+                match &server.tls {
+                    Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            http::serve_connection(server.clone(), stream, remote).await
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, %remote, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    },
+                    None => http::serve_connection(server.clone(), tcp, remote).await,
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! HTTP routing: `/socket.io/` (Engine.IO), `/healthz`, and 404 for the rest.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::Server;
+use crate::engineio::{EngineHandler, RequestInfo, websocket};
+
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted (headers, URL).
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Serves HTTP/1.1 requests on one connection until it closes or upgrades.
+pub async fn serve_connection<H, S>(server: Arc<Server<H>>, stream: S, remote: SocketAddr)
+where
+    H: EngineHandler,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let server = server.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(server, request, remote)) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, %remote, "http connection ended");
+    }
+}
+
+fn route<H: EngineHandler>(
+    server: Arc<Server<H>>,
+    mut request: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Full<Bytes>> {
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/socket.io/" | "/socket.io" => {
+            let query: Vec<(String, String)> =
+                form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+                    .into_owned()
+                    .collect();
+            let param = |name: &str| {
+                query
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            if param("EIO") != Some("4") {
+                return engine_error(5, "Unsupported protocol version");
+            }
+            match param("transport") {
+                Some("websocket") => {}
+                _ => return engine_error(0, "Transport unknown"),
+            }
+            if param("sid").is_some() {
+                // Upgrading a polling session: no polling sessions exist here.
+                return engine_error(1, "Session ID unknown");
+            }
+            if !fastwebsockets::upgrade::is_upgrade_request(&request) {
+                return engine_error(3, "Bad request");
+            }
+            let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
+                Ok(upgrade) => upgrade,
+                Err(_) => return engine_error(3, "Bad request"),
+            };
+            let info = RequestInfo { query, remote };
+            let sessions = server.sessions.clone();
+            server.tracker.spawn(websocket::serve(
+                upgrade,
+                server.engine.clone(),
+                server.config.clone(),
+                info,
+                sessions,
+            ));
+            response.map(|_| Full::new(Bytes::new()))
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+/// The reference server's error answer: status 400, `{"code","message"}`.
+fn engine_error(code: u8, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"code": code, "message": message}).to_string();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
