@@ -157,6 +157,7 @@ impl RunCommand {
             .port();
 
         let server = Arc::new(Server {
+            paths: vec!["/socket.io/".to_owned()],
             engine: Arc::new(SocketIo::new(
                 chat.clone(),
                 Duration::from_secs(self.connect_timeout),

@@ -44,6 +44,8 @@ impl Default for EngineConfig {
 /// What the handshake request told us about the client.
 #[derive(Debug, Clone)]
 pub struct RequestInfo {
+    /// The handshake URL's path, e.g. `/socket.io/`.
+    pub path: String,
     /// The handshake URL's query parameters, percent-decoded, in order.
     pub query: Vec<(String, String)>,
     /// The client's address.

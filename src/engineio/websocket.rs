@@ -126,9 +126,7 @@ pub async fn serve<H: EngineHandler>(
             opcode => match messages.push(opcode, frame.fin, &frame.payload) {
                 Ok(None) => Ok(()),
                 Ok(Some(Message::Text(bytes))) => match std::str::from_utf8(bytes) {
-                    Ok(text) => {
-                        on_text_packet(text, &mut session, &outbox, &heartbeat, started).await
-                    }
+                    Ok(text) => on_text_packet(text, &mut session, &heartbeat, started).await,
                     Err(_) => Err(CloseReason::ParseError),
                 },
                 Ok(Some(Message::Binary(bytes))) => session
@@ -154,7 +152,6 @@ pub async fn serve<H: EngineHandler>(
 async fn on_text_packet<S: SessionHandler>(
     text: &str,
     session: &mut S,
-    outbox: &Outbox,
     heartbeat: &Heartbeat,
     started: Instant,
 ) -> Result<(), CloseReason> {
@@ -168,12 +165,8 @@ async fn on_text_packet<S: SessionHandler>(
             heartbeat.last_pong_ms.store(now.max(1), Ordering::Relaxed);
             Ok(())
         }
-        Ok(Packet::Ping(data)) => {
-            let mut pong = String::with_capacity(1 + data.len());
-            Packet::Pong(data).encode_text(&mut pong);
-            outbox.send_text(Bytes::from(pong));
-            Ok(())
-        }
+        // In Engine.IO v4 only the server pings (the upgrade probe aside).
+        Ok(Packet::Ping(_)) => Err(CloseReason::ParseError),
         Ok(Packet::Close) => Err(CloseReason::TransportClose),
         Ok(Packet::Upgrade | Packet::Noop) => Ok(()),
         Ok(Packet::Open(_) | Packet::Binary(_)) | Err(_) => Err(CloseReason::ParseError),

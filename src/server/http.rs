@@ -45,50 +45,57 @@ fn route<H: EngineHandler>(
     mut request: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    match request.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/socket.io/" | "/socket.io" => {
-            let query: Vec<(String, String)> =
-                form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
-                    .into_owned()
-                    .collect();
-            let param = |name: &str| {
-                query
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.as_str())
-            };
-            if param("EIO") != Some("4") {
-                return engine_error(5, "Unsupported protocol version");
-            }
-            match param("transport") {
-                Some("websocket") => {}
-                _ => return engine_error(0, "Transport unknown"),
-            }
-            if param("sid").is_some() {
-                // Upgrading a polling session: no polling sessions exist here.
-                return engine_error(1, "Session ID unknown");
-            }
-            if !fastwebsockets::upgrade::is_upgrade_request(&request) {
-                return engine_error(3, "Bad request");
-            }
-            let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
-                Ok(upgrade) => upgrade,
-                Err(_) => return engine_error(3, "Bad request"),
-            };
-            let info = RequestInfo { query, remote };
-            let sessions = server.sessions.clone();
-            server.tracker.spawn(websocket::serve(
-                upgrade,
-                server.engine.clone(),
-                server.config.clone(),
-                info,
-                sessions,
-            ));
-            response.map(|_| Full::new(Bytes::new()))
-        }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    let path = request.uri().path();
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok\n");
     }
+    let Some(mount) = server
+        .paths
+        .iter()
+        .find(|mount| path == *mount || path == mount.trim_end_matches('/'))
+    else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if param("EIO") != Some("4") {
+        return engine_error(5, "Unsupported protocol version");
+    }
+    if param("transport") != Some("websocket") {
+        return engine_error(0, "Transport unknown");
+    }
+    if param("sid").is_some() {
+        // Upgrading a polling session: no polling sessions exist here.
+        return engine_error(1, "Session ID unknown");
+    }
+    if !fastwebsockets::upgrade::is_upgrade_request(&request) {
+        return engine_error(3, "Bad request");
+    }
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
+        Ok(upgrade) => upgrade,
+        Err(_) => return engine_error(3, "Bad request"),
+    };
+    let info = RequestInfo {
+        path: mount.clone(),
+        query,
+        remote,
+    };
+    server.tracker.spawn(websocket::serve(
+        upgrade,
+        server.engine.clone(),
+        server.config.clone(),
+        info,
+        server.sessions.clone(),
+    ));
+    response.map(|_| Full::new(Bytes::new()))
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

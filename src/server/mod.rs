@@ -20,6 +20,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A listener's settings and shared state.
 pub struct Server<H> {
+    /// URL paths that lead to Engine.IO, e.g. `/socket.io/`.
+    pub paths: Vec<String>,
     /// The Engine.IO application (Socket.IO over chat, or the echo server).
     pub engine: Arc<H>,
     /// Protocol settings announced to clients.

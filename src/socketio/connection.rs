@@ -78,24 +78,36 @@ impl<H: Handler> Connection<H> {
         }
     }
 
-    async fn on_disconnect(&mut self, nsp: &str) {
-        if let Some(index) = self.sockets.iter().position(|(s, _)| s.nsp() == nsp) {
-            let (socket, state) = self.sockets.swap_remove(index);
-            self.handler
-                .disconnect(state, &socket, "client namespace disconnect")
-                .await;
-        }
+    async fn on_disconnect(&mut self, nsp: &str) -> Result<(), ProtocolError> {
+        let index = self
+            .sockets
+            .iter()
+            .position(|(s, _)| s.nsp() == nsp)
+            .ok_or_else(|| not_joined(nsp))?;
+        let (socket, state) = self.sockets.swap_remove(index);
+        self.handler
+            .disconnect(state, &socket, "client namespace disconnect")
+            .await;
+        Ok(())
     }
 
-    async fn dispatch(&mut self, nsp: &str, kind: PacketType, event: Event) {
-        // Packets for a namespace the client never joined are ignored, as
-        // the reference server does.
-        let Some((socket, state)) = self.sockets.iter_mut().find(|(s, _)| s.nsp() == nsp) else {
-            return;
-        };
+    async fn dispatch(
+        &mut self,
+        nsp: &str,
+        kind: PacketType,
+        event: Event,
+    ) -> Result<(), ProtocolError> {
+        let (socket, state) = self
+            .sockets
+            .iter_mut()
+            .find(|(s, _)| s.nsp() == nsp)
+            .ok_or_else(|| not_joined(nsp))?;
+        // Acks from clients answer server emits with a callback, which
+        // nothing on this server makes; they are dropped.
         if matches!(kind, PacketType::Event | PacketType::BinaryEvent) {
             self.handler.event(state, socket, event).await;
         }
+        Ok(())
     }
 }
 
@@ -109,7 +121,7 @@ impl<H: Handler> SessionHandler for Connection<H> {
         let packet = Packet::decode(text).map_err(|e| ProtocolError(e.to_string()))?;
         match packet.kind {
             PacketType::Connect => self.on_connect(packet.nsp, packet.data).await,
-            PacketType::Disconnect => self.on_disconnect(packet.nsp).await,
+            PacketType::Disconnect => self.on_disconnect(packet.nsp).await?,
             PacketType::ConnectError => {
                 return Err(ProtocolError("CONNECT_ERROR from a client".into()));
             }
@@ -131,7 +143,7 @@ impl<H: Handler> SessionHandler for Connection<H> {
                         ack: packet.id,
                     };
                     let nsp = packet.nsp.to_owned();
-                    self.dispatch(&nsp, kind, event).await;
+                    self.dispatch(&nsp, kind, event).await?;
                 }
             }
         }
@@ -150,7 +162,7 @@ impl<H: Handler> SessionHandler for Connection<H> {
                     attachments: done.attachments,
                     ack: done.id,
                 };
-                self.dispatch(&done.nsp, done.kind, event).await;
+                self.dispatch(&done.nsp, done.kind, event).await?;
             }
         }
         Ok(())
@@ -163,4 +175,10 @@ impl<H: Handler> SessionHandler for Connection<H> {
                 .await;
         }
     }
+}
+
+/// A packet for a namespace the client has not joined: the reference server
+/// closes the connection.
+fn not_joined(nsp: &str) -> ProtocolError {
+    ProtocolError(format!("packet for namespace {nsp} before joining it"))
 }

@@ -10,6 +10,17 @@ use std::io::Write as _;
 /// The most attachments one packet may announce; more is treated as abuse.
 pub const MAX_ATTACHMENTS: usize = 16;
 
+/// Event names the reference server keeps for itself; a client emitting one
+/// is breaking the protocol.
+const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
 /// The seven Socket.IO packet types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PacketType {
@@ -152,7 +163,11 @@ impl<'a> Packet<'a> {
             (PacketType::Disconnect, None) => true,
             (PacketType::ConnectError, Some(Value::Object(_) | Value::String(_))) => true,
             (PacketType::Event | PacketType::BinaryEvent, Some(Value::Array(args))) => {
-                matches!(args.first(), Some(Value::String(_) | Value::Number(_)))
+                match args.first() {
+                    Some(Value::String(name)) => !RESERVED_EVENTS.contains(&name.as_str()),
+                    Some(Value::Number(_)) => true,
+                    _ => false,
+                }
             }
             (PacketType::Ack | PacketType::BinaryAck, Some(Value::Array(_))) => self.id.is_some(),
             _ => false,
@@ -251,6 +266,10 @@ mod tests {
         );
         assert_eq!(
             Packet::decode("2[]"),
+            Err(DecodeError::InvalidPayload(PacketType::Event))
+        );
+        assert_eq!(
+            Packet::decode("2[\"disconnect\"]"),
             Err(DecodeError::InvalidPayload(PacketType::Event))
         );
         assert_eq!(

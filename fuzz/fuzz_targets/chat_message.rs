@@ -1,0 +1,20 @@
+//! `chat message` payloads and handshake names: validation never panics and
+//! never accepts what the contract refuses.
+#![no_main]
+use chatd::chat::names::valid_user_name;
+use chatd::chat::validate::validate;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(payload) = serde_json::from_slice::<serde_json::Value>(data) {
+        if let Ok(draft) = validate(Some(&payload), false, "Dummy-1", Some("Dummy-2"), 4096) {
+            assert!(!draft.text.trim().is_empty() && draft.text.len() <= 4096);
+            assert!(valid_user_name(draft.to) && draft.to != "Dummy-1");
+        }
+    }
+    if let Ok(name) = std::str::from_utf8(data) {
+        if valid_user_name(name) {
+            assert!(!name.is_empty() && name.len() <= 32);
+        }
+    }
+});
