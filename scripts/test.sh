@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds chatd and runs every test: the Rust tests, then the Node.js
+# integration suite (tests/node) against the built binary with the stock
+# socket.io-client. Exits non-zero if anything fails.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "==> cargo build --bins --examples"
+cargo build --bins --examples
+
+# Install the Node test dependencies from the committed lock file when they
+# are missing or older than the lock file.
+if [[ ! -d tests/node/node_modules || tests/node/package-lock.json -nt tests/node/node_modules ]]; then
+  echo "==> npm ci (tests/node)"
+  (cd tests/node && npm ci --no-audit --no-fund)
+  touch tests/node/node_modules
+fi
+
+echo "==> cargo test --all-targets"
+cargo test --all-targets
+
+echo "==> node --test tests/node/"
+CHATD_BIN="${CHATD_BIN:-$PWD/target/debug/chatd}" \
+  node --test --test-concurrency=2 tests/node/
+
+echo "==> all tests passed"
