@@ -79,9 +79,10 @@ impl Chat {
     /// Starts the store writer and the dispatcher that acks and fans out
     /// what it commits.
     pub fn start(store: Store, config: ChatConfig) -> Result<Arc<Chat>, crate::store::StoreError> {
+        let watermark = store.last_ts()?;
         let writer = Writer::<Ticket>::spawn(store.clone(), WRITER_QUEUE, format_time)?;
         let chat = Arc::new(Chat {
-            hub: Arc::new(Hub::new(config.rate)),
+            hub: Arc::new(Hub::new(config.rate, watermark)),
             store,
             writer: writer.handle,
             config,

@@ -101,10 +101,14 @@ pub struct Presence {
 }
 
 impl Hub {
-    /// An empty hub enforcing `rate` per user.
-    pub fn new(rate: RateLimit) -> Self {
+    /// An empty hub enforcing `rate` per user; `watermark` is the highest
+    /// `ts` already in the store (all of it reaches clients as history).
+    pub fn new(rate: RateLimit, watermark: u64) -> Self {
         Hub {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                watermark,
+                ..State::default()
+            }),
             next_key: AtomicU64::new(1),
             rate,
         }
@@ -184,6 +188,10 @@ impl Hub {
     /// Removes a connection; returns everyone still online.
     pub fn leave(&self, key: ConnKey) -> Vec<String> {
         let mut state = self.lock();
+        let before = match state.conns.get(&key).and_then(|conn| conn.room.clone()) {
+            Some(room) => state.room_users(&room),
+            None => Vec::new(),
+        };
         if let Some(conn) = state.conns.remove(&key) {
             if let Some(user) = state.users.get_mut(&conn.user) {
                 user.conns.retain(|k| *k != key);
@@ -192,7 +200,6 @@ impl Hub {
                 }
             }
             if let Some(room) = &conn.room {
-                let before = state.room_users(room);
                 if let Some(members) = state.rooms.get_mut(room) {
                     members.retain(|k| *k != key);
                     if members.is_empty() {
@@ -339,11 +346,11 @@ mod tests {
 
     #[test]
     fn room_presence_counts_users_not_connections() {
-        let hub = Hub::new(RateLimit::per_second(20));
+        let hub = Hub::new(RateLimit::per_second(20), 0);
         let room = Some("dm:A_B");
         let (a1, joined, mut a1_out) = join(&hub, "A", room);
         assert_eq!(joined.room_online, ["A"]);
-        let (_b, joined, _) = join(&hub, "B", room);
+        let (b, joined, _) = join(&hub, "B", room);
         assert_eq!(joined.room_online, ["A", "B"]);
         assert_eq!(drain(&mut a1_out), [r#"42["online",["A","B"]]"#]);
         let (a2, _, _) = join(&hub, "A", room);
@@ -353,13 +360,19 @@ mod tests {
         );
         hub.leave(a2);
         assert!(drain(&mut a1_out).is_empty());
+        hub.leave(b);
+        assert_eq!(
+            drain(&mut a1_out),
+            [r#"42["online",["A"]]"#],
+            "B's leaving is announced"
+        );
         let everyone = hub.leave(a1);
-        assert_eq!(everyone, ["B"]);
+        assert!(everyone.is_empty());
     }
 
     #[test]
     fn delivers_to_both_users_except_the_sender_and_holds_back_until_ready() {
-        let hub = Hub::new(RateLimit::per_second(20));
+        let hub = Hub::new(RateLimit::per_second(20), 0);
         let (a1, _, mut a1_out) = join(&hub, "A", Some("dm:A_B"));
         let (_a2, _, mut a2_out) = join(&hub, "A", Some("dm:A_C"));
         let (b_socket, mut b_out) = socket();
@@ -384,7 +397,7 @@ mod tests {
 
     #[test]
     fn reports_presence_for_operators() {
-        let hub = Hub::new(RateLimit::per_second(20));
+        let hub = Hub::new(RateLimit::per_second(20), 0);
         let _a = join(&hub, "A", Some("dm:A_B"));
         let _b = join(&hub, "A", None);
         assert_eq!(

@@ -238,13 +238,15 @@ impl<W: AsyncWrite + Unpin + Send> WriteLoop<W> {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.flush()).await;
     }
 
-    /// Writes `first` and whatever else is already queued, then flushes once.
+    /// Writes `first` and whatever else is already queued (up to
+    /// [`MAX_COALESCED`] items), then flushes once.
     async fn write_batch(
         &mut self,
         first: Outbound,
     ) -> Result<Flow, fastwebsockets::WebSocketError> {
-        let mut item = first;
-        for _ in 0..MAX_COALESCED {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(item) = next.take() {
             let frame = match &item {
                 Outbound::Text(bytes) => Frame::text(Payload::Borrowed(bytes)),
                 Outbound::Binary(bytes) => Frame::binary(Payload::Borrowed(bytes)),
@@ -256,9 +258,9 @@ impl<W: AsyncWrite + Unpin + Send> WriteLoop<W> {
                 }
             };
             self.ws.write_frame(frame).await?;
-            match self.receiver.rx.try_recv() {
-                Ok(next) => item = next,
-                Err(_) => break,
+            written += 1;
+            if written < MAX_COALESCED {
+                next = self.receiver.rx.try_recv().ok();
             }
         }
         self.ws.flush().await?;
@@ -268,5 +270,48 @@ impl<W: AsyncWrite + Unpin + Send> WriteLoop<W> {
     async fn write_now(&mut self, frame: Frame<'_>) -> Result<(), fastwebsockets::WebSocketError> {
         self.ws.write_frame(frame).await?;
         self.ws.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engineio::Outbox;
+    use fastwebsockets::{Role, WebSocket};
+
+    #[tokio::test]
+    async fn a_writer_wake_up_writes_every_queued_packet_even_past_the_coalescing_limit() {
+        let (server_io, client_io) = tokio::io::duplex(1 << 20);
+        let (_, write) = fastwebsockets::after_handshake_split(
+            tokio::io::empty(),
+            BufWriter::with_capacity(WRITE_BUFFER, server_io),
+            Role::Server,
+        );
+        let (outbox, receiver) = Outbox::new(4 * MAX_COALESCED);
+        let total = 2 * MAX_COALESCED + 3;
+        for i in 0..total {
+            assert!(outbox.send_text(Bytes::from(format!("4{i}"))));
+        }
+        outbox.close();
+        let writer = WriteLoop {
+            ws: write,
+            receiver,
+            config: Arc::new(EngineConfig::default()),
+            heartbeat: Arc::new(Heartbeat::default()),
+            started: Instant::now(),
+        };
+        writer.run().await;
+
+        let mut client = WebSocket::after_handshake(client_io, Role::Client);
+        client.set_auto_close(false);
+        for i in 0..total {
+            let frame = client
+                .read_frame()
+                .await
+                .expect("a frame per queued packet");
+            assert_eq!(frame.payload.as_ref(), format!("4{i}").as_bytes());
+        }
+        let close = client.read_frame().await.expect("then the close frame");
+        assert_eq!(close.opcode, OpCode::Close);
     }
 }

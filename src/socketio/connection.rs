@@ -155,15 +155,15 @@ impl<H: Handler> SessionHandler for Connection<H> {
             return Err(ProtocolError("binary message nobody announced".into()));
         };
         pending.attachments.push(data);
-        if pending.attachments.len() == pending.expected {
-            if let Some(done) = self.pending.take() {
-                let event = Event {
-                    args: done.args,
-                    attachments: done.attachments,
-                    ack: done.id,
-                };
-                self.dispatch(&done.nsp, done.kind, event).await?;
-            }
+        if pending.attachments.len() == pending.expected
+            && let Some(done) = self.pending.take()
+        {
+            let event = Event {
+                args: done.args,
+                attachments: done.attachments,
+                ack: done.id,
+            };
+            self.dispatch(&done.nsp, done.kind, event).await?;
         }
         Ok(())
     }

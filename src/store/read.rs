@@ -8,7 +8,7 @@ use std::ops::Bound;
 use redb::{AccessGuard, ReadableDatabase, ReadableTable, StorageError};
 
 use super::error::DbContext;
-use super::schema::MESSAGES;
+use super::schema::{LAST_TS_KEY, MESSAGES, META};
 use super::{Store, StoreError, StoredMessage, decode_record};
 
 /// A history page request; see [`Store::history`].
@@ -158,6 +158,15 @@ impl Store {
             count += 1;
         }
         Ok(count)
+    }
+
+    /// The highest `ts` ever committed (0 for an empty store): every stored
+    /// message has a `ts` at or below it.
+    pub fn last_ts(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().ctx("starting read transaction")?;
+        let meta = txn.open_table(META).ctx("opening meta table")?;
+        let last = meta.get(LAST_TS_KEY).ctx("reading last_ts")?;
+        Ok(last.map(|v| v.value()).unwrap_or(0))
     }
 
     /// Names of rooms that have at least one message, in byte order.

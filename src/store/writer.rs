@@ -409,6 +409,11 @@ mod tests {
         };
         assert_eq!(first, future + 1);
         let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.last_ts().unwrap(),
+            future + 1,
+            "last_ts is readable after reopen"
+        );
         let mut w = Writer::<()>::spawn(store, 4, stamp).unwrap();
         w.handle.submit(msg("r", 1), ()).await.unwrap();
         let b = w.batches.recv().await.unwrap();

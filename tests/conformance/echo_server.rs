@@ -109,7 +109,7 @@ impl SessionHandler for EngineEcho {
 /// One session of either suite, chosen by the request path.
 enum Session {
     Engine(EngineEcho),
-    SocketIo(Connection<Echo>),
+    SocketIo(Box<Connection<Echo>>),
 }
 
 impl SessionHandler for Session {
@@ -130,7 +130,7 @@ impl SessionHandler for Session {
     async fn on_close(self, reason: CloseReason) {
         match self {
             Session::Engine(session) => session.on_close(reason).await,
-            Session::SocketIo(session) => session.on_close(reason).await,
+            Session::SocketIo(session) => (*session).on_close(reason).await,
         }
     }
 }
@@ -147,7 +147,7 @@ impl EngineHandler for Suites {
         if info.path == "/engine.io/" {
             Session::Engine(EngineEcho { outbox })
         } else {
-            Session::SocketIo(self.socketio.open(outbox, info))
+            Session::SocketIo(Box::new(self.socketio.open(outbox, info)))
         }
     }
 }
