@@ -15,6 +15,7 @@ use crate::chat::handler::{Chat, ChatConfig};
 use crate::chat::rate::RateLimit;
 use crate::datadir;
 use crate::engineio::EngineConfig;
+use crate::server::limits::{ConnectionLimits, Gate};
 use crate::server::{Server, tls};
 use crate::socketio::SocketIo;
 use crate::store::{Store, StoreError};
@@ -80,9 +81,25 @@ pub struct RunCommand {
     #[argh(option, default = "1024")]
     pub outbound_queue: usize,
 
-    /// seconds a client has to join after connecting (default 10)
+    /// seconds a client has to join after its websocket opens (default 10)
     #[argh(option, default = "10")]
     pub connect_timeout: u64,
+
+    /// seconds a client has for the TLS handshake and for its request headers (default 10)
+    #[argh(option, default = "10")]
+    pub handshake_timeout: u64,
+
+    /// connections held at once, in all (default 10000)
+    #[argh(option, default = "10_000")]
+    pub max_connections: usize,
+
+    /// connections held at once from one IP address (default 256)
+    #[argh(option, default = "256")]
+    pub max_connections_per_ip: usize,
+
+    /// largest HTTP request head (URL and headers) accepted, in bytes (default 16384)
+    #[argh(option, default = "16_384")]
+    pub max_header_bytes: usize,
 }
 
 impl RunCommand {
@@ -171,6 +188,12 @@ impl RunCommand {
             tls: tls.clone(),
             sessions: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            gate: Gate::new(ConnectionLimits {
+                total: self.max_connections,
+                per_ip: self.max_connections_per_ip,
+            }),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            max_header_bytes: self.max_header_bytes,
         });
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(server.clone().accept_loop(listener, stop_accepting.clone()));

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -12,27 +11,30 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Server;
+use super::limits::Permit;
 use crate::engineio::{EngineHandler, RequestInfo, websocket};
 
-/// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head accepted (headers, URL).
-const MAX_HEAD: usize = 16 * 1024;
-
 /// Serves HTTP/1.1 requests on one connection until it closes or upgrades.
-pub async fn serve_connection<H, S>(server: Arc<Server<H>>, stream: S, remote: SocketAddr)
-where
+/// `permit` holds the connection's place under the limits until the
+/// connection, or the session it upgraded to, ends.
+pub async fn serve_connection<H, S>(
+    server: Arc<Server<H>>,
+    stream: S,
+    remote: SocketAddr,
+    permit: Arc<Permit>,
+) where
     H: EngineHandler,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (header_timeout, max_head) = (server.handshake_timeout, server.max_header_bytes);
     let service = hyper::service::service_fn(move |request| {
-        let server = server.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(server, request, remote)) }
+        let (server, permit) = (server.clone(), permit.clone());
+        async move { Ok::<_, std::convert::Infallible>(route(server, request, remote, permit)) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_HEAD)
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_head.max(8192))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(error) = connection.await {
@@ -44,6 +46,7 @@ fn route<H: EngineHandler>(
     server: Arc<Server<H>>,
     mut request: Request<Incoming>,
     remote: SocketAddr,
+    permit: Arc<Permit>,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     if path == "/healthz" {
@@ -88,13 +91,17 @@ fn route<H: EngineHandler>(
         query,
         remote,
     };
-    server.tracker.spawn(websocket::serve(
+    let session = websocket::serve(
         upgrade,
         server.engine.clone(),
         server.config.clone(),
         info,
         server.sessions.clone(),
-    ));
+    );
+    server.tracker.spawn(async move {
+        session.await;
+        drop(permit);
+    });
     response.map(|_| Full::new(Bytes::new()))
 }
 

@@ -3,6 +3,7 @@
 //! the Engine.IO websocket transport.
 
 pub mod http;
+pub mod limits;
 pub mod tls;
 
 use std::sync::Arc;
@@ -14,9 +15,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engineio::{EngineConfig, EngineHandler};
-
-/// How long a client may take to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A listener's settings and shared state.
 pub struct Server<H> {
@@ -32,6 +30,13 @@ pub struct Server<H> {
     pub sessions: CancellationToken,
     /// Tracks connection and session tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Admission control: connections in all and per IP.
+    pub gate: Arc<limits::Gate>,
+    /// How long a client may take for the TLS handshake and for sending its
+    /// request headers (slowloris).
+    pub handshake_timeout: Duration,
+    /// Largest HTTP request head accepted, in bytes.
+    pub max_header_bytes: usize,
 }
 
 impl<H: EngineHandler> Server<H> {
@@ -50,20 +55,25 @@ impl<H: EngineHandler> Server<H> {
                     }
                 },
             };
+            let permit = match self.gate.admit(remote.ip()) {
+                Ok(permit) => Arc::new(permit),
+                Err(refused) => {
+                    tracing::warn!(%remote, %refused, "connection refused");
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let server = self.clone();
             self.tracker.spawn(async move {
-                match &server.tls {
-                    Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            http::serve_connection(server.clone(), stream, remote).await
-                        }
-                        Ok(Err(error)) => tracing::debug!(%error, %remote, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                    },
-                    None => http::serve_connection(server.clone(), tcp, remote).await,
+                let Some(tls) = &server.tls else {
+                    return http::serve_connection(server.clone(), tcp, remote, permit).await;
+                };
+                match tokio::time::timeout(server.handshake_timeout, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        http::serve_connection(server.clone(), stream, remote, permit).await
+                    }
+                    Ok(Err(error)) => tracing::debug!(%error, %remote, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                 }
             });
         }

@@ -16,6 +16,7 @@ use chatd::engineio::{
     SessionHandler,
 };
 use chatd::server::Server;
+use chatd::server::limits::{ConnectionLimits, Gate};
 use chatd::socketio::{Connection, Event, Handler, Socket, SocketIo};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -169,6 +170,12 @@ async fn main() -> anyhow::Result<()> {
         tls: None,
         sessions: CancellationToken::new(),
         tracker: TaskTracker::new(),
+        gate: Gate::new(ConnectionLimits {
+            total: 10_000,
+            per_ip: 10_000,
+        }),
+        handshake_timeout: Duration::from_secs(10),
+        max_header_bytes: 16 * 1024,
     });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
     println!("conformance server listening on 127.0.0.1:{}", args.port);
