@@ -9,11 +9,14 @@ use argh::FromArgs;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::retention;
+use crate::admin::server::AdminServer;
 use crate::chat::auth::TokenKey;
 use crate::chat::console::Console;
 use crate::chat::handler::{Chat, ChatConfig};
 use crate::chat::rate::RateLimit;
 use crate::datadir;
+use crate::duration::parse_duration;
 use crate::engineio::EngineConfig;
 use crate::server::{Server, tls};
 use crate::socketio::SocketIo;
@@ -83,6 +86,10 @@ pub struct RunCommand {
     /// seconds a client has to join after connecting (default 10)
     #[argh(option, default = "10")]
     pub connect_timeout: u64,
+
+    /// purge history older than this (e.g. 30d) at start and every minute (default: keep all)
+    #[argh(option, from_str_fn(parse_duration))]
+    pub retention: Option<Duration>,
 }
 
 impl RunCommand {
@@ -100,8 +107,10 @@ impl RunCommand {
         datadir::ensure(&data_dir)?;
         let store = Store::open(&data_dir).map_err(|error| match error {
             StoreError::Locked { .. } => anyhow::anyhow!(
-                "{error}: another chatd server or command is using the data directory {}; stop it or pass another --data-dir",
-                data_dir.display()
+                "{error}: another chatd server, or a chatd export or purge, is using the data directory {dir}; \
+                 `chatd online --data-dir {dir}` tells whether a server runs there: stop it, or wait for the \
+                 export or purge to finish, or pass another --data-dir",
+                dir = data_dir.display()
             ),
             error => anyhow::Error::new(error).context(format!("cannot open the message store in {}", data_dir.display())),
         })?;
@@ -126,6 +135,9 @@ impl RunCommand {
                 "--tls-cert and --tls-key go together: give both, or neither for the generated certificate"
             ),
         };
+        if self.retention.is_some_and(|r| r.is_zero()) {
+            bail!("--retention must be longer than 0s");
+        }
         if self.max_payload < 16 {
             bail!(
                 "--max-payload {} is too small to carry any packet",
@@ -156,6 +168,16 @@ impl RunCommand {
             .context("listener has no address")?
             .port();
 
+        let admin = AdminServer::start(&data_dir, chat.clone())?;
+        let background = CancellationToken::new();
+        if let Some(retention) = self.retention {
+            tokio::spawn(retention::run(
+                chat.store().clone(),
+                retention,
+                background.clone(),
+            ));
+        }
+
         let server = Arc::new(Server {
             engine: Arc::new(SocketIo::new(
                 chat.clone(),
@@ -179,7 +201,9 @@ impl RunCommand {
         let signal = wait_for_signal().await?;
         tracing::info!(signal, "shutting down");
         stop_accepting.cancel();
+        background.cancel();
         let _ = accept.await;
+        admin.shutdown().await;
         if tokio::time::timeout(DRAIN_TIMEOUT, chat.shutdown())
             .await
             .is_err()
