@@ -229,18 +229,25 @@ impl Target {
         match std::fs::metadata(&db) {
             Ok(_) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                // The directory itself may be unreadable rather than empty.
-                std::fs::read_dir(data_dir).with_context(|| {
-                    format!(
-                        "cannot read the data directory {}: check --data-dir and that this \
-                         user may read it",
-                        data_dir.display()
-                    )
-                })?;
+                // Tell a missing directory from an unreadable one.
+                let missing = match std::fs::read_dir(data_dir) {
+                    Ok(_) => db.display().to_string(),
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                        data_dir.display().to_string()
+                    }
+                    Err(error) => {
+                        return Err(error).with_context(|| {
+                            format!(
+                                "cannot read the data directory {}: run this as the user \
+                                 chatd runs as (or root), or check --data-dir",
+                                data_dir.display()
+                            )
+                        });
+                    }
+                };
                 return Err(anyhow!(
-                    "no chatd history in {}: {} does not exist (is --data-dir right?)",
-                    data_dir.display(),
-                    db.display()
+                    "no chatd history in {}: {missing} does not exist (is --data-dir right?)",
+                    data_dir.display()
                 ));
             }
             Err(error) => {

@@ -196,9 +196,12 @@ impl RunCommand {
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(server.clone().accept_loop(listener, stop_accepting.clone()));
         tracing::info!(data_dir = %data_dir.display(), tls = tls.is_some(), auth = !self.no_auth, "chatd listening on {}", self.listen);
+        // Watch the signals before announcing the port: a SIGTERM sent right
+        // after `Listening at` must stop the server gracefully, not kill it.
+        let signal = watch_signals()?;
         Console::listening(port);
 
-        let signal = wait_for_signal().await?;
+        let signal = signal.await;
         tracing::info!(signal, "shutting down");
         stop_accepting.cancel();
         background.cancel();
@@ -222,12 +225,16 @@ impl RunCommand {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves to the
+/// name of the first of them to arrive.
+fn watch_signals() -> anyhow::Result<impl Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     })
 }
