@@ -2,6 +2,7 @@
 //! over TLS WebSockets and keeps every accepted message in an embedded redb
 //! database.
 
+pub mod admin;
 pub mod chat;
 pub mod cli;
 pub mod datadir;

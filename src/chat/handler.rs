@@ -99,6 +99,11 @@ impl Chat {
         &self.hub
     }
 
+    /// The message store, for operators (export, purge, retention).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Stops taking messages, waits until every submitted one is stored and
     /// acked (or refused), then disconnects everyone.
     pub async fn shutdown(&self) {
@@ -364,16 +369,7 @@ struct Accepted<'a> {
 }
 
 fn view(message: &StoredMessage) -> MessageView<'_> {
-    MessageView {
-        room_id: &message.room,
-        id: &message.id,
-        from: &message.from,
-        text: &message.text,
-        to: &message.to,
-        time: &message.time,
-        version: 0,
-        ts: Some(message.ts),
-    }
+    MessageView::of(message)
 }
 
 fn view_json(message: &StoredMessage) -> Value {

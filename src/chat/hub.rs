@@ -90,7 +90,7 @@ pub struct Delivery<'a> {
 }
 
 /// One user's presence, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Presence {
     /// The user name.
     pub user: String,

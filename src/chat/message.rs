@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::store::StoredMessage;
+
 /// A stored message as it goes on the wire: `roomId, id, from, text, to,
 /// time, __v` in that order, then the `ts` cursor (left out of exports).
 #[derive(Debug, Serialize)]
@@ -25,6 +27,30 @@ pub struct MessageView<'a> {
     /// Microseconds since the epoch: unique, increasing within the room.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ts: Option<u64>,
+}
+
+impl<'a> MessageView<'a> {
+    /// The wire form of a stored message, `ts` included.
+    pub fn of(message: &'a StoredMessage) -> Self {
+        MessageView {
+            room_id: &message.room,
+            id: &message.id,
+            from: &message.from,
+            text: &message.text,
+            to: &message.to,
+            time: &message.time,
+            version: 0,
+            ts: Some(message.ts),
+        }
+    }
+
+    /// The export form of a stored message: the documented fields, no `ts`.
+    pub fn export(message: &'a StoredMessage) -> Self {
+        MessageView {
+            ts: None,
+            ..MessageView::of(message)
+        }
+    }
 }
 
 /// `DD/MM/YYYY, h:mm:ss am|pm` in the server's local time zone (TZ, UTC when

@@ -1,5 +1,8 @@
 //! The operator commands of the `chatd` binary, one file each.
 
+pub mod export;
+pub mod online;
+pub mod purge;
 pub mod run;
 pub mod token;
 
@@ -16,6 +19,9 @@ pub struct Chatd {
 #[argh(subcommand)]
 enum Command {
     Run(run::RunCommand),
+    Online(online::OnlineCommand),
+    Export(export::ExportCommand),
+    Purge(purge::PurgeCommand),
     Token(token::TokenCommand),
 }
 
@@ -24,6 +30,9 @@ impl Chatd {
     pub fn execute(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run(command) => command.execute(),
+            Command::Online(command) => command.execute(),
+            Command::Export(command) => command.execute(),
+            Command::Purge(command) => command.execute(),
             Command::Token(command) => command.execute(),
         }
     }

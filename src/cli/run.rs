@@ -9,11 +9,14 @@ use argh::FromArgs;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::retention;
+use crate::admin::server::AdminServer;
 use crate::chat::auth::TokenKey;
 use crate::chat::console::Console;
 use crate::chat::handler::{Chat, ChatConfig};
 use crate::chat::rate::RateLimit;
 use crate::datadir;
+use crate::duration::parse_duration;
 use crate::engineio::EngineConfig;
 use crate::server::limits::{ConnectionLimits, Gate};
 use crate::server::{Server, tls};
@@ -100,6 +103,10 @@ pub struct RunCommand {
     /// largest HTTP request head (URL and headers) accepted, in bytes (default 16384)
     #[argh(option, default = "16_384")]
     pub max_header_bytes: usize,
+
+    /// purge history older than this (e.g. 30d) at start and every minute (default: keep all)
+    #[argh(option, from_str_fn(parse_duration))]
+    pub retention: Option<Duration>,
 }
 
 impl RunCommand {
@@ -117,8 +124,10 @@ impl RunCommand {
         datadir::ensure(&data_dir)?;
         let store = Store::open(&data_dir).map_err(|error| match error {
             StoreError::Locked { .. } => anyhow::anyhow!(
-                "{error}: another chatd server or command is using the data directory {}; stop it or pass another --data-dir",
-                data_dir.display()
+                "{error}: another chatd server, or a chatd export or purge, is using the data directory {dir}; \
+                 `chatd online --data-dir {dir}` tells whether a server runs there: stop it, or wait for the \
+                 export or purge to finish, or pass another --data-dir",
+                dir = data_dir.display()
             ),
             error => anyhow::Error::new(error).context(format!("cannot open the message store in {}", data_dir.display())),
         })?;
@@ -143,6 +152,9 @@ impl RunCommand {
                 "--tls-cert and --tls-key go together: give both, or neither for the generated certificate"
             ),
         };
+        if self.retention.is_some_and(|r| r.is_zero()) {
+            bail!("--retention must be longer than 0s");
+        }
         if self.max_payload < 16 {
             bail!(
                 "--max-payload {} is too small to carry any packet",
@@ -173,6 +185,16 @@ impl RunCommand {
             .context("listener has no address")?
             .port();
 
+        let admin = AdminServer::start(&data_dir, chat.clone())?;
+        let background = CancellationToken::new();
+        if let Some(retention) = self.retention {
+            tokio::spawn(retention::run(
+                chat.store().clone(),
+                retention,
+                background.clone(),
+            ));
+        }
+
         let server = Arc::new(Server {
             paths: vec!["/socket.io/".to_owned()],
             engine: Arc::new(SocketIo::new(
@@ -198,12 +220,17 @@ impl RunCommand {
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(server.clone().accept_loop(listener, stop_accepting.clone()));
         tracing::info!(data_dir = %data_dir.display(), tls = tls.is_some(), auth = !self.no_auth, "chatd listening on {}", self.listen);
+        // Watch the signals before announcing the port: a SIGTERM sent right
+        // after `Listening at` must stop the server gracefully, not kill it.
+        let signal = watch_signals()?;
         Console::listening(port);
 
-        let signal = wait_for_signal().await?;
+        let signal = signal.await;
         tracing::info!(signal, "shutting down");
         stop_accepting.cancel();
+        background.cancel();
         let _ = accept.await;
+        admin.shutdown().await;
         if tokio::time::timeout(DRAIN_TIMEOUT, chat.shutdown())
             .await
             .is_err()
@@ -222,12 +249,16 @@ impl RunCommand {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves to the
+/// name of the first of them to arrive.
+fn watch_signals() -> anyhow::Result<impl Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     })
 }

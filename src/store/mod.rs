@@ -23,7 +23,7 @@ pub use self::read::HistoryQuery;
 pub use self::record::{RECORD_VERSION, Record, decode_record, encode_record};
 pub use self::schema::SCHEMA_VERSION;
 pub use self::writer::{
-    Committed, CommittedBatch, MAX_BATCH, Unstored, Writer, WriterHandle, spawn_writer,
+    Committed, CommittedBatch, MAX_BATCH, Unstored, Writer, WriterHandle, now_us, spawn_writer,
 };
 
 /// File name of the database inside the data directory.

@@ -154,8 +154,10 @@ fn run<T>(
     }
 }
 
-fn now_us() -> u64 {
-    // A clock before 1970 or past year 586,000 falls back to last_ts + 1.
+/// The current time as a message `ts` would carry it: Unix microseconds
+/// (0 for a clock before 1970 or past year 586,000).
+pub fn now_us() -> u64 {
+    // The writer then falls back to last_ts + 1.
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .ok()
