@@ -179,6 +179,21 @@ pub struct SioClient {
 impl SioClient {
     /// Connects to `127.0.0.1:port` as `user`, talking to `peer`.
     pub async fn connect(port: u16, user: &str, peer: &str) -> SioClient {
+        let mut client = SioClient::open_only(port).await;
+        let auth = serde_json::json!({ "user": user, "peer": peer });
+        client.send_text(format!("40{auth}")).await;
+        let connected = client.next_text().await;
+        let body = connected
+            .strip_prefix("40")
+            .unwrap_or_else(|| panic!("expected CONNECT, got {connected}"));
+        let body: Value = serde_json::from_str(body).expect("CONNECT payload is JSON");
+        client.sid = body["sid"].as_str().expect("a sid").to_owned();
+        client
+    }
+
+    /// Opens the Engine.IO session (websocket and open packet) without
+    /// joining any Socket.IO namespace.
+    pub async fn open_only(port: u16) -> SioClient {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to chatd");
@@ -208,14 +223,6 @@ impl SioClient {
             open.starts_with("0{"),
             "expected the open packet, got {open}"
         );
-        let auth = serde_json::json!({ "user": user, "peer": peer });
-        client.send_text(format!("40{auth}")).await;
-        let connected = client.next_text().await;
-        let body = connected
-            .strip_prefix("40")
-            .unwrap_or_else(|| panic!("expected CONNECT, got {connected}"));
-        let body: Value = serde_json::from_str(body).expect("CONNECT payload is JSON");
-        client.sid = body["sid"].as_str().expect("a sid").to_owned();
         client
     }
 
@@ -249,8 +256,48 @@ impl SioClient {
         }
     }
 
-    /// The next Engine.IO text packet, answering pings on the way.
-    async fn next_text(&mut self) -> String {
+    /// Sends one raw Engine.IO text packet, whatever it holds.
+    pub async fn send_packet(&mut self, packet: &str) {
+        self.send_text(packet.to_owned()).await;
+    }
+
+    /// Sends one raw websocket frame, whatever it holds.
+    pub async fn send_frame(&mut self, frame: Frame<'_>) {
+        self.ws.write_frame(frame).await.expect("websocket write");
+    }
+
+    /// Waits for the acknowledgement `id` and returns its first argument.
+    pub async fn ack(&mut self, id: u64) -> Value {
+        let prefix = format!("43{id}");
+        loop {
+            let packet = self.next_text().await;
+            if let Some(rest) = packet.strip_prefix(&prefix) {
+                let args: Value = serde_json::from_str(rest).expect("ack args are JSON");
+                return args[0].clone();
+            }
+        }
+    }
+
+    /// Waits until chatd closes this connection (a close frame or the end of
+    /// the stream), answering pings meanwhile; panics if it stays open.
+    pub async fn closed_by_server(mut self) {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.ws.read_frame())
+                .await
+                .expect("chatd closed the connection in time");
+            match frame {
+                Err(_) => return,
+                Ok(frame) if frame.opcode == OpCode::Close => return,
+                Ok(frame) if frame.opcode == OpCode::Text && frame.payload.as_ref() == b"2" => {
+                    self.send_text("3".into()).await;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The next Engine.IO text packet (not a ping), answering pings on the way.
+    pub async fn next_text(&mut self) -> String {
         loop {
             let frame = tokio::time::timeout(PATIENCE, self.ws.read_frame())
                 .await

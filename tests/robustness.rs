@@ -1,0 +1,240 @@
+//! Bad input never hurts anyone else: each test has a bystander pair keep
+//! chatting while one client misbehaves, and the offender is answered with
+//! an error or disconnected.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{PATIENCE, Server, SioClient};
+use fastwebsockets::{Frame, OpCode, Payload};
+use serde_json::json;
+
+/// Alice and Bob still exchange a message: the server carries on.
+async fn bystanders_still_chat(server: &Server) {
+    let mut alice = SioClient::connect(server.port, "Alice", "Bob").await;
+    let mut bob = SioClient::connect(server.port, "Bob", "Alice").await;
+    let ack = alice.send("still here?").await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(bob.event("chat message").await["text"], "still here?");
+}
+
+#[tokio::test]
+async fn malformed_packets_close_only_the_offending_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-payload", "1000"]);
+    let offences: Vec<(&str, Frame<'static>)> = vec![
+        (
+            "unknown engine.io type",
+            Frame::text(Payload::Borrowed(b"9hello")),
+        ),
+        (
+            "unknown socket.io type",
+            Frame::text(Payload::Borrowed(b"4abc")),
+        ),
+        (
+            "event that is not an array",
+            Frame::text(Payload::Borrowed(b"42{}")),
+        ),
+        (
+            "invalid JSON",
+            Frame::text(Payload::Borrowed(b"42[\"chat message\"")),
+        ),
+        (
+            "bad ack id",
+            Frame::text(Payload::Borrowed(b"42abc[\"chat message\",\"x\"]")),
+        ),
+        (
+            "packet for a namespace never joined",
+            Frame::text(Payload::Borrowed(b"42/admin,[\"x\"]")),
+        ),
+        ("client ping", Frame::text(Payload::Borrowed(b"2"))),
+        (
+            "invalid UTF-8",
+            Frame::text(Payload::Borrowed(b"42[\"\xff\"]")),
+        ),
+        (
+            "binary nobody announced",
+            Frame::binary(Payload::Borrowed(b"\x01\x02")),
+        ),
+        (
+            "packet over maxPayload",
+            Frame::text(Payload::Owned(vec![b'4'; 2000])),
+        ),
+        (
+            "continuation without start",
+            Frame::new(true, OpCode::Continuation, None, Payload::Borrowed(b"x")),
+        ),
+    ];
+    for (what, frame) in offences {
+        let mut offender = SioClient::connect(server.port, "Mallory", "Alice").await;
+        offender.send_frame(frame).await;
+        tokio::time::timeout(PATIENCE, offender.closed_by_server())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the offender stayed connected"));
+        bystanders_still_chat(&server).await;
+    }
+    server.stop();
+}
+
+#[tokio::test]
+async fn fragments_adding_up_past_max_payload_close_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-payload", "1000"]);
+    let mut offender = SioClient::connect(server.port, "Mallory", "Alice").await;
+    offender
+        .send_frame(Frame::new(
+            false,
+            OpCode::Text,
+            None,
+            Payload::Owned(vec![b'4'; 600]),
+        ))
+        .await;
+    offender
+        .send_frame(Frame::new(
+            false,
+            OpCode::Continuation,
+            None,
+            Payload::Owned(vec![b'x'; 600]),
+        ))
+        .await;
+    offender.closed_by_server().await;
+    bystanders_still_chat(&server).await;
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_binary_attachment_is_refused_as_bad_payload_and_the_connection_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut client = SioClient::connect(server.port, "Mallory", "Alice").await;
+    client
+        .send_packet(r#"451-7["chat message",{"_placeholder":true,"num":0}]"#)
+        .await;
+    client
+        .send_frame(Frame::binary(Payload::Borrowed(b"\x00\x01")))
+        .await;
+    assert_eq!(
+        client.ack(7).await,
+        json!({"ok": false, "error": "Message is not accepted", "reason": "bad_payload"})
+    );
+    assert_eq!(client.send("a normal message").await["ok"], true);
+    server.stop();
+}
+
+/// Reads until the server closes the TCP connection; returns how long it took.
+fn time_until_closed(mut tcp: TcpStream) -> Duration {
+    let start = Instant::now();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+                return start.elapsed();
+            }
+            Err(error) => panic!("the server kept a stalled connection open: {error}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn stalled_handshakes_are_dropped_at_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--handshake-timeout", "1", "--connect-timeout", "1"],
+    );
+    // Slowloris: half a request head, then silence.
+    let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    slow.write_all(b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // A websocket that never sends Socket.IO CONNECT.
+    let silent = tokio::spawn(SioClient::open_only(server.port));
+    let waited = tokio::task::spawn_blocking(move || time_until_closed(slow))
+        .await
+        .unwrap();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed too early: {waited:?}"
+    );
+    silent.await.unwrap().closed_by_server().await;
+    bystanders_still_chat(&server).await;
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_connection_flood_past_the_per_ip_limit_is_refused_and_others_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-connections-per-ip", "4"]);
+    let mut alice = SioClient::connect(server.port, "Alice", "Bob").await;
+    let mut bob = SioClient::connect(server.port, "Bob", "Alice").await;
+    let flood: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
+        .collect();
+    let refused = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let waited = tokio::task::spawn_blocking(move || time_until_closed(refused))
+        .await
+        .unwrap();
+    assert!(
+        waited < Duration::from_secs(5),
+        "refused at once, not at a timeout"
+    );
+    assert_eq!(alice.send("we are fine").await["ok"], true);
+    assert_eq!(bob.event("chat message").await["text"], "we are fine");
+    drop(flood);
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_while_its_peer_floods() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--outbound-queue",
+            "64",
+            "--rate-limit",
+            "0",
+            "--max-message-bytes",
+            "60000",
+        ],
+    );
+    let mut sender = SioClient::connect(server.port, "Flood-1", "Flood-2").await;
+    let stalled = SioClient::connect(server.port, "Flood-2", "Flood-1").await;
+    assert_eq!(sender.event("online").await, json!(["Flood-1"]));
+    assert_eq!(sender.event("online").await, json!(["Flood-1", "Flood-2"]));
+    // Far more than the kernel's socket buffers hold: the stalled client's
+    // queue must fill, and it must be dropped rather than buffered.
+    let text = "x".repeat(50_000);
+    let (batch, batches) = (32u64, 20u64);
+    let mut peer_dropped = false;
+    for round in 0..batches {
+        for id in round * batch + 1..=(round + 1) * batch {
+            let packet = format!("42{id}{}", json!(["chat message", text]));
+            sender.send_packet(&packet).await;
+        }
+        // The sender reads its acks as it goes, as a real client does; only
+        // the stalled peer stops reading.
+        let mut acked = 0;
+        while acked < batch {
+            let packet = sender.next_text().await;
+            if packet == r#"42["online",["Flood-1"]]"# {
+                peer_dropped = true;
+            } else if packet.starts_with("43") {
+                assert!(
+                    packet.contains(r#""ok":true"#),
+                    "accepted: {}",
+                    &packet[..60]
+                );
+                acked += 1;
+            }
+        }
+    }
+    assert!(peer_dropped, "the stalled peer was disconnected");
+    drop(stalled);
+    server.stop();
+}
