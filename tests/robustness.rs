@@ -235,6 +235,55 @@ async fn a_client_that_stops_reading_is_disconnected_while_its_peer_floods() {
         }
     }
     assert!(peer_dropped, "the stalled peer was disconnected");
+    // 32 MB went to a client that read nothing; the server kept at most its
+    // queue of 64 frames plus socket buffers, not the flood.
+    let rss = server.rss_kib();
+    assert!(rss < 150 * 1024, "server memory stayed bounded: {rss} KiB");
     drop(stalled);
+    server.stop();
+}
+
+#[tokio::test]
+async fn connections_past_the_total_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-connections", "2"]);
+    let mut alice = SioClient::connect(server.port, "Alice", "Bob").await;
+    let _bob = SioClient::connect(server.port, "Bob", "Alice").await;
+    let refused = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let waited = tokio::task::spawn_blocking(move || time_until_closed(refused))
+        .await
+        .unwrap();
+    assert!(
+        waited < Duration::from_secs(5),
+        "refused at once, not at a timeout"
+    );
+    assert_eq!(alice.send("still served").await["ok"], true);
+    server.stop();
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-header-bytes", "8192"]);
+    let mut tcp = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    // The server may stop reading (and reset) before the whole head is sent.
+    let _ = tcp.write_all(request.as_bytes());
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "no normal answer to an oversized head: {answer}"
+    );
+    let mut ok = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    ok.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok\n"));
     server.stop();
 }

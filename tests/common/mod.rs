@@ -140,6 +140,17 @@ impl Server {
         }
     }
 
+    /// The server's resident memory, from /proc, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc status of chatd");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line")
+    }
+
     /// Stops the server with SIGTERM and checks that it exits with 0;
     /// returns its console (stdout) lines.
     pub fn stop(mut self) -> Vec<String> {
