@@ -233,15 +233,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn other_redb_file_is_not_chatd() {
+    /// A redb file that some other program wrote with `fill`.
+    fn foreign_db(fill: impl FnOnce(&redb::WriteTransaction)) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let db = redb::Database::create(dir.path().join(DB_FILE_NAME)).unwrap();
         let txn = db.begin_write().unwrap();
-        let t: TableDefinition<u64, u64> = TableDefinition::new("something_else");
-        txn.open_table(t).unwrap().insert(1, 2).unwrap();
+        fill(&txn);
         txn.commit().unwrap();
-        drop(db);
+        dir
+    }
+
+    #[test]
+    fn other_redb_file_is_not_chatd() {
+        let dir = foreign_db(|txn| {
+            let t: TableDefinition<u64, u64> = TableDefinition::new("something_else");
+            txn.open_table(t).unwrap().insert(1, 2).unwrap();
+        });
         assert!(matches!(
             Store::open(dir.path()),
             Err(StoreError::NotChatd { .. })
@@ -250,13 +257,10 @@ mod tests {
 
     #[test]
     fn meta_table_of_another_type_is_not_chatd() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = redb::Database::create(dir.path().join(DB_FILE_NAME)).unwrap();
-        let txn = db.begin_write().unwrap();
-        let t: TableDefinition<u64, &str> = TableDefinition::new("meta");
-        txn.open_table(t).unwrap().insert(1, "x").unwrap();
-        txn.commit().unwrap();
-        drop(db);
+        let dir = foreign_db(|txn| {
+            let t: TableDefinition<u64, &str> = TableDefinition::new("meta");
+            txn.open_table(t).unwrap().insert(1, "x").unwrap();
+        });
         assert!(matches!(
             Store::open(dir.path()),
             Err(StoreError::NotChatd { .. })

@@ -244,14 +244,7 @@ impl SioClient {
         self.next_ack += 1;
         let args = serde_json::json!(["chat message", text]);
         self.send_text(format!("42{id}{args}")).await;
-        let prefix = format!("43{id}");
-        loop {
-            let packet = self.next_text().await;
-            if let Some(rest) = packet.strip_prefix(&prefix) {
-                let args: Value = serde_json::from_str(rest).expect("ack args are JSON");
-                return args[0].clone();
-            }
-        }
+        self.ack(id).await
     }
 
     /// Waits for the event `name` and returns its first argument.
