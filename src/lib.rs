@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod cli;
+pub mod client;
 pub mod datadir;
 pub mod duration;
 pub mod engineio;

@@ -1,5 +1,6 @@
 //! The operator commands of the `chatd` binary, one file each.
 
+pub mod chat;
 pub mod run;
 pub mod token;
 
@@ -16,6 +17,7 @@ pub struct Chatd {
 #[argh(subcommand)]
 enum Command {
     Run(run::RunCommand),
+    Chat(chat::ChatCommand),
     Token(token::TokenCommand),
 }
 
@@ -24,6 +26,7 @@ impl Chatd {
     pub fn execute(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run(command) => command.execute(),
+            Command::Chat(command) => command.execute(),
             Command::Token(command) => command.execute(),
         }
     }
