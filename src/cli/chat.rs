@@ -120,10 +120,12 @@ impl ChatCommand {
             tokio::select! {
                 line = lines.next_line(), if input_open => {
                     match line.context("cannot read stdin")? {
-                        Some(text) => {
-                            let ack = client.emit_with_ack("chat message", json!(text)).await?;
-                            answers.push_back((text, ack));
-                        }
+                        Some(text) => match client.emit_with_ack("chat message", json!(text)).await {
+                            Ok(ack) => answers.push_back((text, ack)),
+                            // The connection ended: the events branch says so.
+                            Err(ClientError::Closed) => input_open = false,
+                            Err(error) => return Err(error.into()),
+                        },
                         None => input_open = false,
                     }
                 }

@@ -15,6 +15,7 @@
 //! let auth = json!({"user": "Dummy-1", "peer": "Dummy-2", "token": "..."});
 //! let mut client = Client::connect("ws://127.0.0.1:5000", auth, &ConnectOptions::default()).await?;
 //! let answer = client.emit_with_ack("chat message", json!("hello")).await?.await?;
+//! assert_eq!(answer[0]["ok"], true);
 //! while let Some(event) = client.next_event().await {
 //!     println!("{} {:?}", event.name, event.args);
 //! }
@@ -131,6 +132,10 @@ pub enum ClientError {
 }
 
 /// One Socket.IO connection to the main namespace.
+///
+/// Events queue up until [`Client::next_event`] takes them, without bound:
+/// a long-lived client that ignores events should still drain them.
+/// Dropping the client closes the connection.
 pub struct Client {
     shared: Arc<Shared>,
     events: mpsc::UnboundedReceiver<Event>,
