@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod chat;
 pub mod cli;
+pub mod client;
 pub mod datadir;
 pub mod duration;
 pub mod engineio;

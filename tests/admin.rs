@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{Server, SioClient, chatd, chatd_err, chatd_ok};
+use common::{Server, chatd, chatd_err, chatd_ok, send, wait_for_event};
 use serde_json::Value;
 
 const A: &str = "Dummy-1";
@@ -60,21 +60,21 @@ fn parse_export(text: &str) -> Vec<String> {
 }
 
 /// Sends three messages A→B and two C→A through the server.
-async fn send_messages(port: u16) -> Sent {
-    let mut a = SioClient::connect(port, A, B).await;
-    let mut c = SioClient::connect(port, C, A).await;
+async fn send_messages(server: &Server) -> Sent {
+    let a = server.connect_plain(A, B).await;
+    let c = server.connect_plain(C, A).await;
     let mut sent = Sent {
         ab: Vec::new(),
         ac: Vec::new(),
         ab_ts: Vec::new(),
     };
     for text in ["hello", "with \"quotes\" and\nnewline", "ünïcödé ✓"] {
-        let (json, ts) = export_form(&a.send(text).await);
+        let (json, ts) = export_form(&send(&a, text).await);
         sent.ab.push(json);
         sent.ab_ts.push(ts);
     }
     for text in ["from C", "again"] {
-        sent.ac.push(export_form(&c.send(text).await).0);
+        sent.ac.push(export_form(&send(&c, text).await).0);
     }
     sent
 }
@@ -184,10 +184,10 @@ async fn commands_through_the_running_server() {
     assert_eq!(chatd_ok(&dir, &["online"]), "No one is Online\n");
     assert_eq!(chatd_ok(&dir, &["online", "--json"]), "[]\n");
 
-    let sent = send_messages(server.port).await;
+    let sent = send_messages(&server).await;
     // Clients that stay connected while the operator looks.
-    let _a = SioClient::connect(server.port, A, B).await;
-    let _b = SioClient::connect(server.port, B, A).await;
+    let mut _a = server.connect_plain(A, B).await;
+    let mut _b = server.connect_plain(B, A).await;
     assert_eq!(
         chatd_ok(&dir, &["online"]),
         "Online :  [ 'Dummy-1', 'Dummy-2' ]\n"
@@ -208,8 +208,11 @@ async fn commands_through_the_running_server() {
     check_export_and_purge(&dir, &sent, &out_dir);
 
     // The history a new connection gets no longer holds purged messages.
-    let mut c = SioClient::connect(server.port, C, A).await;
-    assert_eq!(c.event("history").await, serde_json::json!([]));
+    let mut c = server.connect_plain(C, A).await;
+    assert_eq!(
+        wait_for_event(&mut c, "history").await,
+        serde_json::json!([])
+    );
 
     server.stop();
     assert!(!socket.exists(), "admin.sock left behind after shutdown");
@@ -222,7 +225,7 @@ async fn commands_on_a_stopped_server() {
     let out_dir = tmp.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let server = Server::start(&dir, &[]);
-    let sent = send_messages(server.port).await;
+    let sent = send_messages(&server).await;
     server.stop();
 
     let err = chatd_err(&dir, &["online"]);
@@ -240,8 +243,11 @@ async fn commands_on_a_stopped_server() {
 
     // What the direct purge deleted stays deleted for the next server.
     let server = Server::start(&dir, &[]);
-    let mut a = SioClient::connect(server.port, A, B).await;
-    assert_eq!(a.event("history").await, serde_json::json!([]));
+    let mut a = server.connect_plain(A, B).await;
+    assert_eq!(
+        wait_for_event(&mut a, "history").await,
+        serde_json::json!([])
+    );
     server.stop();
 }
 

@@ -8,17 +8,21 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, Server, SioClient};
+use common::raw::RawClient;
+use common::{Server, TIMEOUT, send, wait_for_event};
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::json;
 
 /// Alice and Bob still exchange a message: the server carries on.
 async fn bystanders_still_chat(server: &Server) {
-    let mut alice = SioClient::connect(server.port, "Alice", "Bob").await;
-    let mut bob = SioClient::connect(server.port, "Bob", "Alice").await;
-    let ack = alice.send("still here?").await;
+    let alice = server.connect_plain("Alice", "Bob").await;
+    let mut bob = server.connect_plain("Bob", "Alice").await;
+    let ack = send(&alice, "still here?").await;
     assert_eq!(ack["ok"], true, "{ack}");
-    assert_eq!(bob.event("chat message").await["text"], "still here?");
+    assert_eq!(
+        wait_for_event(&mut bob, "chat message").await["text"],
+        "still here?"
+    );
 }
 
 #[tokio::test]
@@ -69,9 +73,9 @@ async fn malformed_packets_close_only_the_offending_connection() {
         ),
     ];
     for (what, frame) in offences {
-        let mut offender = SioClient::connect(server.port, "Mallory", "Alice").await;
+        let mut offender = RawClient::connect(server.port, "Mallory", "Alice").await;
         offender.send_frame(frame).await;
-        tokio::time::timeout(PATIENCE, offender.closed_by_server())
+        tokio::time::timeout(TIMEOUT, offender.closed_by_server())
             .await
             .unwrap_or_else(|_| panic!("{what}: the offender stayed connected"));
         bystanders_still_chat(&server).await;
@@ -83,7 +87,7 @@ async fn malformed_packets_close_only_the_offending_connection() {
 async fn fragments_adding_up_past_max_payload_close_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--max-payload", "1000"]);
-    let mut offender = SioClient::connect(server.port, "Mallory", "Alice").await;
+    let mut offender = RawClient::connect(server.port, "Mallory", "Alice").await;
     offender
         .send_frame(Frame::new(
             false,
@@ -109,7 +113,7 @@ async fn fragments_adding_up_past_max_payload_close_the_connection() {
 async fn a_binary_attachment_is_refused_as_bad_payload_and_the_connection_stays() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let mut client = SioClient::connect(server.port, "Mallory", "Alice").await;
+    let mut client = RawClient::connect(server.port, "Mallory", "Alice").await;
     client
         .send_packet(r#"451-7["chat message",{"_placeholder":true,"num":0}]"#)
         .await;
@@ -120,14 +124,17 @@ async fn a_binary_attachment_is_refused_as_bad_payload_and_the_connection_stays(
         client.ack(7).await,
         json!({"ok": false, "error": "Message is not accepted", "reason": "bad_payload"})
     );
-    assert_eq!(client.send("a normal message").await["ok"], true);
+    client
+        .send_packet(r#"428["chat message","a normal message"]"#)
+        .await;
+    assert_eq!(client.ack(8).await["ok"], true);
     server.stop();
 }
 
 /// Reads until the server closes the TCP connection; returns how long it took.
 fn time_until_closed(mut tcp: TcpStream) -> Duration {
     let start = Instant::now();
-    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut buf = [0u8; 1024];
     loop {
         match tcp.read(&mut buf) {
@@ -153,7 +160,7 @@ async fn stalled_handshakes_are_dropped_at_their_deadline() {
     slow.write_all(b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
     // A websocket that never sends Socket.IO CONNECT.
-    let silent = tokio::spawn(SioClient::open_only(server.port));
+    let silent = tokio::spawn(RawClient::open_only(server.port));
     let waited = tokio::task::spawn_blocking(move || time_until_closed(slow))
         .await
         .unwrap();
@@ -170,8 +177,8 @@ async fn stalled_handshakes_are_dropped_at_their_deadline() {
 async fn a_connection_flood_past_the_per_ip_limit_is_refused_and_others_carry_on() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--max-connections-per-ip", "4"]);
-    let mut alice = SioClient::connect(server.port, "Alice", "Bob").await;
-    let mut bob = SioClient::connect(server.port, "Bob", "Alice").await;
+    let alice = server.connect_plain("Alice", "Bob").await;
+    let mut bob = server.connect_plain("Bob", "Alice").await;
     let flood: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
         .collect();
@@ -183,8 +190,11 @@ async fn a_connection_flood_past_the_per_ip_limit_is_refused_and_others_carry_on
         waited < Duration::from_secs(5),
         "refused at once, not at a timeout"
     );
-    assert_eq!(alice.send("we are fine").await["ok"], true);
-    assert_eq!(bob.event("chat message").await["text"], "we are fine");
+    assert_eq!(send(&alice, "we are fine").await["ok"], true);
+    assert_eq!(
+        wait_for_event(&mut bob, "chat message").await["text"],
+        "we are fine"
+    );
     drop(flood);
     server.stop();
 }
@@ -203,10 +213,14 @@ async fn a_client_that_stops_reading_is_disconnected_while_its_peer_floods() {
             "60000",
         ],
     );
-    let mut sender = SioClient::connect(server.port, "Flood-1", "Flood-2").await;
-    let stalled = SioClient::connect(server.port, "Flood-2", "Flood-1").await;
-    assert_eq!(sender.event("online").await, json!(["Flood-1"]));
-    assert_eq!(sender.event("online").await, json!(["Flood-1", "Flood-2"]));
+    let mut sender = RawClient::connect(server.port, "Flood-1", "Flood-2").await;
+    let stalled = RawClient::connect(server.port, "Flood-2", "Flood-1").await;
+    assert_eq!(sender.next_text().await, r#"42["online",["Flood-1"]]"#);
+    assert_eq!(sender.next_text().await, r#"42["history",[]]"#);
+    assert_eq!(
+        sender.next_text().await,
+        r#"42["online",["Flood-1","Flood-2"]]"#
+    );
     // Far more than the kernel's socket buffers hold: the stalled client's
     // queue must fill, and it must be dropped rather than buffered.
     let text = "x".repeat(50_000);
@@ -247,8 +261,8 @@ async fn a_client_that_stops_reading_is_disconnected_while_its_peer_floods() {
 async fn connections_past_the_total_limit_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--max-connections", "2"]);
-    let mut alice = SioClient::connect(server.port, "Alice", "Bob").await;
-    let _bob = SioClient::connect(server.port, "Bob", "Alice").await;
+    let alice = server.connect_plain("Alice", "Bob").await;
+    let _bob = server.connect_plain("Bob", "Alice").await;
     let refused = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     let waited = tokio::task::spawn_blocking(move || time_until_closed(refused))
         .await
@@ -257,7 +271,7 @@ async fn connections_past_the_total_limit_are_refused() {
         waited < Duration::from_secs(5),
         "refused at once, not at a timeout"
     );
-    assert_eq!(alice.send("still served").await["ok"], true);
+    assert_eq!(send(&alice, "still served").await["ok"], true);
     server.stop();
 }
 

@@ -44,8 +44,20 @@ pub fn online_line(everyone: &[String]) -> String {
     if everyone.is_empty() {
         return "No one is Online".to_owned();
     }
-    let names: Vec<String> = everyone.iter().map(|user| format!("'{user}'")).collect();
-    format!("Online :  [ {} ]", names.join(", "))
+    format!("Online :  {}", node_array(everyone))
+}
+
+/// A list of names as Node's `console.log` prints an array of strings:
+/// `[ 'A', 'B' ]`, or `[]` when empty.
+pub fn node_array<S: AsRef<str>>(names: &[S]) -> String {
+    if names.is_empty() {
+        return "[]".to_owned();
+    }
+    let quoted: Vec<String> = names
+        .iter()
+        .map(|name| format!("'{}'", name.as_ref()))
+        .collect();
+    format!("[ {} ]", quoted.join(", "))
 }
 
 fn print_lines(lines: &[String]) {
@@ -69,5 +81,6 @@ mod tests {
             "Online :  [ 'Dummy-1', 'Dummy-2' ]"
         );
         assert_eq!(online_line(&[]), "No one is Online");
+        assert_eq!(node_array::<&str>(&[]), "[]");
     }
 }

@@ -1,5 +1,6 @@
 //! The operator commands of the `chatd` binary, one file each.
 
+pub mod chat;
 pub mod export;
 pub mod online;
 pub mod purge;
@@ -22,6 +23,7 @@ enum Command {
     Online(online::OnlineCommand),
     Export(export::ExportCommand),
     Purge(purge::PurgeCommand),
+    Chat(chat::ChatCommand),
     Token(token::TokenCommand),
 }
 
@@ -33,6 +35,7 @@ impl Chatd {
             Command::Online(command) => command.execute(),
             Command::Export(command) => command.execute(),
             Command::Purge(command) => command.execute(),
+            Command::Chat(command) => command.execute(),
             Command::Token(command) => command.execute(),
         }
     }

@@ -1,6 +1,6 @@
 //! `chatd token USER`: mints a token that lets USER connect.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -11,6 +11,9 @@ use crate::chat::names::valid_user_name;
 use crate::datadir;
 use crate::duration::parse_duration;
 
+/// How long a token stays valid unless `--ttl` says otherwise.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Print a token that lets USER connect.
 #[derive(FromArgs, Debug, PartialEq)]
 #[argh(subcommand, name = "token")]
@@ -20,11 +23,7 @@ pub struct TokenCommand {
     pub user: String,
 
     /// how long the token stays valid, e.g. 30m, 12h, 30d (default 24h)
-    #[argh(
-        option,
-        default = "Duration::from_secs(24 * 60 * 60)",
-        from_str_fn(parse_duration)
-    )]
+    #[argh(option, default = "DEFAULT_TTL", from_str_fn(parse_duration))]
     pub ttl: Duration,
 
     /// the data directory (default: the same one `chatd run` uses)
@@ -45,32 +44,48 @@ impl TokenCommand {
 
     /// The token, without printing it.
     fn mint(self) -> anyhow::Result<String> {
-        if !valid_user_name(&self.user) {
-            bail!(
-                "invalid user name {:?}: use 1 to 32 characters of A-Z a-z 0-9 . -, \
-                 starting with a letter or digit",
-                self.user
-            );
-        }
-        if self.ttl.is_zero() {
-            bail!("--ttl must be longer than 0s");
-        }
-        let secret = match &self.jwt_secret {
-            // The operator's own secret must already exist: creating it here
-            // would mint tokens the server does not know about.
-            Some(path) => datadir::load_secret(path)?,
-            // Created if missing, so a token minted before the first
-            // `chatd run` works once the server starts on this directory.
-            None => {
-                let dir = datadir::resolve(self.data_dir.as_deref());
-                datadir::ensure(&dir)?;
-                datadir::load_or_create_secret(&dir.join(datadir::SECRET_FILE))?
-            }
-        };
-        TokenKey::new(&secret)
-            .issue(&self.user, self.ttl)
-            .with_context(|| format!("cannot issue a token for {}", self.user))
+        mint_token(
+            &self.user,
+            self.ttl,
+            self.data_dir.as_deref(),
+            self.jwt_secret.as_deref(),
+        )
     }
+}
+
+/// Mints a token for `user`, valid for `ttl`, signed with the secret the
+/// server on this host uses: `jwt_secret` if given, else the one in the data
+/// directory (`data_dir`, resolved as every command does).
+pub fn mint_token(
+    user: &str,
+    ttl: Duration,
+    data_dir: Option<&Path>,
+    jwt_secret: Option<&Path>,
+) -> anyhow::Result<String> {
+    if !valid_user_name(user) {
+        bail!(
+            "invalid user name {user:?}: use 1 to 32 characters of A-Z a-z 0-9 . -, \
+             starting with a letter or digit"
+        );
+    }
+    if ttl.is_zero() {
+        bail!("--ttl must be longer than 0s");
+    }
+    let secret = match jwt_secret {
+        // The operator's own secret must already exist: creating it here
+        // would mint tokens the server does not know about.
+        Some(path) => datadir::load_secret(path)?,
+        // Created if missing, so a token minted before the first
+        // `chatd run` works once the server starts on this directory.
+        None => {
+            let dir = datadir::resolve(data_dir);
+            datadir::ensure(&dir)?;
+            datadir::load_or_create_secret(&dir.join(datadir::SECRET_FILE))?
+        }
+    };
+    TokenKey::new(&secret)
+        .issue(user, ttl)
+        .with_context(|| format!("cannot issue a token for {user}"))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::datadir;
 /// key (PKCS#8, PKCS#1 or SEC1). Only `http/1.1` is offered over ALPN: the
 /// server speaks HTTP/1 (WebSocket upgrades need it).
 pub fn load_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
-    let certs = read_certs(cert)?;
+    let certs = read_certs(cert, "--tls-cert")?;
     let key_der = read_key(key)?;
     // An explicit provider: no process-wide default has to be installed, and
     // nothing can silently pick another backend.
@@ -45,13 +45,22 @@ pub fn load_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Where the generated pair lives inside the data directory.
+const SELF_SIGNED_DIR: &str = "tls";
+
+/// `<data_dir>/tls/cert.pem` and `<data_dir>/tls/key.pem`, whether they exist
+/// or not: clients trust that certificate by default.
+pub fn self_signed_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
+    let dir = data_dir.join(SELF_SIGNED_DIR);
+    (dir.join("cert.pem"), dir.join("key.pem"))
+}
+
 /// Returns `<data_dir>/tls/cert.pem` and `<data_dir>/tls/key.pem`, generating
 /// a self-signed pair on first use and reusing it afterwards, so a restarted
 /// server serves the certificate its clients already accepted.
 pub fn self_signed(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let dir = data_dir.join("tls");
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
+    let (cert, key) = self_signed_paths(data_dir);
+    let dir = data_dir.join(SELF_SIGNED_DIR);
     match (cert.exists(), key.exists()) {
         (true, true) => return Ok((cert, key)),
         (false, false) => {}
@@ -134,11 +143,12 @@ fn host_name() -> Option<String> {
     usable.then(|| name.to_owned())
 }
 
-/// Reads every certificate from a PEM file, end-entity first.
-fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+/// Reads every certificate from a PEM file, end-entity first. `flag` names
+/// the command-line option the path came from, for the error message.
+pub(crate) fn read_certs(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let pem = fs::read(path).with_context(|| {
         format!(
-            "cannot read the TLS certificate {}: check the --tls-cert path and its permissions",
+            "cannot read the TLS certificate {}: check the {flag} path and its permissions",
             path.display()
         )
     })?;
@@ -272,7 +282,7 @@ mod tests {
         });
 
         let mut roots = rustls::RootCertStore::empty();
-        for c in read_certs(&cert).unwrap() {
+        for c in read_certs(&cert, "--ca").unwrap() {
             roots.add(c).unwrap();
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());

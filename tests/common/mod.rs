@@ -1,27 +1,32 @@
-//! Helpers for tests that drive the real `chatd` binary: start and stop a
-//! server, run a command, and a minimal Socket.IO client over a websocket.
+//! Helpers for tests that drive the real `chatd` binary: a server on a
+//! loopback port, commands run to completion, waiting for the lines a
+//! process prints, and clients (the project's own, and a raw one for
+//! sending what no real client would).
+//!
+//! Nothing here sleeps: every wait is for a line, an event or the end of
+//! the output, with a timeout.
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
+pub mod raw;
+
 use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
-use http_body_util::Empty;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use chatd::client::{Client, ConnectOptions, Event, tls};
+use serde_json::{Value, json};
+use tempfile::TempDir;
 
 /// The binary under test.
 pub const CHATD: &str = env!("CARGO_BIN_EXE_chatd");
 
-/// How long any single wait in a test may take before it fails.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+/// How long any single wait may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs `chatd ARGS... --data-dir DIR` to completion.
 pub fn chatd(data_dir: &Path, args: &[&str]) -> Output {
@@ -56,15 +61,74 @@ pub fn chatd_err(data_dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stderr).expect("stderr is UTF-8")
 }
 
-/// A `chatd run` child process.
+/// The lines a child process prints, read on a thread so a wait can time out.
+pub struct Lines {
+    lines: mpsc::Receiver<String>,
+    /// Every line taken so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Lines {
+    /// Starts reading `output` line by line.
+    pub fn new(output: impl Read + Send + 'static) -> Lines {
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line; `None` when the output has ended.
+    pub fn next_line(&mut self) -> Option<String> {
+        match self.lines.recv_timeout(TIMEOUT) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no line within {TIMEOUT:?}; seen so far: {:#?}", self.seen)
+            }
+        }
+    }
+
+    /// Skips lines until one equal to `expected`.
+    pub fn wait_for_line(&mut self, expected: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            match self.next_line() {
+                Some(line) if line == expected => return,
+                Some(_) => {}
+                None => panic!("output ended before {expected:?}; seen: {:#?}", self.seen),
+            }
+        }
+        panic!("no {expected:?} within {TIMEOUT:?}; seen: {:#?}", self.seen)
+    }
+
+    /// Every remaining line, up to the end of the output.
+    pub fn rest(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.next_line()).collect()
+    }
+}
+
+/// A `chatd run` child process on a loopback port.
 pub struct Server {
-    child: Child,
     /// The port it listens on.
     pub port: u16,
-    /// Its data directory.
+    /// Its data directory (history, secret, generated certificate).
     pub data_dir: PathBuf,
-    stdout: JoinHandle<Vec<String>>,
-    stderr: JoinHandle<String>,
+    /// The process.
+    pub child: Child,
+    console: Lines,
+    stderr: Option<JoinHandle<String>>,
+    _dir: Option<TempDir>,
 }
 
 /// How a server that never started listening ended.
@@ -76,9 +140,19 @@ pub struct StartFailure {
     pub stderr: String,
 }
 
+/// Starts `chatd run` with TLS and auth on (the defaults) on a fresh data
+/// directory, with `ARGS...` added.
+pub fn start_server(args: &[&str]) -> Server {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data_dir = dir.path().join("data");
+    let mut server = Server::launch(&data_dir, args)
+        .unwrap_or_else(|failure| panic!("chatd run did not start: {failure:?}"));
+    server._dir = Some(dir);
+    server
+}
+
 impl Server {
-    /// Starts `chatd run --no-tls --no-auth --listen 127.0.0.1:0 --data-dir DIR
-    /// EXTRA...` and waits for its `Listening at <port>` line.
+    /// Starts `chatd run --no-tls --no-auth` on `data_dir` with `EXTRA...`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
         Server::try_start(data_dir, extra)
             .unwrap_or_else(|failure| panic!("chatd run did not start: {failure:?}"))
@@ -87,57 +161,97 @@ impl Server {
     /// Like [`start`](Self::start), but a server that exits before
     /// listening is an `Err`, not a panic.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Server, StartFailure> {
+        Server::launch(data_dir, &[&["--no-tls", "--no-auth"][..], extra].concat())
+    }
+
+    fn launch(data_dir: &Path, args: &[&str]) -> Result<Server, StartFailure> {
         let mut child = Command::new(CHATD)
-            .args(["run", "--no-tls", "--no-auth", "--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
+            .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(extra)
+            .args(args)
+            // Warnings only: info logs would flood the test output.
+            .env("RUST_LOG", "chatd=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("cannot start chatd run");
-        let stdout = child.stdout.take().expect("piped stdout");
         let mut stderr_pipe = child.stderr.take().expect("piped stderr");
-        // Drain both pipes for the server's whole life: a full pipe would
-        // block its console writes.
+        // Drained for the server's whole life: a full pipe would block it.
         let stderr = std::thread::spawn(move || {
             let mut text = String::new();
             let _ = stderr_pipe.read_to_string(&mut text);
             text
         });
-        let (port_tx, port_rx) = mpsc::channel();
-        let stdout = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(port) = line.strip_prefix("Listening at ") {
-                    let _ = port_tx.send(port.trim().parse::<u16>().expect("a port number"));
-                }
-                lines.push(line);
-            }
-            lines
-        });
-        match port_rx.recv_timeout(PATIENCE) {
-            Ok(port) => Ok(Server {
-                child,
-                port,
-                data_dir: data_dir.to_owned(),
-                stdout,
-                stderr,
-            }),
-            // The stdout reader ended without the line: the server exited.
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = child.wait().expect("wait for chatd run");
-                Err(StartFailure {
-                    status,
-                    stderr: stderr.join().unwrap_or_default(),
-                })
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                panic!("chatd run did not print `Listening at` in time");
-            }
+        let mut console = Lines::new(child.stdout.take().expect("piped stdout"));
+        let Some(line) = console.next_line() else {
+            let status = child.wait().expect("wait for chatd run");
+            return Err(StartFailure {
+                status,
+                stderr: stderr.join().unwrap_or_default(),
+            });
+        };
+        let port = line
+            .strip_prefix("Listening at ")
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("expected `Listening at N`, got {line:?}"));
+        Ok(Server {
+            port,
+            data_dir: data_dir.to_owned(),
+            child,
+            console,
+            stderr: Some(stderr),
+            _dir: None,
+        })
+    }
+
+    /// Skips console lines until one equal to `expected`.
+    pub fn wait_for_line(&mut self, expected: &str) {
+        self.console.wait_for_line(expected);
+    }
+
+    /// The loopback address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `wss://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("wss://127.0.0.1:{}", self.port)
+    }
+
+    /// The self-signed certificate the server generated and serves.
+    pub fn cert(&self) -> PathBuf {
+        chatd::server::tls::self_signed_paths(&self.data_dir).0
+    }
+
+    /// A token for `user` signed with the server's secret.
+    pub fn token(&self, user: &str) -> String {
+        chatd::cli::token::mint_token(user, Duration::from_secs(3600), Some(&self.data_dir), None)
+            .expect("mint a token")
+    }
+
+    /// Client options that trust the server's certificate.
+    pub fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            tls: Some(tls::trusting(&self.cert()).expect("trust the server's certificate")),
+            ..ConnectOptions::default()
         }
+    }
+
+    /// Connects `user` to `peer` with a valid token over verified TLS.
+    pub async fn connect(&self, user: &str, peer: &str) -> Client {
+        let auth = json!({"user": user, "peer": peer, "token": self.token(user)});
+        Client::connect(&self.url(), auth, &self.options())
+            .await
+            .expect("connect")
+    }
+
+    /// Connects `user` to `peer` on a `--no-tls --no-auth` server.
+    pub async fn connect_plain(&self, user: &str, peer: &str) -> Client {
+        Client::connect_plain(self.addr(), json!({"user": user, "peer": peer}))
+            .await
+            .expect("connect")
     }
 
     /// The server's resident memory, from /proc, in KiB.
@@ -151,181 +265,76 @@ impl Server {
             .expect("a VmRSS line")
     }
 
-    /// Stops the server with SIGTERM and checks that it exits with 0;
-    /// returns its console (stdout) lines.
+    /// Stops the server with SIGTERM, checks that it exits with 0, and
+    /// returns every console line it printed.
     pub fn stop(mut self) -> Vec<String> {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(rc, 0, "cannot signal chatd run");
+        // Its stdout closes when it exits: wait for that, with a timeout.
+        self.console.rest();
         let status = self.child.wait().expect("wait for chatd run");
-        let stderr = self.stderr.join().unwrap_or_default();
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
         assert_eq!(status.code(), Some(0), "chatd run exited badly: {stderr}");
-        self.stdout.join().unwrap_or_default()
+        std::mem::take(&mut self.console.seen)
     }
 }
 
-/// Hands hyper's background futures to tokio.
-struct SpawnExecutor;
-
-impl<F> hyper::rt::Executor<F> for SpawnExecutor
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, future: F) {
-        tokio::spawn(future);
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failed test must not leave a server behind.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
-/// A minimal Socket.IO v5 client on a plain websocket: enough to join as a
-/// user and send acknowledged `chat message`s.
-pub struct SioClient {
-    ws: WebSocket<TokioIo<Upgraded>>,
-    next_ack: u64,
-    /// The socket id the server gave this connection.
-    pub sid: String,
+/// The next event of `client`, which must be named `name`; returns its
+/// first argument.
+pub async fn expect_event(client: &mut Client, name: &str) -> Value {
+    let Event { name: got, args } = next_event(client).await;
+    assert_eq!(got, name, "unexpected event with {args:?}");
+    first(args)
 }
 
-impl SioClient {
-    /// Connects to `127.0.0.1:port` as `user`, talking to `peer`.
-    pub async fn connect(port: u16, user: &str, peer: &str) -> SioClient {
-        let mut client = SioClient::open_only(port).await;
-        let auth = serde_json::json!({ "user": user, "peer": peer });
-        client.send_text(format!("40{auth}")).await;
-        let connected = client.next_text().await;
-        let body = connected
-            .strip_prefix("40")
-            .unwrap_or_else(|| panic!("expected CONNECT, got {connected}"));
-        let body: Value = serde_json::from_str(body).expect("CONNECT payload is JSON");
-        client.sid = body["sid"].as_str().expect("a sid").to_owned();
-        client
-    }
-
-    /// Opens the Engine.IO session (websocket and open packet) without
-    /// joining any Socket.IO namespace.
-    pub async fn open_only(port: u16) -> SioClient {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect to chatd");
-        let request = hyper::Request::builder()
-            .method("GET")
-            .uri("/socket.io/?EIO=4&transport=websocket")
-            .header("Host", format!("127.0.0.1:{port}"))
-            .header(hyper::header::UPGRADE, "websocket")
-            .header(hyper::header::CONNECTION, "upgrade")
-            .header(
-                "Sec-WebSocket-Key",
-                fastwebsockets::handshake::generate_key(),
-            )
-            .header("Sec-WebSocket-Version", "13")
-            .body(Empty::<Bytes>::new())
-            .expect("a valid request");
-        let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, request, stream)
-            .await
-            .expect("websocket handshake");
-        let mut client = SioClient {
-            ws,
-            next_ack: 1,
-            sid: String::new(),
-        };
-        let open = client.next_text().await;
-        assert!(
-            open.starts_with("0{"),
-            "expected the open packet, got {open}"
-        );
-        client
-    }
-
-    /// Sends `text` as a `chat message` with an ack; returns the ack's
-    /// payload (`{"ok":true,"message":{...}}` when accepted).
-    pub async fn send(&mut self, text: &str) -> Value {
-        let id = self.next_ack;
-        self.next_ack += 1;
-        let args = serde_json::json!(["chat message", text]);
-        self.send_text(format!("42{id}{args}")).await;
-        self.ack(id).await
-    }
-
-    /// Waits for the event `name` and returns its first argument.
-    pub async fn event(&mut self, name: &str) -> Value {
-        loop {
-            let packet = self.next_text().await;
-            if let Some(rest) = packet.strip_prefix("42") {
-                let args: Value = serde_json::from_str(rest).expect("event args are JSON");
-                if args[0] == name {
-                    return args[1].clone();
-                }
-            }
+/// Skips events until one named `name`; returns its first argument.
+pub async fn wait_for_event(client: &mut Client, name: &str) -> Value {
+    loop {
+        let Event { name: got, args } = next_event(client).await;
+        if got == name {
+            return first(args);
         }
     }
+}
 
-    /// Sends one raw Engine.IO text packet, whatever it holds.
-    pub async fn send_packet(&mut self, packet: &str) {
-        self.send_text(packet.to_owned()).await;
-    }
+/// Sends a `chat message` with an ack and returns the ack's payload.
+pub async fn send(client: &Client, text: &str) -> Value {
+    let ack = client
+        .emit_with_ack("chat message", json!(text))
+        .await
+        .expect("send")
+        .await
+        .expect("ack");
+    first(ack)
+}
 
-    /// Sends one raw websocket frame, whatever it holds.
-    pub async fn send_frame(&mut self, frame: Frame<'_>) {
-        self.ws.write_frame(frame).await.expect("websocket write");
-    }
+async fn next_event(client: &mut Client) -> Event {
+    tokio::time::timeout(TIMEOUT, client.next_event())
+        .await
+        .unwrap_or_else(|_| panic!("no event within {TIMEOUT:?}"))
+        .unwrap_or_else(|| panic!("the connection ended while an event was awaited"))
+}
 
-    /// Waits for the acknowledgement `id` and returns its first argument.
-    pub async fn ack(&mut self, id: u64) -> Value {
-        let prefix = format!("43{id}");
-        loop {
-            let packet = self.next_text().await;
-            if let Some(rest) = packet.strip_prefix(&prefix) {
-                let args: Value = serde_json::from_str(rest).expect("ack args are JSON");
-                return args[0].clone();
-            }
-        }
-    }
-
-    /// Waits until chatd closes this connection (a close frame or the end of
-    /// the stream), answering pings meanwhile; panics if it stays open.
-    pub async fn closed_by_server(mut self) {
-        loop {
-            let frame = tokio::time::timeout(PATIENCE, self.ws.read_frame())
-                .await
-                .expect("chatd closed the connection in time");
-            match frame {
-                Err(_) => return,
-                Ok(frame) if frame.opcode == OpCode::Close => return,
-                Ok(frame) if frame.opcode == OpCode::Text && frame.payload.as_ref() == b"2" => {
-                    self.send_text("3".into()).await;
-                }
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// The next Engine.IO text packet (not a ping), answering pings on the way.
-    pub async fn next_text(&mut self) -> String {
-        loop {
-            let frame = tokio::time::timeout(PATIENCE, self.ws.read_frame())
-                .await
-                .expect("chatd answered in time")
-                .expect("a websocket frame");
-            match frame.opcode {
-                OpCode::Text => {
-                    let text = String::from_utf8(frame.payload.to_vec()).expect("UTF-8 text");
-                    if text == "2" {
-                        self.send_text("3".into()).await;
-                        continue;
-                    }
-                    return text;
-                }
-                OpCode::Close => panic!("chatd closed the websocket"),
-                _ => continue,
-            }
-        }
-    }
-
-    async fn send_text(&mut self, text: String) {
-        self.ws
-            .write_frame(Frame::text(Payload::Owned(text.into_bytes())))
-            .await
-            .expect("websocket write");
+fn first(mut args: Vec<Value>) -> Value {
+    if args.is_empty() {
+        Value::Null
+    } else {
+        args.swap_remove(0)
     }
 }
