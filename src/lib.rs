@@ -3,6 +3,7 @@
 //! database.
 
 pub mod admin;
+pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod client;

@@ -33,7 +33,7 @@ const HISTORY_ON_CONNECT: usize = 50;
 /// Most messages in one `history` answer (and in a `since` replay).
 const HISTORY_MAX: usize = 200;
 /// Messages that may wait for the store writer before senders wait.
-const WRITER_QUEUE: usize = 8192;
+pub const WRITER_QUEUE: usize = 8192;
 
 /// The chat rules a server runs with.
 pub struct ChatConfig {

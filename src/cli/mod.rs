@@ -1,5 +1,6 @@
 //! The operator commands of the `chatd` binary, one file each.
 
+pub mod bench;
 pub mod chat;
 pub mod export;
 pub mod online;
@@ -25,6 +26,7 @@ enum Command {
     Purge(purge::PurgeCommand),
     Chat(chat::ChatCommand),
     Token(token::TokenCommand),
+    Bench(bench::BenchCommand),
 }
 
 impl Chatd {
@@ -37,6 +39,7 @@ impl Chatd {
             Command::Purge(command) => command.execute(),
             Command::Chat(command) => command.execute(),
             Command::Token(command) => command.execute(),
+            Command::Bench(command) => command.execute(),
         }
     }
 }
