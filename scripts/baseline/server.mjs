@@ -2,11 +2,14 @@
 // §1) on the stock Node.js Socket.IO server, with history in memory. It is
 // what chatd replaces, measured in the same run by scripts/bench.sh.
 //
-// node server.mjs --port N [--no-auth]   (plain ws/http; auth skipped)
+// node server.mjs --port N [--no-auth]   (plain ws/http; auth skipped; port 0
+// picks a free one, and `Listening at N` says which, as chatd does)
+import { createServer } from "node:http";
 import { Server } from "socket.io";
 
 const port = Number(process.argv[process.argv.indexOf("--port") + 1] || 5001);
-const io = new Server(port, { pingInterval: 25000, pingTimeout: 20000, maxHttpBufferSize: 65536 });
+const httpServer = createServer();
+const io = new Server(httpServer, { pingInterval: 25000, pingTimeout: 20000, maxHttpBufferSize: 65536 });
 const NAME = /^[A-Za-z0-9][A-Za-z0-9.-]{0,31}$/;
 const rooms = new Map(); // room -> [message]
 const users = new Map(); // user -> Set(socket)
@@ -81,4 +84,4 @@ io.on("connection", (socket) => {
     }
   });
 });
-console.log(`Listening at ${port}`);
+httpServer.listen(port, () => console.log(`Listening at ${httpServer.address().port}`));
