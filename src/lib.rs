@@ -7,6 +7,7 @@ pub mod cli;
 pub mod datadir;
 pub mod duration;
 pub mod engineio;
+pub mod metrics;
 pub mod server;
 pub mod socketio;
 pub mod store;

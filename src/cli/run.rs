@@ -15,7 +15,10 @@ use crate::chat::handler::{Chat, ChatConfig};
 use crate::chat::rate::RateLimit;
 use crate::datadir;
 use crate::engineio::EngineConfig;
-use crate::server::{Server, tls};
+use crate::metrics::METRICS;
+use crate::server::notify::Notifier;
+use crate::server::signals::{Signal, Signals};
+use crate::server::{Server, metrics, tls};
 use crate::socketio::SocketIo;
 use crate::store::{Store, StoreError};
 
@@ -83,6 +86,10 @@ pub struct RunCommand {
     /// seconds a client has to join after connecting (default 10)
     #[argh(option, default = "10")]
     pub connect_timeout: u64,
+
+    /// serve Prometheus metrics over plain HTTP at http://ADDR/metrics (default: off)
+    #[argh(option)]
+    pub metrics_listen: Option<String>,
 }
 
 impl RunCommand {
@@ -114,18 +121,19 @@ impl RunCommand {
             };
             Some(TokenKey::new(&secret))
         };
-        let tls = match (self.no_tls, &self.tls_cert, &self.tls_key) {
+        let certs = match (self.no_tls, &self.tls_cert, &self.tls_key) {
             (true, None, None) => None,
             (true, _, _) => bail!("--no-tls cannot be combined with --tls-cert/--tls-key"),
-            (false, Some(cert), Some(key)) => Some(tls::load_acceptor(cert, key)?),
+            (false, Some(cert), Some(key)) => Some(tls::CertFiles::load(cert, key)?),
             (false, None, None) => {
                 let (cert, key) = tls::self_signed(&data_dir)?;
-                Some(tls::load_acceptor(&cert, &key)?)
+                Some(tls::CertFiles::load(&cert, &key)?)
             }
             (false, _, _) => bail!(
                 "--tls-cert and --tls-key go together: give both, or neither for the generated certificate"
             ),
         };
+        let tls = certs.as_ref().map(tls::CertFiles::acceptor).transpose()?;
         if self.max_payload < 16 {
             bail!(
                 "--max-payload {} is too small to carry any packet",
@@ -155,6 +163,10 @@ impl RunCommand {
             .local_addr()
             .context("listener has no address")?
             .port();
+        if let Some(addr) = &self.metrics_listen {
+            let bound = metrics::start(addr).await?;
+            tracing::info!("metrics at http://{bound}/metrics");
+        }
 
         let server = Arc::new(Server {
             paths: vec!["/socket.io/".to_owned()],
@@ -175,9 +187,19 @@ impl RunCommand {
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(server.clone().accept_loop(listener, stop_accepting.clone()));
         tracing::info!(data_dir = %data_dir.display(), tls = tls.is_some(), auth = !self.no_auth, "chatd listening on {}", self.listen);
+        let mut signals = Signals::install()?;
         Console::listening(port);
+        let notifier = Arc::new(Notifier::from_env());
+        notifier.ready();
+        notifier.spawn_watchdog();
 
-        let signal = wait_for_signal().await?;
+        let signal = loop {
+            match signals.next().await {
+                Signal::Reload => reload_tls(certs.as_deref()),
+                Signal::Stop(signal) => break signal,
+            }
+        };
+        notifier.stopping();
         tracing::info!(signal, "shutting down");
         stop_accepting.cancel();
         let _ = accept.await;
@@ -199,12 +221,23 @@ impl RunCommand {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGHUP: serves the certificate files' current content from the next
+/// handshake on (a renewal), or keeps the served one and says why not.
+fn reload_tls(certs: Option<&tls::CertFiles>) {
+    let Some(certs) = certs else {
+        tracing::info!("SIGHUP: TLS is off (--no-tls), nothing to reload");
+        return;
+    };
+    match certs.reload() {
+        Ok(()) => {
+            METRICS.tls_reload(true);
+            tracing::info!(cert = %certs.cert_path().display(), "TLS certificate reloaded");
+        }
+        Err(error) => {
+            METRICS.tls_reload(false);
+            tracing::error!(
+                "TLS certificate not reloaded, still serving the previous one: {error:#}"
+            );
+        }
+    }
 }

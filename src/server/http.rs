@@ -15,7 +15,7 @@ use super::Server;
 use crate::engineio::{EngineHandler, RequestInfo, websocket};
 
 /// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted (headers, URL).
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -25,6 +25,7 @@ where
     H: EngineHandler,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let shutdown = server.sessions.clone();
     let service = hyper::service::service_fn(move |request| {
         let server = server.clone();
         async move { Ok::<_, std::convert::Infallible>(route(server, request, remote)) }
@@ -35,7 +36,17 @@ where
         .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    if let Err(error) = connection.await {
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        // Shutdown: finish the request in progress, then close, so an idle
+        // keep-alive client (a health checker) does not hold up the exit.
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
         tracing::debug!(%error, %remote, "http connection ended");
     }
 }
@@ -98,7 +109,8 @@ fn route<H: EngineHandler>(
     response.map(|_| Full::new(Bytes::new()))
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+/// A plain-text answer.
+pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response

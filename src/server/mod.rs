@@ -3,6 +3,9 @@
 //! the Engine.IO websocket transport.
 
 pub mod http;
+pub mod metrics;
+pub mod notify;
+pub mod signals;
 pub mod tls;
 
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engineio::{EngineConfig, EngineHandler};
+use crate::metrics::{HandshakeRefusal, METRICS};
 
 /// How long a client may take to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,15 +58,21 @@ impl<H: EngineHandler> Server<H> {
             let server = self.clone();
             self.tracker.spawn(async move {
                 match &server.tls {
-                    Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            http::serve_connection(server.clone(), stream, remote).await
+                    Some(tls) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                http::serve_connection(server.clone(), stream, remote).await
+                            }
+                            Ok(Err(error)) => {
+                                METRICS.handshake_refused(HandshakeRefusal::Tls);
+                                tracing::debug!(%error, %remote, "TLS handshake failed")
+                            }
+                            Err(_) => {
+                                METRICS.handshake_refused(HandshakeRefusal::Tls);
+                                tracing::debug!(%remote, "TLS handshake timed out")
+                            }
                         }
-                        Ok(Err(error)) => tracing::debug!(%error, %remote, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                    },
+                    }
                     None => http::serve_connection(server.clone(), tcp, remote).await,
                 }
             });
