@@ -21,7 +21,7 @@ echo "==> cargo test --all-targets"
 cargo test --all-targets
 
 echo "==> node --test tests/node/"
-CHATD_BIN="${CHATD_BIN:-$PWD/target/debug/chatd}" \
+CHATD_BIN="${CHATD_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/chatd}" \
   node --test --test-concurrency=2 tests/node/
 
 echo "==> scripts/build-static.sh"
