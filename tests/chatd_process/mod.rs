@@ -2,9 +2,6 @@
 //! manager does, for the operations tests: its console port from stdout,
 //! its log lines from stderr, signals, and its exit status.
 
-// Each test crate that includes this module uses a different part of it.
-#![allow(dead_code)]
-
 use std::future::Future;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
