@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds chatd and runs every test: the Rust tests, then the Node.js
 # integration suite (tests/node) against the built binary with the stock
-# socket.io-client. Exits non-zero if anything fails.
+# socket.io-client, then the operations checks: the static release binary
+# and the systemd unit. Exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,7 +21,13 @@ echo "==> cargo test --all-targets"
 cargo test --all-targets
 
 echo "==> node --test tests/node/"
-CHATD_BIN="${CHATD_BIN:-$PWD/target/debug/chatd}" \
+CHATD_BIN="${CHATD_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/chatd}" \
   node --test --test-concurrency=2 tests/node/
+
+echo "==> scripts/build-static.sh"
+bash scripts/build-static.sh dist/chatd
+
+echo "==> scripts/check-unit.sh"
+bash scripts/check-unit.sh dist/chatd
 
 echo "==> all tests passed"

@@ -18,8 +18,11 @@ use crate::chat::rate::RateLimit;
 use crate::datadir;
 use crate::duration::parse_duration;
 use crate::engineio::EngineConfig;
+use crate::metrics::METRICS;
 use crate::server::limits::{ConnectionLimits, Gate};
-use crate::server::{Server, tls};
+use crate::server::notify::Notifier;
+use crate::server::signals::{Signal, Signals};
+use crate::server::{Server, metrics, tls};
 use crate::socketio::SocketIo;
 use crate::store::{Store, StoreError};
 
@@ -107,6 +110,10 @@ pub struct RunCommand {
     /// purge history older than this (e.g. 30d) at start and every minute (default: keep all)
     #[argh(option, from_str_fn(parse_duration))]
     pub retention: Option<Duration>,
+
+    /// serve Prometheus metrics over plain HTTP at http://ADDR/metrics (default: off)
+    #[argh(option)]
+    pub metrics_listen: Option<String>,
 }
 
 impl RunCommand {
@@ -140,13 +147,13 @@ impl RunCommand {
             };
             Some(TokenKey::new(&secret))
         };
-        let tls = match (self.no_tls, &self.tls_cert, &self.tls_key) {
+        let certs = match (self.no_tls, &self.tls_cert, &self.tls_key) {
             (true, None, None) => None,
             (true, _, _) => bail!("--no-tls cannot be combined with --tls-cert/--tls-key"),
-            (false, Some(cert), Some(key)) => Some(tls::load_acceptor(cert, key)?),
+            (false, Some(cert), Some(key)) => Some(tls::CertFiles::load(cert, key)?),
             (false, None, None) => {
                 let (cert, key) = tls::self_signed(&data_dir)?;
-                Some(tls::load_acceptor(&cert, &key)?)
+                Some(tls::CertFiles::load(&cert, &key)?)
             }
             (false, _, _) => bail!(
                 "--tls-cert and --tls-key go together: give both, or neither for the generated certificate"
@@ -155,6 +162,7 @@ impl RunCommand {
         if self.retention.is_some_and(|r| r.is_zero()) {
             bail!("--retention must be longer than 0s");
         }
+        let tls = certs.as_ref().map(tls::CertFiles::acceptor).transpose()?;
         if self.max_payload < 16 {
             bail!(
                 "--max-payload {} is too small to carry any packet",
@@ -184,6 +192,10 @@ impl RunCommand {
             .local_addr()
             .context("listener has no address")?
             .port();
+        if let Some(addr) = &self.metrics_listen {
+            let bound = metrics::start(addr).await?;
+            tracing::info!("metrics at http://{bound}/metrics");
+        }
 
         let admin = AdminServer::start(&data_dir, chat.clone())?;
         let background = CancellationToken::new();
@@ -220,12 +232,19 @@ impl RunCommand {
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(server.clone().accept_loop(listener, stop_accepting.clone()));
         tracing::info!(data_dir = %data_dir.display(), tls = tls.is_some(), auth = !self.no_auth, "chatd listening on {}", self.listen);
-        // Watch the signals before announcing the port: a SIGTERM sent right
-        // after `Listening at` must stop the server gracefully, not kill it.
-        let signal = watch_signals()?;
+        let mut signals = Signals::install()?;
         Console::listening(port);
+        let notifier = Arc::new(Notifier::from_env());
+        notifier.ready();
+        notifier.spawn_watchdog();
 
-        let signal = signal.await;
+        let signal = loop {
+            match signals.next().await {
+                Signal::Reload => reload_tls(certs.as_deref()),
+                Signal::Stop(signal) => break signal,
+            }
+        };
+        notifier.stopping();
         tracing::info!(signal, "shutting down");
         stop_accepting.cancel();
         background.cancel();
@@ -249,16 +268,23 @@ impl RunCommand {
     }
 }
 
-/// Installs the SIGTERM and SIGINT handlers now; the future resolves to the
-/// name of the first of them to arrive.
-fn watch_signals() -> anyhow::Result<impl Future<Output = &'static str>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+/// SIGHUP: serves the certificate files' current content from the next
+/// handshake on (a renewal), or keeps the served one and says why not.
+fn reload_tls(certs: Option<&tls::CertFiles>) {
+    let Some(certs) = certs else {
+        tracing::info!("SIGHUP: TLS is off (--no-tls), nothing to reload");
+        return;
+    };
+    match certs.reload() {
+        Ok(()) => {
+            METRICS.tls_reload(true);
+            tracing::info!(cert = %certs.cert_path().display(), "TLS certificate reloaded");
         }
-    })
+        Err(error) => {
+            METRICS.tls_reload(false);
+            tracing::error!(
+                "TLS certificate not reloaded, still serving the previous one: {error:#}"
+            );
+        }
+    }
 }

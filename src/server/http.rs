@@ -27,6 +27,7 @@ pub async fn serve_connection<H, S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (header_timeout, max_head) = (server.handshake_timeout, server.max_header_bytes);
+    let shutdown = server.sessions.clone();
     let service = hyper::service::service_fn(move |request| {
         let (server, permit) = (server.clone(), permit.clone());
         async move { Ok::<_, std::convert::Infallible>(route(server, request, remote, permit)) }
@@ -37,7 +38,17 @@ pub async fn serve_connection<H, S>(
         .max_buf_size(max_head.max(8192))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    if let Err(error) = connection.await {
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        // Shutdown: finish the request in progress, then close, so an idle
+        // keep-alive client (a health checker) does not hold up the exit.
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
         tracing::debug!(%error, %remote, "http connection ended");
     }
 }
@@ -105,7 +116,8 @@ fn route<H: EngineHandler>(
     response.map(|_| Full::new(Bytes::new()))
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+/// A plain-text answer.
+pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response

@@ -4,6 +4,9 @@
 
 pub mod http;
 pub mod limits;
+pub mod metrics;
+pub mod notify;
+pub mod signals;
 pub mod tls;
 
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engineio::{EngineConfig, EngineHandler};
+use crate::metrics::{HandshakeRefusal, METRICS};
 
 /// A listener's settings and shared state.
 pub struct Server<H> {
@@ -72,8 +76,14 @@ impl<H: EngineHandler> Server<H> {
                     Ok(Ok(stream)) => {
                         http::serve_connection(server.clone(), stream, remote, permit).await
                     }
-                    Ok(Err(error)) => tracing::debug!(%error, %remote, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    Ok(Err(error)) => {
+                        METRICS.handshake_refused(HandshakeRefusal::Tls);
+                        tracing::debug!(%error, %remote, "TLS handshake failed")
+                    }
+                    Err(_) => {
+                        METRICS.handshake_refused(HandshakeRefusal::Tls);
+                        tracing::debug!(%remote, "TLS handshake timed out")
+                    }
                 }
             });
         }
