@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use argh::FromArgs;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::chat::auth::TokenKey;
 use crate::chat::console::Console;
@@ -83,6 +82,10 @@ pub struct RunCommand {
     /// seconds a client has to join after connecting (default 10)
     #[argh(option, default = "10")]
     pub connect_timeout: u64,
+
+    /// an origin (scheme://host[:port]) whose web pages may connect; repeatable (default: none)
+    #[argh(option)]
+    pub cors_origin: Vec<String>,
 }
 
 impl RunCommand {
@@ -93,6 +96,23 @@ impl RunCommand {
             .build()
             .context("cannot start the async runtime")?;
         runtime.block_on(self.serve())
+    }
+
+    /// The --cors-origin values as browsers send them in `Origin`.
+    fn cors_origins(&self) -> anyhow::Result<Vec<String>> {
+        self.cors_origin
+            .iter()
+            .map(|origin| {
+                // Browsers never send a trailing slash or a path.
+                let origin = origin.trim_end_matches('/');
+                match origin.split_once("://") {
+                    Some((scheme, host)) if !scheme.is_empty() && !host.is_empty() && !host.contains('/') => {
+                        Ok(origin.to_owned())
+                    }
+                    _ => bail!("--cors-origin {origin:?} is not an origin like https://example.com or http://localhost:8080"),
+                }
+            })
+            .collect()
     }
 
     async fn serve(self) -> anyhow::Result<()> {
@@ -156,22 +176,21 @@ impl RunCommand {
             .context("listener has no address")?
             .port();
 
-        let server = Arc::new(Server {
-            paths: vec!["/socket.io/".to_owned()],
-            engine: Arc::new(SocketIo::new(
+        let mut server = Server::new(
+            Arc::new(SocketIo::new(
                 chat.clone(),
                 Duration::from_secs(self.connect_timeout),
             )),
-            config: Arc::new(EngineConfig {
+            EngineConfig {
                 ping_interval: Duration::from_millis(self.ping_interval),
                 ping_timeout: Duration::from_millis(self.ping_timeout),
                 max_payload: self.max_payload,
                 outbound_queue: self.outbound_queue,
-            }),
-            tls: tls.clone(),
-            sessions: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-        });
+            },
+        );
+        server.tls = tls.clone();
+        server.cors_origins = self.cors_origins()?;
+        let server = Arc::new(server);
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(server.clone().accept_loop(listener, stop_accepting.clone()));
         tracing::info!(data_dir = %data_dir.display(), tls = tls.is_some(), auth = !self.no_auth, "chatd listening on {}", self.listen);
