@@ -62,11 +62,11 @@ async fn route<H: EngineHandler>(
     else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     };
-    // A browser page names its origin; anything else (Node, python, mobile)
-    // sends none and is not subject to CORS.
+    // A browser page names its origin; anything else (Node, mobile) sends
+    // none and is not subject to CORS.
     let origin = match request.headers().get(header::ORIGIN) {
         None => None,
-        Some(origin) if origin.to_str().is_ok_and(|o| server.allows_origin(o)) => {
+        Some(origin) if origin.to_str().is_ok_and(|o| allowed(&server, &request, o)) => {
             Some(origin.clone())
         }
         Some(_) => return plain(StatusCode::FORBIDDEN, "origin not allowed\n"),
@@ -88,6 +88,26 @@ async fn route<H: EngineHandler>(
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
     answer
+}
+
+/// True if a page from `origin` may use the server: it is on the allow-list,
+/// or it is the server's own origin (not cross-origin at all; websocket
+/// clients such as python's send it by default).
+fn allowed<H: EngineHandler>(server: &Server<H>, request: &Request<Incoming>, origin: &str) -> bool {
+    if server.allows_origin(origin) {
+        return true;
+    }
+    let scheme = if server.tls.is_some() { "https" } else { "http" };
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok());
+    host.is_some_and(|host| {
+        origin
+            .strip_prefix(scheme)
+            .and_then(|rest| rest.strip_prefix("://"))
+            .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+    })
 }
 
 /// A CORS preflight from an allowed origin (the caller adds the origin).

@@ -206,6 +206,9 @@ test("CORS: other origins are refused, on polling and websocket", { timeout: 300
     Origin: "https://app.example.com",
   });
   assert.equal(refused.status, 403);
+  // A page of the server's own origin is not cross-origin.
+  const own = await request(closed, "GET", "/socket.io/?EIO=4&transport=polling", { Origin: closed.url });
+  assert.equal(own.status, 200);
   const d1 = await closed.connect("Dummy-1", null, { options: DEFAULTS });
   await expectOnline(d1, ["Dummy-1"]);
 });
