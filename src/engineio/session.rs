@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use tokio::sync::{Mutex, MutexGuard, watch};
+use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::heartbeat::{Ended, Heartbeat};
@@ -18,6 +19,9 @@ use super::outbox::OutboxReceiver;
 use super::packet::Packet;
 use super::payload::Record;
 use super::{CloseReason, EngineConfig, Outbox, SessionHandler};
+
+/// How long shutdown lets a session deliver its close before dropping it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Which transport a session is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,15 +209,21 @@ impl<S: SessionHandler> Session<S> {
     pub async fn run(&self, config: &EngineConfig, shutdown: &CancellationToken) {
         let heartbeat = self.heartbeat.run(config, &self.outbox, &self.closing);
         tokio::pin!(heartbeat);
+        let grace = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(grace);
         let mut shutting_down = false;
         let ended = loop {
             tokio::select! {
                 biased;
+                ended = &mut heartbeat => break ended,
                 _ = shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
                     self.close(CloseReason::ServerClose);
+                    grace.as_mut().reset(Instant::now() + SHUTDOWN_GRACE);
                 }
-                ended = &mut heartbeat => break ended,
+                // A polling client between two polls may never come back
+                // for its close packet.
+                _ = &mut grace, if shutting_down => self.abort(CloseReason::ServerClose),
             }
         };
         if ended == Ended::TimedOut {

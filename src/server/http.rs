@@ -30,6 +30,7 @@ where
     H: EngineHandler,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let shutdown = server.sessions.clone();
     let service = hyper::service::service_fn(move |request| {
         let server = server.clone();
         async move { Ok::<_, std::convert::Infallible>(route(server, request, remote).await) }
@@ -40,7 +41,18 @@ where
         .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    if let Err(error) = connection.await {
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            // Polling clients keep their connections alive between
+            // requests: finish the request in flight (a held poll is
+            // answered as its session closes), then close.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
         tracing::debug!(%error, %remote, "http connection ended");
     }
 }
@@ -93,11 +105,19 @@ async fn route<H: EngineHandler>(
 /// True if a page from `origin` may use the server: it is on the allow-list,
 /// or it is the server's own origin (not cross-origin at all; websocket
 /// clients such as python's send it by default).
-fn allowed<H: EngineHandler>(server: &Server<H>, request: &Request<Incoming>, origin: &str) -> bool {
+fn allowed<H: EngineHandler>(
+    server: &Server<H>,
+    request: &Request<Incoming>,
+    origin: &str,
+) -> bool {
     if server.allows_origin(origin) {
         return true;
     }
-    let scheme = if server.tls.is_some() { "https" } else { "http" };
+    let scheme = if server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let host = request
         .headers()
         .get(header::HOST)
