@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use argh::FromArgs;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admin::retention;
 use crate::admin::server::AdminServer;
@@ -114,6 +113,10 @@ pub struct RunCommand {
     /// serve Prometheus metrics over plain HTTP at http://ADDR/metrics (default: off)
     #[argh(option)]
     pub metrics_listen: Option<String>,
+
+    /// an origin (scheme://host[:port]) whose web pages may connect; repeatable (default: none)
+    #[argh(option)]
+    pub cors_origin: Vec<String>,
 }
 
 impl RunCommand {
@@ -124,6 +127,23 @@ impl RunCommand {
             .build()
             .context("cannot start the async runtime")?;
         runtime.block_on(self.serve())
+    }
+
+    /// The --cors-origin values as browsers send them in `Origin`.
+    fn cors_origins(&self) -> anyhow::Result<Vec<String>> {
+        self.cors_origin
+            .iter()
+            .map(|origin| {
+                // Browsers never send a trailing slash or a path.
+                let origin = origin.trim_end_matches('/');
+                match origin.split_once("://") {
+                    Some((scheme, host)) if !scheme.is_empty() && !host.is_empty() && !host.contains('/') => {
+                        Ok(origin.to_owned())
+                    }
+                    _ => bail!("--cors-origin {origin:?} is not an origin like https://example.com or http://localhost:8080"),
+                }
+            })
+            .collect()
     }
 
     async fn serve(self) -> anyhow::Result<()> {
@@ -207,28 +227,27 @@ impl RunCommand {
             ));
         }
 
-        let server = Arc::new(Server {
-            paths: vec!["/socket.io/".to_owned()],
-            engine: Arc::new(SocketIo::new(
+        let mut server = Server::new(
+            Arc::new(SocketIo::new(
                 chat.clone(),
                 Duration::from_secs(self.connect_timeout),
             )),
-            config: Arc::new(EngineConfig {
+            EngineConfig {
                 ping_interval: Duration::from_millis(self.ping_interval),
                 ping_timeout: Duration::from_millis(self.ping_timeout),
                 max_payload: self.max_payload,
                 outbound_queue: self.outbound_queue,
-            }),
-            tls: tls.clone(),
-            sessions: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            gate: Gate::new(ConnectionLimits {
-                total: self.max_connections,
-                per_ip: self.max_connections_per_ip,
-            }),
-            handshake_timeout: Duration::from_secs(self.handshake_timeout),
-            max_header_bytes: self.max_header_bytes,
+            },
+        );
+        server.tls = tls.clone();
+        server.cors_origins = self.cors_origins()?;
+        server.gate = Gate::new(ConnectionLimits {
+            total: self.max_connections,
+            per_ip: self.max_connections_per_ip,
         });
+        server.handshake_timeout = Duration::from_secs(self.handshake_timeout);
+        server.max_header_bytes = self.max_header_bytes;
+        let server = Arc::new(server);
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(server.clone().accept_loop(listener, stop_accepting.clone()));
         tracing::info!(data_dir = %data_dir.display(), tls = tls.is_some(), auth = !self.no_auth, "chatd listening on {}", self.listen);

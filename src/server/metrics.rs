@@ -15,7 +15,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use super::http::text;
+use super::http::plain;
 use crate::metrics::METRICS;
 
 /// How long a scraper may take to send its request head.
@@ -64,7 +64,7 @@ async fn serve(listener: TcpListener) {
 
 fn answer(request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.uri().path() != "/metrics" {
-        return text(
+        return plain(
             StatusCode::NOT_FOUND,
             "not found: metrics are at /metrics\n",
         );
