@@ -85,18 +85,13 @@ wait_for "$WORK/Dummy-1.log" "Dummy-2 : hello from Dummy-2"
 echo "   " >&4
 wait_for "$WORK/Dummy-2.log" "You : Message is not accepted (empty)"
 
-# The operator commands come from another branch; show them when built in.
-has_command() { "$CHATD" --help 2>&1 | grep -qE "^  $1( |$)"; }
+# The operator's view, mid-conversation and at the end.
 : >"$WORK/operator.log"
 operator() {
   echo "\$ chatd $*" >>"$WORK/operator.log"
   "$CHATD" "$@" --data-dir "$DATA" >>"$WORK/operator.log" 2>&1 || fail "chatd $* failed"
 }
-if has_command online; then
-  operator online
-else
-  echo "(chatd online is not in this build: skipped)" >>"$WORK/operator.log"
-fi
+operator online
 
 # Dummy-2 leaves (end of its input), then Dummy-1.
 exec 4>&-
@@ -106,11 +101,7 @@ exec 3>&-
 wait "$DUMMY1" || fail "Dummy-1's chat failed"
 wait_for "$WORK/server.log" "No one is Online"
 
-if has_command export; then
-  operator export --room dm:Dummy-1_Dummy-2
-else
-  echo "(chatd export is not in this build: skipped)" >>"$WORK/operator.log"
-fi
+operator export --room dm:Dummy-1_Dummy-2
 
 kill -TERM "$SERVER"
 wait "$SERVER" || fail "the server did not exit cleanly"

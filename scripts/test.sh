@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds chatd and runs every test: the Rust tests, then the Node.js
 # integration suite (tests/node) against the built binary with the stock
-# socket.io-client. Exits non-zero if anything fails.
+# socket.io-client, then the python-socketio client suite (tests/python),
+# then the operations checks: the static release binary and the systemd
+# unit. Exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,11 +18,31 @@ if [[ ! -d tests/node/node_modules || tests/node/package-lock.json -nt tests/nod
   touch tests/node/node_modules
 fi
 
+# The python client in a venv of its own, reinstalled only when the pinned
+# requirements change.
+venv=tests/python/.venv
+if [[ ! -x $venv/bin/python || tests/python/requirements.txt -nt $venv/installed ]]; then
+  echo "==> pip install (tests/python)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  touch "$venv/installed"
+fi
+
 echo "==> cargo test --all-targets"
 cargo test --all-targets
 
 echo "==> node --test tests/node/"
-CHATD_BIN="${CHATD_BIN:-$PWD/target/debug/chatd}" \
+CHATD_BIN="${CHATD_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/chatd}" \
   node --test --test-concurrency=2 tests/node/
+
+echo "==> python-socketio client (tests/python)"
+CHATD_BIN="${CHATD_BIN:-$PWD/target/debug/chatd}" \
+  "$venv/bin/python" tests/python/test_python_client.py
+
+echo "==> scripts/build-static.sh"
+bash scripts/build-static.sh dist/chatd
+
+echo "==> scripts/check-unit.sh"
+bash scripts/check-unit.sh dist/chatd
 
 echo "==> all tests passed"

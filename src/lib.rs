@@ -10,6 +10,7 @@ pub mod client;
 pub mod datadir;
 pub mod duration;
 pub mod engineio;
+pub mod metrics;
 pub mod server;
 pub mod socketio;
 pub mod store;

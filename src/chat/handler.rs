@@ -23,6 +23,7 @@ use super::rate::RateLimit;
 use super::room::dm_room;
 use super::validate::{Refusal, validate};
 use crate::engineio::RequestInfo;
+use crate::metrics::{HandshakeRefusal, METRICS};
 use crate::socketio::{Event, Handler, Socket, event_packet};
 use crate::store::{
     CommittedBatch, HistoryQuery, NewMessage, Store, StoredMessage, Writer, WriterHandle,
@@ -248,7 +249,10 @@ impl Handler for Chat {
                 _ => request.query_param(name).map(str::to_owned),
             }
         };
-        let invalid = |why: &str| json!({"message": format!("invalid handshake: {why}")});
+        let invalid = |why: &str| {
+            METRICS.handshake_refused(HandshakeRefusal::Invalid);
+            json!({"message": format!("invalid handshake: {why}")})
+        };
         let user = field("user").ok_or_else(|| invalid("user is required"))?;
         if !valid_user_name(&user) {
             return Err(invalid(
@@ -275,6 +279,7 @@ impl Handler for Chat {
             let token = field("token").unwrap_or_default();
             if let Err(error) = key.verify(&token, &user) {
                 tracing::info!(%user, remote = %request.remote, %error, "handshake refused");
+                METRICS.handshake_refused(HandshakeRefusal::Unauthorized);
                 return Err(json!({"message": "unauthorized"}));
             }
         }
@@ -350,6 +355,7 @@ struct Refused {
 }
 
 fn refuse(socket: &Socket, ack: Option<u64>, refusal: Refusal) {
+    METRICS.message_refused(refusal);
     let answer = Refused {
         ok: false,
         error: "Message is not accepted",
@@ -382,6 +388,9 @@ async fn dispatch(chat: Arc<Chat>, mut batches: mpsc::Receiver<CommittedBatch<Ti
         match batch.result {
             Ok(committed) => {
                 let count = committed.len();
+                // Counted before the acks go out, so a client that saw its
+                // ack also sees it counted.
+                METRICS.messages_accepted(count);
                 let mut deliveries = Vec::with_capacity(count);
                 for (message, ticket) in &committed {
                     let Ok(json) = serde_json::value::to_raw_value(&view(message)) else {

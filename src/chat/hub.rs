@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::rate::{RateLimit, TokenBucket};
+use crate::metrics::METRICS;
 use crate::socketio::{Socket, event_packet};
 
 /// Identifies one connection in the hub.
@@ -168,6 +169,7 @@ impl Hub {
             }
             None => vec![user.to_string()],
         };
+        METRICS.set_presence(state.conns.len(), state.users.len());
         Joined {
             room_online,
             everyone: state.everyone(),
@@ -212,6 +214,7 @@ impl Hub {
                 }
             }
         }
+        METRICS.set_presence(state.conns.len(), state.users.len());
         state.everyone()
     }
 

@@ -24,6 +24,17 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason, for reporting (the metrics list each one, even at 0).
+    pub const ALL: [Refusal; 7] = [
+        Refusal::Empty,
+        Refusal::TooLong,
+        Refusal::NoPeer,
+        Refusal::InvalidPeer,
+        Refusal::RateLimited,
+        Refusal::BadPayload,
+        Refusal::Unavailable,
+    ];
+
     /// The `reason` string of the contract.
     pub fn as_str(self) -> &'static str {
         match self {

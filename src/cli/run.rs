@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use argh::FromArgs;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admin::retention;
 use crate::admin::server::AdminServer;
@@ -18,8 +17,11 @@ use crate::chat::rate::RateLimit;
 use crate::datadir;
 use crate::duration::parse_duration;
 use crate::engineio::EngineConfig;
+use crate::metrics::METRICS;
 use crate::server::limits::{ConnectionLimits, Gate};
-use crate::server::{Server, tls};
+use crate::server::notify::Notifier;
+use crate::server::signals::{Signal, Signals};
+use crate::server::{Server, metrics, tls};
 use crate::socketio::SocketIo;
 use crate::store::{Store, StoreError};
 
@@ -107,6 +109,14 @@ pub struct RunCommand {
     /// purge history older than this (e.g. 30d) at start and every minute (default: keep all)
     #[argh(option, from_str_fn(parse_duration))]
     pub retention: Option<Duration>,
+
+    /// serve Prometheus metrics over plain HTTP at http://ADDR/metrics (default: off)
+    #[argh(option)]
+    pub metrics_listen: Option<String>,
+
+    /// an origin (scheme://host[:port]) whose web pages may connect; repeatable (default: none)
+    #[argh(option)]
+    pub cors_origin: Vec<String>,
 }
 
 impl RunCommand {
@@ -117,6 +127,23 @@ impl RunCommand {
             .build()
             .context("cannot start the async runtime")?;
         runtime.block_on(self.serve())
+    }
+
+    /// The --cors-origin values as browsers send them in `Origin`.
+    fn cors_origins(&self) -> anyhow::Result<Vec<String>> {
+        self.cors_origin
+            .iter()
+            .map(|origin| {
+                // Browsers never send a trailing slash or a path.
+                let origin = origin.trim_end_matches('/');
+                match origin.split_once("://") {
+                    Some((scheme, host)) if !scheme.is_empty() && !host.is_empty() && !host.contains('/') => {
+                        Ok(origin.to_owned())
+                    }
+                    _ => bail!("--cors-origin {origin:?} is not an origin like https://example.com or http://localhost:8080"),
+                }
+            })
+            .collect()
     }
 
     async fn serve(self) -> anyhow::Result<()> {
@@ -140,13 +167,13 @@ impl RunCommand {
             };
             Some(TokenKey::new(&secret))
         };
-        let tls = match (self.no_tls, &self.tls_cert, &self.tls_key) {
+        let certs = match (self.no_tls, &self.tls_cert, &self.tls_key) {
             (true, None, None) => None,
             (true, _, _) => bail!("--no-tls cannot be combined with --tls-cert/--tls-key"),
-            (false, Some(cert), Some(key)) => Some(tls::load_acceptor(cert, key)?),
+            (false, Some(cert), Some(key)) => Some(tls::CertFiles::load(cert, key)?),
             (false, None, None) => {
                 let (cert, key) = tls::self_signed(&data_dir)?;
-                Some(tls::load_acceptor(&cert, &key)?)
+                Some(tls::CertFiles::load(&cert, &key)?)
             }
             (false, _, _) => bail!(
                 "--tls-cert and --tls-key go together: give both, or neither for the generated certificate"
@@ -155,6 +182,7 @@ impl RunCommand {
         if self.retention.is_some_and(|r| r.is_zero()) {
             bail!("--retention must be longer than 0s");
         }
+        let tls = certs.as_ref().map(tls::CertFiles::acceptor).transpose()?;
         if self.max_payload < 16 {
             bail!(
                 "--max-payload {} is too small to carry any packet",
@@ -184,6 +212,10 @@ impl RunCommand {
             .local_addr()
             .context("listener has no address")?
             .port();
+        if let Some(addr) = &self.metrics_listen {
+            let bound = metrics::start(addr).await?;
+            tracing::info!("metrics at http://{bound}/metrics");
+        }
 
         let admin = AdminServer::start(&data_dir, chat.clone())?;
         let background = CancellationToken::new();
@@ -195,37 +227,43 @@ impl RunCommand {
             ));
         }
 
-        let server = Arc::new(Server {
-            paths: vec!["/socket.io/".to_owned()],
-            engine: Arc::new(SocketIo::new(
+        let mut server = Server::new(
+            Arc::new(SocketIo::new(
                 chat.clone(),
                 Duration::from_secs(self.connect_timeout),
             )),
-            config: Arc::new(EngineConfig {
+            EngineConfig {
                 ping_interval: Duration::from_millis(self.ping_interval),
                 ping_timeout: Duration::from_millis(self.ping_timeout),
                 max_payload: self.max_payload,
                 outbound_queue: self.outbound_queue,
-            }),
-            tls: tls.clone(),
-            sessions: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            gate: Gate::new(ConnectionLimits {
-                total: self.max_connections,
-                per_ip: self.max_connections_per_ip,
-            }),
-            handshake_timeout: Duration::from_secs(self.handshake_timeout),
-            max_header_bytes: self.max_header_bytes,
+            },
+        );
+        server.tls = tls.clone();
+        server.cors_origins = self.cors_origins()?;
+        server.gate = Gate::new(ConnectionLimits {
+            total: self.max_connections,
+            per_ip: self.max_connections_per_ip,
         });
+        server.handshake_timeout = Duration::from_secs(self.handshake_timeout);
+        server.max_header_bytes = self.max_header_bytes;
+        let server = Arc::new(server);
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(server.clone().accept_loop(listener, stop_accepting.clone()));
         tracing::info!(data_dir = %data_dir.display(), tls = tls.is_some(), auth = !self.no_auth, "chatd listening on {}", self.listen);
-        // Watch the signals before announcing the port: a SIGTERM sent right
-        // after `Listening at` must stop the server gracefully, not kill it.
-        let signal = watch_signals()?;
+        let mut signals = Signals::install()?;
         Console::listening(port);
+        let notifier = Arc::new(Notifier::from_env());
+        notifier.ready();
+        notifier.spawn_watchdog();
 
-        let signal = signal.await;
+        let signal = loop {
+            match signals.next().await {
+                Signal::Reload => reload_tls(certs.as_deref()),
+                Signal::Stop(signal) => break signal,
+            }
+        };
+        notifier.stopping();
         tracing::info!(signal, "shutting down");
         stop_accepting.cancel();
         background.cancel();
@@ -249,16 +287,23 @@ impl RunCommand {
     }
 }
 
-/// Installs the SIGTERM and SIGINT handlers now; the future resolves to the
-/// name of the first of them to arrive.
-fn watch_signals() -> anyhow::Result<impl Future<Output = &'static str>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+/// SIGHUP: serves the certificate files' current content from the next
+/// handshake on (a renewal), or keeps the served one and says why not.
+fn reload_tls(certs: Option<&tls::CertFiles>) {
+    let Some(certs) = certs else {
+        tracing::info!("SIGHUP: TLS is off (--no-tls), nothing to reload");
+        return;
+    };
+    match certs.reload() {
+        Ok(()) => {
+            METRICS.tls_reload(true);
+            tracing::info!(cert = %certs.cert_path().display(), "TLS certificate reloaded");
         }
-    })
+        Err(error) => {
+            METRICS.tls_reload(false);
+            tracing::error!(
+                "TLS certificate not reloaded, still serving the previous one: {error:#}"
+            );
+        }
+    }
 }

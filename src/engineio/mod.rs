@@ -1,13 +1,20 @@
 //! Engine.IO v4: the session layer under Socket.IO.
 //!
-//! [`packet`] is the pure codec; [`websocket`] runs a session over one
-//! websocket. A session hands every message packet to an [`EngineHandler`]'s
-//! session and never looks inside it, so Socket.IO (or anything else) sits on
-//! top without this layer knowing.
+//! [`packet`] and [`payload`] are the pure codecs; a [`session::Session`]
+//! lives in the [`engine::Engine`]'s table and is carried by [`polling`]
+//! requests, a [`websocket`], or polling first and then a websocket. A
+//! session hands every message packet to an [`EngineHandler`]'s session and
+//! never looks inside it, so Socket.IO (or anything else) sits on top without
+//! knowing which transport a client uses.
 
+pub mod engine;
 pub mod fragments;
+pub mod heartbeat;
 pub mod outbox;
 pub mod packet;
+pub mod payload;
+pub mod polling;
+pub mod session;
 pub mod websocket;
 
 use std::future::Future;
@@ -15,6 +22,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+pub use engine::Engine;
 pub use outbox::{Outbound, Outbox};
 
 /// Protocol settings a server announces in its open packet.
@@ -86,6 +94,40 @@ impl CloseReason {
             CloseReason::PingTimeout => "ping timeout",
             CloseReason::ParseError => "parse error",
             CloseReason::ServerClose => "server shutting down",
+        }
+    }
+}
+
+/// Why an Engine.IO request is refused, with the reference server's codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// `transport` is missing or not one we serve.
+    #[error("Transport unknown")]
+    TransportUnknown,
+    /// No live session with that sid for this client.
+    #[error("Session ID unknown")]
+    SessionUnknown,
+    /// A handshake that is not a GET.
+    #[error("Bad handshake method")]
+    BadHandshakeMethod,
+    /// The request does not fit the session's state (wrong transport, two
+    /// polls at once, a websocket request without the upgrade).
+    #[error("Bad request")]
+    BadRequest,
+    /// `EIO` is not 4.
+    #[error("Unsupported protocol version")]
+    UnsupportedProtocolVersion,
+}
+
+impl RequestError {
+    /// The numeric code of the reference server's JSON error body.
+    pub fn code(self) -> u8 {
+        match self {
+            RequestError::TransportUnknown => 0,
+            RequestError::SessionUnknown => 1,
+            RequestError::BadHandshakeMethod => 2,
+            RequestError::BadRequest => 3,
+            RequestError::UnsupportedProtocolVersion => 5,
         }
     }
 }

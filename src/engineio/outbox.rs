@@ -9,6 +9,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::METRICS;
+
 /// One item for a transport's writer.
 #[derive(Debug, Clone)]
 pub enum Outbound {
@@ -57,6 +59,7 @@ impl Outbox {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::info!("outbound queue full: disconnecting a client that stopped reading");
+                METRICS.outbound_drop();
                 self.abort();
                 false
             }

@@ -1,23 +1,26 @@
-//! The websocket transport: one Engine.IO session over one websocket.
+//! The websocket transport: a session over one websocket, opened on it or
+//! taken over from polling (the upgrade).
 //!
 //! The connection's task reads frames and hands packets to the session; a
-//! separate writer task owns the write half, drains the outbox, coalesces
-//! whatever is queued into one flush, and runs the heartbeat.
+//! separate writer task owns the write half, drains the session's outbox and
+//! coalesces whatever is queued into one flush. The heartbeat is the
+//! session's, not the transport's: its pings come through the outbox.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite, upgrade::UpgradeFut};
-use tokio::io::{AsyncWrite, BufWriter};
-use tokio::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketRead, WebSocketWrite, upgrade::UpgradeFut};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncWrite, BufWriter, ReadHalf, WriteHalf};
+use tokio::time::Duration;
 
 use super::fragments::{Message, Reassembler};
 use super::outbox::{Outbound, OutboxReceiver};
-use super::packet::{Handshake, Packet};
-use super::{CloseReason, EngineConfig, EngineHandler, Outbox, RequestInfo, SessionHandler};
+use super::packet::Packet;
+use super::payload::Record;
+use super::session::{Session, Transport};
+use super::{CloseReason, Engine, EngineHandler, RequestInfo, SessionHandler};
 
 /// How many queued packets one writer wake-up writes before flushing.
 const MAX_COALESCED: usize = 256;
@@ -25,163 +28,220 @@ const MAX_COALESCED: usize = 256;
 /// Bytes buffered before the writer has to flush mid-batch.
 const WRITE_BUFFER: usize = 4096;
 
-/// What the reader tells the writer about the heartbeat.
-#[derive(Default)]
-struct Heartbeat {
-    /// Milliseconds since the session started at which the last pong came.
-    last_pong_ms: AtomicU64,
-    /// Set by the writer when the pong did not come in time.
-    timed_out: AtomicBool,
-}
+/// How long a probing websocket may take to complete the upgrade (the
+/// reference server's `upgradeTimeout`).
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs a whole session on an upgraded websocket until it ends, or until
-/// `shutdown` asks it to flush and close.
-pub async fn serve<H: EngineHandler>(
+type Stream = TokioIo<Upgraded>;
+type Reader = WebSocketRead<ReadHalf<Stream>>;
+type Writer<W> = WebSocketWrite<BufWriter<W>>;
+
+/// Completes the upgrade and splits the websocket; `None` if it failed.
+async fn accept(
     upgrade: UpgradeFut,
-    handler: Arc<H>,
-    config: Arc<EngineConfig>,
-    info: RequestInfo,
-    shutdown: CancellationToken,
-) {
+    max_payload: usize,
+) -> Option<(Reader, Writer<WriteHalf<Stream>>)> {
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(error) => {
-            tracing::debug!(%error, remote = %info.remote, "websocket upgrade failed");
-            return;
+            tracing::debug!(%error, "websocket upgrade failed");
+            return None;
         }
     };
     // fastwebsockets writes each frame straight to its stream; a BufWriter
     // under the write half lets one flush carry every frame of a wake-up.
-    let (read, mut write) = ws.split(|stream| {
+    let (mut read, mut write) = ws.split(|stream| {
         let (read, write) = tokio::io::split(stream);
         (read, BufWriter::with_capacity(WRITE_BUFFER, write))
     });
     write.set_writev(false);
-    let mut read = read;
-    read.set_max_message_size(config.max_payload + 1);
-    let mut messages = Reassembler::new(config.max_payload);
+    read.set_max_message_size(max_payload + 1);
+    Some((read, write))
+}
 
-    let (outbox, receiver) = Outbox::new(config.outbound_queue);
-    let sid = super::new_id();
-    let open = Handshake {
-        sid: &sid,
-        upgrades: &[],
-        ping_interval: config.ping_interval.as_millis() as u64,
-        ping_timeout: config.ping_timeout.as_millis() as u64,
-        max_payload: config.max_payload,
+/// Runs a new session on an upgraded websocket until it ends.
+pub async fn serve<H: EngineHandler>(
+    upgrade: UpgradeFut,
+    engine: Arc<Engine<H>>,
+    info: RequestInfo,
+) {
+    let Some((read, write)) = accept(upgrade, engine.config.max_payload).await else {
+        return;
     };
-    outbox.send_text(Bytes::from(open.encode()));
-
-    let started = Instant::now();
-    let heartbeat = Arc::new(Heartbeat::default());
-    let writer = WriteLoop {
-        ws: write,
-        receiver,
-        config: config.clone(),
-        heartbeat: heartbeat.clone(),
-        started,
+    let (session, _) = engine.open(info, Transport::Websocket);
+    let Some(receiver) = session.take_receiver().await else {
+        return;
     };
-    tokio::spawn(writer.run());
+    tokio::spawn(
+        WriteLoop {
+            ws: write,
+            receiver,
+        }
+        .run(),
+    );
+    read_loop(read, &session, engine.config.max_payload).await;
+}
 
-    let mut session = handler.open(outbox.clone(), info);
+/// Takes a polling session over: answers the `2probe`, and once the client
+/// sends `5`, drains the session's outbox (what polling had not delivered
+/// first) and carries its packets. A websocket for a session that is not on
+/// polling any more is accepted and closed at once, as the reference server
+/// does.
+pub async fn adopt<S: SessionHandler>(
+    upgrade: UpgradeFut,
+    session: Arc<Session<S>>,
+    max_payload: usize,
+) {
+    let Some((mut read, mut write)) = accept(upgrade, max_payload).await else {
+        return;
+    };
+    if session.transport() != Transport::Polling {
+        close_now(&mut write).await;
+        return;
+    }
+    let mut probing = false;
+    let probe = tokio::select! {
+        _ = session.closing().cancelled() => None,
+        receiver = tokio::time::timeout(UPGRADE_TIMEOUT, probe(&mut read, &mut write, &session, &mut probing)) => receiver.ok().flatten(),
+    };
+    let Some(receiver) = probe else {
+        if probing {
+            session.cancel_upgrade();
+        }
+        close_now(&mut write).await;
+        return;
+    };
+    tokio::spawn(
+        WriteLoop {
+            ws: write,
+            receiver,
+        }
+        .run(),
+    );
+    read_loop(read, &session, max_payload).await;
+}
+
+/// The upgrade dance on the new websocket: `2probe` → `3probe`, then `5`.
+/// Returns the session's receiver once the upgrade is complete; `None` if
+/// the client did anything else. `probing` tells whether this websocket
+/// started the upgrade (and so must undo it on failure).
+async fn probe<S: SessionHandler, W: AsyncWrite + Unpin + Send>(
+    read: &mut Reader,
+    write: &mut Writer<W>,
+    session: &Session<S>,
+    probing: &mut bool,
+) -> Option<OutboxReceiver> {
+    // Control-frame replies owed while probing are dropped: a pong is
+    // optional, and a close ends the probe anyway.
+    let mut ignore = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
+    loop {
+        let frame = read.read_frame(&mut ignore).await.ok()?;
+        let text = match frame.opcode {
+            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Text if frame.fin => std::str::from_utf8(&frame.payload).ok()?,
+            _ => return None,
+        };
+        match Packet::decode_text(text) {
+            Ok(Packet::Ping("probe")) if !*probing => {
+                if !session.begin_upgrade() {
+                    return None;
+                }
+                *probing = true;
+                write
+                    .write_frame(Frame::text(Payload::Borrowed(b"3probe")))
+                    .await
+                    .ok()?;
+                write.flush().await.ok()?;
+            }
+            Ok(Packet::Upgrade) if *probing => return session.complete_upgrade().await,
+            _ => return None,
+        }
+    }
+}
+
+/// Sends a close frame on a websocket that carries no session.
+async fn close_now<W: AsyncWrite + Unpin + Send>(write: &mut Writer<W>) {
+    if write
+        .write_frame(Frame::close_raw(Payload::Borrowed(&[])))
+        .await
+        .is_ok()
+    {
+        let _ = write.flush().await;
+    }
+}
+
+/// Reads frames and hands packets to the session until either ends.
+async fn read_loop<S: SessionHandler>(mut read: Reader, session: &Session<S>, max_payload: usize) {
+    let outbox = session.outbox().clone();
     let mut owed = |frame: Frame<'_>| {
         match frame.opcode {
             OpCode::Pong => {
-                outbox.send(Outbound::WsPong(Bytes::copy_from_slice(&frame.payload)));
+                outbox.send(Outbound::WsPong(bytes::Bytes::copy_from_slice(
+                    &frame.payload,
+                )));
             }
             OpCode::Close => outbox.close(),
             _ => {}
         }
         std::future::ready(Ok::<(), Infallible>(()))
     };
-
-    let mut shutting_down = false;
+    let mut messages = Reassembler::new(max_payload);
     let reason = loop {
         let frame = tokio::select! {
             biased;
-            _ = shutdown.cancelled(), if !shutting_down => {
-                shutting_down = true;
-                outbox.close();
-                continue;
-            }
-            _ = outbox.closed() => {
-                break if heartbeat.timed_out.load(Ordering::Relaxed) {
-                    CloseReason::PingTimeout
-                } else {
-                    CloseReason::ServerClose
-                };
-            }
+            _ = session.closing().cancelled() => return,
             frame = read.read_frame(&mut owed) => frame,
         };
         let frame = match frame {
             Ok(frame) => frame,
             Err(error) => {
-                tracing::debug!(%error, %sid, "websocket read ended");
+                tracing::debug!(%error, sid = session.sid(), "websocket read ended");
                 break CloseReason::TransportError;
             }
         };
-        let outcome = match frame.opcode {
+        let record = match frame.opcode {
             OpCode::Close => Err(CloseReason::TransportClose),
-            OpCode::Ping | OpCode::Pong => Ok(()),
+            OpCode::Ping | OpCode::Pong => continue,
             opcode => match messages.push(opcode, frame.fin, &frame.payload) {
-                Ok(None) => Ok(()),
-                Ok(Some(Message::Text(bytes))) => match std::str::from_utf8(bytes) {
-                    Ok(text) => on_text_packet(text, &mut session, &heartbeat, started).await,
-                    Err(_) => Err(CloseReason::ParseError),
-                },
-                Ok(Some(Message::Binary(bytes))) => session
-                    .on_binary(Bytes::copy_from_slice(bytes))
-                    .await
-                    .map_err(|_| CloseReason::ParseError),
+                Ok(None) => continue,
+                Ok(Some(Message::Text(bytes))) => std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|text| Packet::decode_text(text).ok())
+                    .map(Record::Packet)
+                    .ok_or(CloseReason::ParseError),
+                Ok(Some(Message::Binary(bytes))) => Ok(Record::Binary(bytes.to_vec())),
                 Err(error) => {
-                    tracing::debug!(%error, %sid, "closing websocket");
+                    tracing::debug!(%error, sid = session.sid(), "closing websocket");
                     Err(CloseReason::TransportError)
                 }
             },
+        };
+        let outcome = match record {
+            Ok(record) => {
+                let mut handler = session.handler().await;
+                let Some(handler) = handler.as_mut() else {
+                    return;
+                };
+                session.receive(handler, record).await
+            }
+            Err(reason) => Err(reason),
         };
         if let Err(reason) = outcome {
             break reason;
         }
     };
-    tracing::debug!(%sid, reason = reason.as_str(), "engine.io session closed");
-    outbox.close();
-    session.on_close(reason).await;
-}
-
-/// Handles one Engine.IO text packet; `Err` ends the session.
-async fn on_text_packet<S: SessionHandler>(
-    text: &str,
-    session: &mut S,
-    heartbeat: &Heartbeat,
-    started: Instant,
-) -> Result<(), CloseReason> {
-    match Packet::decode_text(text) {
-        Ok(Packet::Message(data)) => session
-            .on_text(data)
-            .await
-            .map_err(|_| CloseReason::ParseError),
-        Ok(Packet::Pong(_)) => {
-            let now = started.elapsed().as_millis() as u64;
-            heartbeat.last_pong_ms.store(now.max(1), Ordering::Relaxed);
-            Ok(())
-        }
-        // In Engine.IO v4 only the server pings (the upgrade probe aside).
-        Ok(Packet::Ping(_)) => Err(CloseReason::ParseError),
-        Ok(Packet::Close) => Err(CloseReason::TransportClose),
-        Ok(Packet::Upgrade | Packet::Noop) => Ok(()),
-        Ok(Packet::Open(_) | Packet::Binary(_)) | Err(_) => Err(CloseReason::ParseError),
+    if reason == CloseReason::TransportError {
+        session.abort(reason);
+    } else {
+        // Let the writer deliver what is queued, then the close frame.
+        session.close(reason);
     }
 }
 
-type Writer<W> = WebSocketWrite<BufWriter<W>>;
-
-/// The writer task of one session.
+/// The writer task of one websocket session.
 struct WriteLoop<W> {
     ws: Writer<W>,
     receiver: OutboxReceiver,
-    config: Arc<EngineConfig>,
-    heartbeat: Arc<Heartbeat>,
-    started: Instant,
 }
 
 /// Whether the writer goes on after a batch.
@@ -193,47 +253,23 @@ enum Flow {
 impl<W: AsyncWrite + Unpin + Send> WriteLoop<W> {
     async fn run(mut self) {
         let closing = self.receiver.closing.clone();
-        let mut next_ping = Instant::now() + self.config.ping_interval;
-        let mut pong_due: Option<(Instant, u64)> = None;
         loop {
-            let wake = pong_due.map_or(next_ping, |(deadline, _)| deadline);
-            tokio::select! {
+            let item = tokio::select! {
                 biased;
                 _ = closing.cancelled() => break,
-                item = self.receiver.rx.recv() => {
-                    let Some(item) = item else { break };
-                    let flow = tokio::select! {
-                        flow = self.write_batch(item) => flow,
-                        _ = closing.cancelled() => break,
-                    };
-                    match flow {
-                        Ok(Flow::Continue) => {}
-                        Ok(Flow::Closed) | Err(_) => break,
-                    }
-                }
-                _ = tokio::time::sleep_until(wake) => {
-                    if let Some((_, sent_ms)) = pong_due.take() {
-                        let pong_ms = self.heartbeat.last_pong_ms.load(Ordering::Relaxed);
-                        if pong_ms < sent_ms {
-                            self.heartbeat.timed_out.store(true, Ordering::Relaxed);
-                            break;
-                        }
-                        next_ping = self.started + Duration::from_millis(pong_ms) + self.config.ping_interval;
-                        continue;
-                    }
-                    let sent_ms = self.started.elapsed().as_millis() as u64;
-                    let ping = tokio::select! {
-                        result = self.write_now(Frame::text(Payload::Borrowed(b"2"))) => result,
-                        _ = closing.cancelled() => break,
-                    };
-                    if ping.is_err() {
-                        break;
-                    }
-                    pong_due = Some((Instant::now() + self.config.ping_timeout, sent_ms.max(1)));
-                }
+                item = self.receiver.rx.recv() => item,
+            };
+            let Some(item) = item else { break };
+            let flow = tokio::select! {
+                flow = self.write_batch(item) => flow,
+                _ = closing.cancelled() => break,
+            };
+            match flow {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Closed) | Err(_) => break,
             }
         }
-        // Whatever ended the loop, the reader must stop too.
+        // Whatever ended the loop, the reader and the session must stop too.
         closing.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.flush()).await;
     }
@@ -266,17 +302,13 @@ impl<W: AsyncWrite + Unpin + Send> WriteLoop<W> {
         self.ws.flush().await?;
         Ok(Flow::Continue)
     }
-
-    async fn write_now(&mut self, frame: Frame<'_>) -> Result<(), fastwebsockets::WebSocketError> {
-        self.ws.write_frame(frame).await?;
-        self.ws.flush().await
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engineio::Outbox;
+    use bytes::Bytes;
     use fastwebsockets::{Role, WebSocket};
 
     #[tokio::test]
@@ -296,9 +328,6 @@ mod tests {
         let writer = WriteLoop {
             ws: write,
             receiver,
-            config: Arc::new(EngineConfig::default()),
-            heartbeat: Arc::new(Heartbeat::default()),
-            started: Instant::now(),
         };
         writer.run().await;
 

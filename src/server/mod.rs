@@ -1,9 +1,13 @@
-//! The network side of `chatd run`: accept TCP, finish TLS within a
-//! deadline, serve HTTP/1.1 with hyper, and hand `/socket.io/` upgrades to
-//! the Engine.IO websocket transport.
+//! The network side of `chatd run`: accept TCP within the connection
+//! limits, finish TLS within a deadline, serve HTTP/1.1 with hyper, and hand
+//! `/socket.io/` requests to the Engine.IO transports (long-polling and
+//! websocket).
 
 pub mod http;
 pub mod limits;
+pub mod metrics;
+pub mod notify;
+pub mod signals;
 pub mod tls;
 
 use std::sync::Arc;
@@ -14,24 +18,29 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engineio::{EngineConfig, EngineHandler};
+use crate::engineio::{Engine, EngineConfig, EngineHandler};
+use crate::metrics::{HandshakeRefusal, METRICS};
+use limits::{ConnectionLimits, Gate};
 
 /// A listener's settings and shared state.
-pub struct Server<H> {
+pub struct Server<H: EngineHandler> {
     /// URL paths that lead to Engine.IO, e.g. `/socket.io/`.
     pub paths: Vec<String>,
-    /// The Engine.IO application (Socket.IO over chat, or the echo server).
-    pub engine: Arc<H>,
-    /// Protocol settings announced to clients.
-    pub config: Arc<EngineConfig>,
+    /// The Engine.IO sessions over the application (Socket.IO over chat, or
+    /// the echo server).
+    pub engine: Arc<Engine<H>>,
     /// TLS, unless the operator chose plain ws/http.
     pub tls: Option<TlsAcceptor>,
+    /// Origins whose web pages may use the server (CORS, and the `Origin`
+    /// of websocket handshakes); requests without an `Origin` are not
+    /// from a browser page and always pass.
+    pub cors_origins: Vec<String>,
     /// Cancelled to close every session (shutdown).
     pub sessions: CancellationToken,
     /// Tracks connection and session tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Admission control: connections in all and per IP.
-    pub gate: Arc<limits::Gate>,
+    pub gate: Arc<Gate>,
     /// How long a client may take for the TLS handshake and for sending its
     /// request headers (slowloris).
     pub handshake_timeout: Duration,
@@ -40,6 +49,37 @@ pub struct Server<H> {
 }
 
 impl<H: EngineHandler> Server<H> {
+    /// A server of `handler` at `/socket.io/`, without TLS, with no
+    /// cross-origin page allowed and the default limits; adjust the public
+    /// fields before sharing it.
+    pub fn new(handler: Arc<H>, config: EngineConfig) -> Self {
+        let (sessions, tracker) = (CancellationToken::new(), TaskTracker::new());
+        Server {
+            paths: vec!["/socket.io/".to_owned()],
+            engine: Arc::new(Engine::new(
+                handler,
+                Arc::new(config),
+                sessions.clone(),
+                tracker.clone(),
+            )),
+            tls: None,
+            cors_origins: Vec::new(),
+            sessions,
+            tracker,
+            gate: Gate::new(ConnectionLimits {
+                total: 10_000,
+                per_ip: 256,
+            }),
+            handshake_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+        }
+    }
+
+    /// True if a page from `origin` may use the server.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.cors_origins.iter().any(|allowed| allowed == origin)
+    }
+
     /// Accepts connections until `stop` is cancelled.
     pub async fn accept_loop(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         loop {
@@ -72,8 +112,14 @@ impl<H: EngineHandler> Server<H> {
                     Ok(Ok(stream)) => {
                         http::serve_connection(server.clone(), stream, remote, permit).await
                     }
-                    Ok(Err(error)) => tracing::debug!(%error, %remote, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    Ok(Err(error)) => {
+                        METRICS.handshake_refused(HandshakeRefusal::Tls);
+                        tracing::debug!(%error, %remote, "TLS handshake failed")
+                    }
+                    Err(_) => {
+                        METRICS.handshake_refused(HandshakeRefusal::Tls);
+                        tracing::debug!(%remote, "TLS handshake timed out")
+                    }
                 }
             });
         }

@@ -1,48 +1,107 @@
 //! TLS for the listener: the operator's certificate, or a self-signed one
-//! generated on first use and kept in the data directory.
+//! generated on first use and kept in the data directory; either can be
+//! reloaded from its files while the server runs.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, anyhow, bail};
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::datadir;
 
-/// Builds the TLS acceptor from a PEM certificate chain and a PEM private
-/// key (PKCS#8, PKCS#1 or SEC1). Only `http/1.1` is offered over ALPN: the
-/// server speaks HTTP/1 (WebSocket upgrades need it).
-pub fn load_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+/// The certificate the listener serves: loaded from PEM files, and
+/// reloadable in place (SIGHUP) so a renewed certificate is served without
+/// a restart. Handshakes after a reload get the new certificate; connections
+/// already established keep the one they negotiated.
+#[derive(Debug)]
+pub struct CertFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertFiles {
+    /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1
+    /// or SEC1), checking that they belong together.
+    pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<CertFiles>> {
+        Ok(Arc::new(CertFiles {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(Arc::new(certified_key(cert, key)?)),
+        }))
+    }
+
+    /// A TLS acceptor serving whichever certificate is current. Only
+    /// `http/1.1` is offered over ALPN: the server speaks HTTP/1 (WebSocket
+    /// upgrades need it).
+    pub fn acceptor(self: &Arc<Self>) -> anyhow::Result<TlsAcceptor> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("the TLS provider supports no safe protocol version")?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// Reads both files again and serves them from the next handshake on.
+    /// On error the current certificate stays in use.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let fresh = Arc::new(certified_key(&self.cert, &self.key)?);
+        // A poisoned lock still holds a whole Arc: replacing it is safe.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// The certificate file, for messages to the operator.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+}
+
+impl ResolvesServerCert for CertFiles {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+// An explicit provider: no process-wide default has to be installed, and
+// nothing can silently pick another backend.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads and pairs a certificate chain and its key.
+fn certified_key(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
     let certs = read_certs(cert, "--tls-cert")?;
     let key_der = read_key(key)?;
-    // An explicit provider: no process-wide default has to be installed, and
-    // nothing can silently pick another backend.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("the TLS provider supports no safe protocol version")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => anyhow!(
-                "the private key in {} does not match the certificate in {}: \
-                 give the key that belongs to this certificate",
-                key.display(),
-                cert.display()
-            ),
-            e => anyhow!(
-                "cannot use the certificate {} with the key {}: {e}",
-                cert.display(),
-                key.display()
-            ),
-        })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    CertifiedKey::from_der(certs, key_der, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => anyhow!(
+            "the private key in {} does not match the certificate in {}: \
+             give the key that belongs to this certificate",
+            key.display(),
+            cert.display()
+        ),
+        e => anyhow!(
+            "cannot use the certificate {} with the key {}: {e}",
+            cert.display(),
+            key.display()
+        ),
+    })
 }
 
 /// Where the generated pair lives inside the data directory.
@@ -209,7 +268,7 @@ mod tests {
         assert_eq!(key, data.join("tls/key.pem"));
         let mode = fs::metadata(&key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        load_acceptor(&cert, &key).unwrap();
+        CertFiles::load(&cert, &key).unwrap();
 
         let before = (fs::read(&cert).unwrap(), fs::read(&key).unwrap());
         assert_eq!(self_signed(&data).unwrap(), (cert.clone(), key.clone()));
@@ -236,7 +295,7 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         let (cert, _) = self_signed(a.path()).unwrap();
         let (_, other_key) = self_signed(b.path()).unwrap();
-        let err = err_text(load_acceptor(&cert, &other_key));
+        let err = err_text(CertFiles::load(&cert, &other_key));
         assert!(err.contains("does not match"), "{err}");
     }
 
@@ -245,7 +304,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (cert, key) = self_signed(tmp.path()).unwrap();
         let absent = tmp.path().join("absent.pem");
-        let err = err_text(load_acceptor(&absent, &key));
+        let err = err_text(CertFiles::load(&absent, &key));
         assert!(
             err.contains("absent.pem") && err.contains("--tls-cert"),
             "{err}"
@@ -253,21 +312,45 @@ mod tests {
 
         let empty = tmp.path().join("empty.pem");
         fs::write(&empty, "").unwrap();
-        let err = err_text(load_acceptor(&empty, &key));
+        let err = err_text(CertFiles::load(&empty, &key));
         assert!(
             err.contains("no certificate found in") && err.contains("empty.pem"),
             "{err}"
         );
         // The certificate file holds no key.
-        let err = err_text(load_acceptor(&cert, &cert));
+        let err = err_text(CertFiles::load(&cert, &cert));
         assert!(err.contains("no private key found in"), "{err}");
+    }
+
+    #[test]
+    fn reload_swaps_the_pair_and_a_failed_one_keeps_it() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed(a.path()).unwrap();
+        let (new_cert, new_key) = self_signed(b.path()).unwrap();
+        let files = CertFiles::load(&cert, &key).unwrap();
+        let served = || files.current.read().unwrap().cert[0].clone();
+        let old = served();
+
+        fs::copy(&new_cert, &cert).unwrap();
+        fs::copy(&new_key, &key).unwrap();
+        files.reload().unwrap();
+        let renewed = served();
+        assert_ne!(renewed, old);
+        assert_eq!(renewed, read_certs(&new_cert, "--tls-cert").unwrap()[0]);
+
+        // A renewal caught half-written: the certificate file is still empty.
+        fs::write(&cert, "").unwrap();
+        let err = err_text(files.reload());
+        assert!(err.contains("no certificate found in"), "{err}");
+        assert_eq!(served(), renewed);
     }
 
     #[tokio::test]
     async fn handshake_with_a_client_trusting_the_certificate() {
         let tmp = tempfile::tempdir().unwrap();
         let (cert, key) = self_signed(tmp.path()).unwrap();
-        let acceptor = load_acceptor(&cert, &key).unwrap();
+        let acceptor = CertFiles::load(&cert, &key).unwrap().acceptor().unwrap();
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

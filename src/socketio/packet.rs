@@ -291,6 +291,22 @@ mod tests {
     }
 
     #[test]
+    fn numbers_survive_a_decode_encode_round_trip() {
+        // Found by the socketio_packet fuzzer: a long integer parsed with
+        // inexact float parsing came back as another number.
+        let text = r#"0{"":500129375901285628210936020}"#;
+        let packet = Packet::decode(text).unwrap();
+        let again = encode(
+            packet.kind,
+            packet.nsp,
+            packet.attachments,
+            packet.id,
+            packet.data.as_ref(),
+        );
+        assert_eq!(Packet::decode(&again).unwrap(), packet);
+    }
+
+    #[test]
     fn encodes_like_the_reference_encoder() {
         assert_eq!(
             encode(

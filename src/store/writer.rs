@@ -13,7 +13,7 @@
 //! across restarts and across clock steps backwards.
 
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use redb::ReadableTable;
 use tokio::sync::mpsc;
@@ -22,6 +22,7 @@ use super::error::DbContext;
 use super::record::encode_fields;
 use super::schema::{LAST_TS_KEY, MESSAGES, META};
 use super::{NewMessage, Store, StoreError, StoredMessage};
+use crate::metrics::METRICS;
 
 /// Most messages committed in one transaction; bounds a batch's latency.
 pub const MAX_BATCH: usize = 4096;
@@ -138,8 +139,12 @@ fn run<T>(
             msgs.push(m);
             tickets.push(t);
         }
+        let started = Instant::now();
         let result = match commit_batch(&store, msgs, &stamp) {
-            Ok(stored) => Ok(stored.into_iter().zip(tickets).collect()),
+            Ok(stored) => {
+                METRICS.commit(stored.len(), started.elapsed());
+                Ok(stored.into_iter().zip(tickets).collect())
+            }
             Err((e, msgs)) => {
                 tracing::error!(error = %e, messages = msgs.len(), "message batch not stored");
                 Err((e, msgs.into_iter().zip(tickets).collect()))

@@ -20,7 +20,6 @@ use chatd::server::limits::{ConnectionLimits, Gate};
 use chatd::socketio::{Connection, Event, Handler, Socket, SocketIo};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Serve the official protocol test suites' reference setup.
 #[derive(argh::FromArgs)]
@@ -156,27 +155,24 @@ impl EngineHandler for Suites {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Args = argh::from_env();
-    let server = Arc::new(Server {
-        paths: vec!["/engine.io/".to_owned(), "/socket.io/".to_owned()],
-        engine: Arc::new(Suites {
+    let mut server = Server::new(
+        Arc::new(Suites {
             socketio: SocketIo::new(Arc::new(Echo), Duration::from_millis(1000)),
         }),
-        config: Arc::new(EngineConfig {
+        EngineConfig {
             ping_interval: Duration::from_millis(300),
             ping_timeout: Duration::from_millis(200),
             max_payload: 1_000_000,
             outbound_queue: 1024,
-        }),
-        tls: None,
-        sessions: CancellationToken::new(),
-        tracker: TaskTracker::new(),
-        gate: Gate::new(ConnectionLimits {
-            total: 10_000,
-            per_ip: 10_000,
-        }),
-        handshake_timeout: Duration::from_secs(10),
-        max_header_bytes: 16 * 1024,
+        },
+    );
+    server.paths = vec!["/engine.io/".to_owned(), "/socket.io/".to_owned()];
+    // The suites open many sessions from one address.
+    server.gate = Gate::new(ConnectionLimits {
+        total: 10_000,
+        per_ip: 10_000,
     });
+    let server = Arc::new(server);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
     println!("conformance server listening on 127.0.0.1:{}", args.port);
     server.accept_loop(listener, CancellationToken::new()).await;

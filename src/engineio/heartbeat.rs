@@ -1,0 +1,132 @@
+//! The Engine.IO v4 heartbeat, the same for every transport.
+//!
+//! The server pings every `ping_interval` and expects the pong within
+//! `ping_timeout`; a pong restarts the interval from the moment it arrives.
+//! The ping goes through the session's outbox, so whichever transport
+//! currently drains it (a polling GET or a websocket writer) delivers it.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{EngineConfig, Outbox};
+
+/// How a heartbeat ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The session closed for another reason.
+    Closed,
+    /// A pong did not come in time.
+    TimedOut,
+}
+
+/// One session's heartbeat state, shared by the pinger and the transports.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    pong: Notify,
+    /// When the pong owed for the last ping is due; `None` when none is owed.
+    deadline: Mutex<Option<Instant>>,
+}
+
+impl Heartbeat {
+    /// Records the client's pong.
+    pub fn pong(&self) {
+        *self.lock() = None;
+        // notify_waiters stores no permit: a pong nobody asked for does not
+        // answer the next ping in advance.
+        self.pong.notify_waiters();
+    }
+
+    /// True once the owed pong is overdue. Requests check this themselves so
+    /// an expired session is refused even if the timer has not fired yet.
+    pub fn expired(&self) -> bool {
+        self.lock()
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// Pings until the session closes or a pong is late.
+    pub async fn run(
+        &self,
+        config: &EngineConfig,
+        outbox: &Outbox,
+        closing: &CancellationToken,
+    ) -> Ended {
+        loop {
+            tokio::select! {
+                _ = closing.cancelled() => return Ended::Closed,
+                _ = tokio::time::sleep(config.ping_interval) => {}
+            }
+            let pong = self.pong.notified();
+            tokio::pin!(pong);
+            // Registered before the ping leaves, so a quick pong is not missed.
+            pong.as_mut().enable();
+            let deadline = Instant::now() + config.ping_timeout;
+            *self.lock() = Some(deadline);
+            if !outbox.send_text(Bytes::from_static(b"2")) {
+                return Ended::Closed;
+            }
+            tokio::select! {
+                _ = closing.cancelled() => return Ended::Closed,
+                _ = &mut pong => {}
+                _ = tokio::time::sleep_until(deadline) => return Ended::TimedOut,
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // The guarded value is a plain Option: a panic elsewhere cannot leave
+        // it half-written, so a poisoned lock is still usable.
+        self.deadline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engineio::Outbound;
+    use std::time::Duration;
+
+    fn config() -> EngineConfig {
+        EngineConfig {
+            ping_interval: Duration::from_millis(300),
+            ping_timeout: Duration::from_millis(200),
+            ..EngineConfig::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_and_times_out_without_a_pong() {
+        let (outbox, mut receiver) = Outbox::new(8);
+        let heartbeat = Heartbeat::default();
+        let closing = receiver.closing.clone();
+        let started = Instant::now();
+        let ended = heartbeat.run(&config(), &outbox, &closing).await;
+        assert_eq!(ended, Ended::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        assert!(heartbeat.expired());
+        assert!(matches!(receiver.rx.try_recv(), Ok(Outbound::Text(t)) if t == "2"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pong_restarts_the_interval() {
+        let (outbox, mut receiver) = Outbox::new(8);
+        let heartbeat = std::sync::Arc::new(Heartbeat::default());
+        let closing = receiver.closing.clone();
+        let pinger = {
+            let (heartbeat, closing) = (heartbeat.clone(), closing.clone());
+            tokio::spawn(async move { heartbeat.run(&config(), &outbox, &closing).await })
+        };
+        for _ in 0..3 {
+            assert!(matches!(receiver.rx.recv().await, Some(Outbound::Text(t)) if t == "2"));
+            assert!(!heartbeat.expired());
+            heartbeat.pong();
+        }
+        closing.cancel();
+        assert_eq!(pinger.await.expect("the pinger ends"), Ended::Closed);
+    }
+}

@@ -1,0 +1,240 @@
+//! One Engine.IO session, whichever transport carries it.
+//!
+//! A session outlives its transports: it starts on polling or websocket, may
+//! move from polling to websocket, and ends once. It owns the application's
+//! [`SessionHandler`] (behind a mutex, so packets are handled one at a time
+//! and in order whichever request carries them), the outbox and the receiver
+//! a transport drains, the heartbeat, and the transport state.
+
+use std::net::IpAddr;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use tokio::sync::{Mutex, MutexGuard, watch};
+use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::heartbeat::{Ended, Heartbeat};
+use super::outbox::OutboxReceiver;
+use super::packet::Packet;
+use super::payload::Record;
+use super::{CloseReason, EngineConfig, Outbox, SessionHandler};
+
+/// How long shutdown lets a session deliver its close before dropping it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Which transport a session is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP long-polling: GETs drain the outbox, POSTs carry packets.
+    Polling,
+    /// A websocket has probed (`2probe`); polling GETs are released.
+    Upgrading,
+    /// A websocket carries the session; polling requests are refused.
+    Websocket,
+}
+
+/// The state of one session, shared by its transports and its lifecycle task.
+pub struct Session<S> {
+    sid: String,
+    /// The address the handshake came from: only it may use the sid.
+    remote_ip: IpAddr,
+    outbox: Outbox,
+    closing: CancellationToken,
+    handler: Mutex<Option<S>>,
+    /// Taken by whichever transport drains the outbox: one polling GET at a
+    /// time, or the websocket writer for good.
+    receiver: Mutex<Option<OutboxReceiver>>,
+    heartbeat: Heartbeat,
+    transport: watch::Sender<Transport>,
+    reason: OnceLock<CloseReason>,
+}
+
+impl<S: SessionHandler> Session<S> {
+    /// A session on `transport` whose messages go to `handler`.
+    pub fn new(
+        sid: String,
+        remote_ip: IpAddr,
+        (outbox, receiver): (Outbox, OutboxReceiver),
+        handler: S,
+        transport: Transport,
+    ) -> Self {
+        Session {
+            sid,
+            remote_ip,
+            closing: receiver.closing.clone(),
+            outbox,
+            handler: Mutex::new(Some(handler)),
+            receiver: Mutex::new(Some(receiver)),
+            heartbeat: Heartbeat::default(),
+            transport: watch::Sender::new(transport),
+            reason: OnceLock::new(),
+        }
+    }
+
+    /// The session id.
+    pub fn sid(&self) -> &str {
+        &self.sid
+    }
+
+    /// True if a request from `ip` may use this session.
+    pub fn belongs_to(&self, ip: IpAddr) -> bool {
+        self.remote_ip == ip
+    }
+
+    /// The queue to the client.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Fires once the session is closing.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    /// The current transport.
+    pub fn transport(&self) -> Transport {
+        *self.transport.borrow()
+    }
+
+    /// Resolves once the session leaves the polling transport.
+    pub async fn left_polling(&self) {
+        let mut watcher = self.transport.subscribe();
+        // The sender lives in `self`, so the watch cannot close under us.
+        let _ = watcher.wait_for(|t| *t != Transport::Polling).await;
+    }
+
+    /// False once the session is closing or its pong is overdue.
+    pub fn is_alive(&self) -> bool {
+        !self.closing.is_cancelled() && !self.heartbeat.expired()
+    }
+
+    /// Why the session closed (or is closing); a server close if nobody said.
+    pub fn reason(&self) -> CloseReason {
+        self.reason
+            .get()
+            .copied()
+            .unwrap_or(CloseReason::ServerClose)
+    }
+
+    /// Closes after what is queued has been delivered.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.outbox.close();
+    }
+
+    /// Closes at once, dropping what is queued.
+    pub fn abort(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.outbox.abort();
+    }
+
+    /// The handler, locked for a run of packets; `None` once closed.
+    pub async fn handler(&self) -> MutexGuard<'_, Option<S>> {
+        self.handler.lock().await
+    }
+
+    /// The outbox receiver, for a polling GET; `None` if another request
+    /// holds it (two GETs at once).
+    pub fn try_receiver(&self) -> Option<MutexGuard<'_, Option<OutboxReceiver>>> {
+        self.receiver.try_lock().ok()
+    }
+
+    /// Hands one packet to the handler; `Err` ends the session.
+    pub async fn receive(&self, handler: &mut S, record: Record<'_>) -> Result<(), CloseReason> {
+        let packet = match record {
+            Record::Binary(data) => {
+                return handler
+                    .on_binary(Bytes::from(data))
+                    .await
+                    .map_err(|_| CloseReason::ParseError);
+            }
+            Record::Packet(packet) => packet,
+        };
+        match packet {
+            Packet::Message(data) => handler
+                .on_text(data)
+                .await
+                .map_err(|_| CloseReason::ParseError),
+            Packet::Pong(_) => {
+                self.heartbeat.pong();
+                Ok(())
+            }
+            // In Engine.IO v4 only the server pings (the upgrade probe, which
+            // the websocket transport handles, aside).
+            Packet::Ping(_) => Err(CloseReason::ParseError),
+            Packet::Close => Err(CloseReason::TransportClose),
+            Packet::Upgrade | Packet::Noop => Ok(()),
+            Packet::Open(_) | Packet::Binary(_) => Err(CloseReason::ParseError),
+        }
+    }
+
+    /// A websocket probed: polling GETs are released. False if the session
+    /// is not on polling (already upgrading or upgraded).
+    pub fn begin_upgrade(&self) -> bool {
+        self.transport.send_if_modified(|transport| {
+            let polling = *transport == Transport::Polling;
+            if polling {
+                *transport = Transport::Upgrading;
+            }
+            polling
+        })
+    }
+
+    /// The probing websocket went away before completing: back to polling.
+    pub fn cancel_upgrade(&self) {
+        self.transport.send_if_modified(|transport| {
+            let upgrading = *transport == Transport::Upgrading;
+            if upgrading {
+                *transport = Transport::Polling;
+            }
+            upgrading
+        });
+    }
+
+    /// The client switched to the websocket: polling is over, and the
+    /// receiver (with whatever polling had not delivered) is the caller's.
+    pub async fn complete_upgrade(&self) -> Option<OutboxReceiver> {
+        self.transport.send_replace(Transport::Websocket);
+        self.take_receiver().await
+    }
+
+    /// Takes the receiver for a transport that drains it for good.
+    pub async fn take_receiver(&self) -> Option<OutboxReceiver> {
+        self.receiver.lock().await.take()
+    }
+
+    /// The session's lifecycle: heartbeat until it closes (shutdown closes
+    /// it gracefully), then tell the handler, exactly once.
+    pub async fn run(&self, config: &EngineConfig, shutdown: &CancellationToken) {
+        let heartbeat = self.heartbeat.run(config, &self.outbox, &self.closing);
+        tokio::pin!(heartbeat);
+        let grace = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(grace);
+        let mut shutting_down = false;
+        let ended = loop {
+            tokio::select! {
+                biased;
+                ended = &mut heartbeat => break ended,
+                _ = shutdown.cancelled(), if !shutting_down => {
+                    shutting_down = true;
+                    self.close(CloseReason::ServerClose);
+                    grace.as_mut().reset(Instant::now() + SHUTDOWN_GRACE);
+                }
+                // A polling client between two polls may never come back
+                // for its close packet.
+                _ = &mut grace, if shutting_down => self.abort(CloseReason::ServerClose),
+            }
+        };
+        if ended == Ended::TimedOut {
+            self.abort(CloseReason::PingTimeout);
+        }
+        self.closing.cancel();
+        let reason = self.reason();
+        tracing::debug!(sid = %self.sid, reason = reason.as_str(), "engine.io session closed");
+        let handler = self.handler.lock().await.take();
+        if let Some(handler) = handler {
+            handler.on_close(reason).await;
+        }
+    }
+}
