@@ -56,19 +56,25 @@ impl<'a> MessageView<'a> {
 /// `DD/MM/YYYY, h:mm:ss am|pm` in the server's local time zone (TZ, UTC when
 /// unset), the seed's `toLocaleString("en-GB")`-style stamp.
 pub fn format_time(ts_micros: u64) -> String {
-    const FORMAT: &str = "%d/%m/%Y, %-I:%M:%S %P";
+    use chrono::format::{Item, StrftimeItems};
+    // Parsed once: the format string is the same for every message.
+    static FORMAT: std::sync::OnceLock<Vec<Item<'static>>> = std::sync::OnceLock::new();
     static USE_TZ: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let secs = (ts_micros / 1_000_000) as i64;
+    let format = FORMAT.get_or_init(|| StrftimeItems::new("%d/%m/%Y, %-I:%M:%S %P").collect());
     // chrono's Local falls back to /etc/localtime; the contract says UTC
     // when TZ is unset, so only a set TZ selects local time.
     let use_tz = *USE_TZ.get_or_init(|| std::env::var_os("TZ").is_some_and(|tz| !tz.is_empty()));
+    let secs = (ts_micros / 1_000_000) as i64;
     let Some(utc) = chrono::DateTime::from_timestamp(secs, 0) else {
         return String::new();
     };
+    let items = format.iter();
     if use_tz {
-        utc.with_timezone(&chrono::Local).format(FORMAT).to_string()
+        utc.with_timezone(&chrono::Local)
+            .format_with_items(items)
+            .to_string()
     } else {
-        utc.format(FORMAT).to_string()
+        utc.format_with_items(items).to_string()
     }
 }
 
