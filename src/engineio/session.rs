@@ -234,7 +234,9 @@ impl<S: SessionHandler> Session<S> {
         tracing::debug!(sid = %self.sid, reason = reason.as_str(), "engine.io session closed");
         let handler = self.handler.lock().await.take();
         if let Some(handler) = handler {
-            handler.on_close(reason).await;
+            // Boxed so this long-lived task does not carry the handler's
+            // (large, once-only) close future for the session's whole life.
+            Box::pin(handler.on_close(reason)).await;
         }
     }
 }

@@ -9,13 +9,14 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketRead, WebSocketWrite, upgrade::UpgradeFut};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketRead, upgrade::UpgradeFut};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncWrite, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
 use tokio::time::Duration;
 
 use super::fragments::{Message, Reassembler};
+use super::frame_writer::FrameWriter;
 use super::outbox::{Outbound, OutboxReceiver};
 use super::packet::Packet;
 use super::payload::Record;
@@ -25,16 +26,13 @@ use super::{CloseReason, Engine, EngineHandler, RequestInfo, SessionHandler};
 /// How many queued packets one writer wake-up writes before flushing.
 const MAX_COALESCED: usize = 256;
 
-/// Bytes buffered before the writer has to flush mid-batch.
-const WRITE_BUFFER: usize = 4096;
-
 /// How long a probing websocket may take to complete the upgrade (the
 /// reference server's `upgradeTimeout`).
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Stream = TokioIo<Upgraded>;
 type Reader = WebSocketRead<ReadHalf<Stream>>;
-type Writer<W> = WebSocketWrite<BufWriter<W>>;
+type Writer<W> = FrameWriter<W>;
 
 /// Completes the upgrade and splits the websocket; `None` if it failed.
 async fn accept(
@@ -48,14 +46,13 @@ async fn accept(
             return None;
         }
     };
-    // fastwebsockets writes each frame straight to its stream; a BufWriter
-    // under the write half lets one flush carry every frame of a wake-up.
-    let (mut read, mut write) = ws.split(|stream| {
-        let (read, write) = tokio::io::split(stream);
-        (read, BufWriter::with_capacity(WRITE_BUFFER, write))
-    });
-    write.set_writev(false);
+    // Right after the upgrade nothing is buffered in `ws`: its stream can be
+    // split into fastwebsockets' reader and our batching frame writer.
+    let (read, write) = tokio::io::split(ws.into_inner());
+    let (mut read, _) =
+        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
     read.set_max_message_size(max_payload + 1);
+    let write = FrameWriter::new(write);
     Some((read, write))
 }
 
@@ -148,10 +145,9 @@ async fn probe<S: SessionHandler, W: AsyncWrite + Unpin + Send>(
                 }
                 *probing = true;
                 write
-                    .write_frame(Frame::text(Payload::Borrowed(b"3probe")))
+                    .send(Frame::text(Payload::Borrowed(b"3probe")))
                     .await
                     .ok()?;
-                write.flush().await.ok()?;
             }
             Ok(Packet::Upgrade) if *probing => return session.complete_upgrade().await,
             _ => return None,
@@ -161,13 +157,7 @@ async fn probe<S: SessionHandler, W: AsyncWrite + Unpin + Send>(
 
 /// Sends a close frame on a websocket that carries no session.
 async fn close_now<W: AsyncWrite + Unpin + Send>(write: &mut Writer<W>) {
-    if write
-        .write_frame(Frame::close_raw(Payload::Borrowed(&[])))
-        .await
-        .is_ok()
-    {
-        let _ = write.flush().await;
-    }
+    let _ = write.send(Frame::close_raw(Payload::Borrowed(&[]))).await;
 }
 
 /// Reads frames and hands packets to the session until either ends.
@@ -226,7 +216,9 @@ async fn read_loop<S: SessionHandler>(mut read: Reader, session: &Session<S>, ma
                 let Some(handler) = handler.as_mut() else {
                     return;
                 };
-                session.receive(handler, record).await
+                // Boxed: the handler's future is large and short-lived;
+                // inline, every idle connection's task would carry its size.
+                Box::pin(session.receive(handler, record)).await
             }
             Err(reason) => Err(reason),
         };
@@ -277,15 +269,11 @@ impl<W: AsyncWrite + Unpin + Send> WriteLoop<W> {
         }
         // Whatever ended the loop, the reader and the session must stop too.
         closing.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.flush()).await;
     }
 
     /// Writes `first` and whatever else is already queued (up to
-    /// [`MAX_COALESCED`] items), then flushes once.
-    async fn write_batch(
-        &mut self,
-        first: Outbound,
-    ) -> Result<Flow, fastwebsockets::WebSocketError> {
+    /// [`MAX_COALESCED`] items) with one write.
+    async fn write_batch(&mut self, first: Outbound) -> std::io::Result<Flow> {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(item) = next.take() {
@@ -294,12 +282,11 @@ impl<W: AsyncWrite + Unpin + Send> WriteLoop<W> {
                 Outbound::Binary(bytes) => Frame::binary(Payload::Borrowed(bytes)),
                 Outbound::WsPong(bytes) => Frame::pong(Payload::Borrowed(bytes)),
                 Outbound::Close => {
-                    self.ws.write_frame(Frame::close(1000, b"")).await?;
-                    self.ws.flush().await?;
+                    self.ws.send(Frame::close(1000, b"")).await?;
                     return Ok(Flow::Closed);
                 }
             };
-            self.ws.write_frame(frame).await?;
+            self.ws.push(frame);
             written += 1;
             if written < MAX_COALESCED {
                 next = self.receiver.rx.try_recv().ok();
@@ -320,11 +307,7 @@ mod tests {
     #[tokio::test]
     async fn a_writer_wake_up_writes_every_queued_packet_even_past_the_coalescing_limit() {
         let (server_io, client_io) = tokio::io::duplex(1 << 20);
-        let (_, write) = fastwebsockets::after_handshake_split(
-            tokio::io::empty(),
-            BufWriter::with_capacity(WRITE_BUFFER, server_io),
-            Role::Server,
-        );
+        let write = FrameWriter::new(server_io);
         let (outbox, receiver) = Outbox::new(4 * MAX_COALESCED);
         let total = 2 * MAX_COALESCED + 3;
         for i in 0..total {

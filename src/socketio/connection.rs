@@ -2,7 +2,7 @@
 //! attachments still owed for an event, and the dispatch to the handler.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::oneshot;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -29,17 +29,17 @@ pub struct Connection<H: Handler> {
     request: RequestInfo,
     sockets: Vec<(Socket, H::State)>,
     pending: Option<PendingBinary>,
-    joined: Arc<AtomicBool>,
+    joined: Option<oneshot::Sender<()>>,
 }
 
 impl<H: Handler> Connection<H> {
-    /// A connection that has joined no namespace yet. `joined` is set on the
+    /// A connection that has joined no namespace yet. `joined` is signalled on the
     /// first successful CONNECT (the handshake deadline watches it).
     pub fn new(
         handler: Arc<H>,
         outbox: Outbox,
         request: RequestInfo,
-        joined: Arc<AtomicBool>,
+        joined: oneshot::Sender<()>,
     ) -> Self {
         Connection {
             handler,
@@ -47,7 +47,7 @@ impl<H: Handler> Connection<H> {
             request,
             sockets: Vec::new(),
             pending: None,
-            joined,
+            joined: Some(joined),
         }
     }
 
@@ -69,7 +69,9 @@ impl<H: Handler> Connection<H> {
         let socket = Socket::new(nsp, self.outbox.clone());
         match self.handler.connect(&socket, auth, &self.request).await {
             Ok(mut state) => {
-                self.joined.store(true, Ordering::Relaxed);
+                if let Some(joined) = self.joined.take() {
+                    let _ = joined.send(());
+                }
                 self.send(PacketType::Connect, nsp, Some(&json!({"sid": socket.id()})));
                 self.handler.connected(&mut state, &socket).await;
                 self.sockets.push((socket, state));

@@ -9,8 +9,9 @@ pub mod packet;
 pub mod socket;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 pub use connection::Connection;
 pub use handler::{Event, Handler};
@@ -39,18 +40,15 @@ impl<H: Handler> EngineHandler for SocketIo<H> {
     type Session = Connection<H>;
 
     fn open(&self, outbox: Outbox, info: RequestInfo) -> Connection<H> {
-        let joined = Arc::new(AtomicBool::new(false));
+        let (joined, watched) = oneshot::channel();
         let deadline = self.connect_timeout;
-        let (watched, watcher) = (joined.clone(), outbox.clone());
+        let watcher = outbox.clone();
+        // Ends at the deadline, or as soon as the client joins (or leaves),
+        // so it does not linger beside every connection.
         tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(deadline) => {
-                    if !watched.load(Ordering::Relaxed) {
-                        tracing::debug!("no CONNECT before the handshake deadline: closing");
-                        watcher.abort();
-                    }
-                }
-                _ = watcher.closed() => {}
+            if tokio::time::timeout(deadline, watched).await.is_err() {
+                tracing::debug!("no CONNECT before the handshake deadline: closing");
+                watcher.abort();
             }
         });
         Connection::new(self.handler.clone(), outbox, info, joined)
