@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::console::NODE_MAX_ITEMS;
 use super::rate::{RateLimit, TokenBucket};
 use crate::metrics::METRICS;
 use crate::socketio::{Socket, event_packet};
@@ -68,11 +69,22 @@ struct User {
 pub struct Joined {
     /// The `online` list of its room (just itself without a room).
     pub room_online: Vec<String>,
-    /// Everyone online, for the console.
-    pub everyone: Vec<String>,
+    /// Who is online, for the console.
+    pub everyone: OnlineSample,
     /// Messages with `ts` up to this were fanned out before the join and
     /// must come from history; later ones arrive live.
     pub watermark: u64,
+}
+
+/// Who is online, cheaply: the first names in order (at most what the
+/// console shows) and the count, so a connect costs the same with ten
+/// users online as with ten thousand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlineSample {
+    /// The first user names, in byte order.
+    pub first: Vec<String>,
+    /// How many users are online in all.
+    pub total: usize,
 }
 
 /// One accepted message to fan out.
@@ -187,8 +199,8 @@ impl Hub {
         }
     }
 
-    /// Removes a connection; returns everyone still online.
-    pub fn leave(&self, key: ConnKey) -> Vec<String> {
+    /// Removes a connection; returns who is still online.
+    pub fn leave(&self, key: ConnKey) -> OnlineSample {
         let mut state = self.lock();
         let before = match state.conns.get(&key).and_then(|conn| conn.room.clone()) {
             Some(room) => state.room_users(&room),
@@ -301,8 +313,16 @@ impl State {
         users
     }
 
-    fn everyone(&self) -> Vec<String> {
-        self.users.keys().map(|user| user.to_string()).collect()
+    fn everyone(&self) -> OnlineSample {
+        OnlineSample {
+            first: self
+                .users
+                .keys()
+                .take(NODE_MAX_ITEMS)
+                .map(|user| user.to_string())
+                .collect(),
+            total: self.users.len(),
+        }
     }
 
     /// Sends the room's new `online` list to its connections but `skip`.
@@ -369,8 +389,8 @@ mod tests {
             [r#"42["online",["A"]]"#],
             "B's leaving is announced"
         );
-        let everyone = hub.leave(a1);
-        assert!(everyone.is_empty());
+        let online = hub.leave(a1);
+        assert_eq!((online.first.len(), online.total), (0, 0));
     }
 
     #[test]

@@ -32,7 +32,7 @@ impl OnlineCommand {
             println!("{json}");
         } else {
             let users: Vec<String> = presence.into_iter().map(|p| p.user).collect();
-            println!("{}", online_line(&users));
+            println!("{}", online_line(&users, users.len()));
         }
         Ok(())
     }
