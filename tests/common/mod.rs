@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chatd::client::{Client, ConnectOptions, Event, tls};
@@ -101,15 +100,21 @@ impl Lines {
 
     /// Skips lines until one equal to `expected`.
     pub fn wait_for_line(&mut self, expected: &str) {
+        self.wait_for(expected, |line| line == expected);
+    }
+
+    /// Skips lines until one `matches`, and returns it; `what` names it in
+    /// failure messages.
+    pub fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + TIMEOUT;
         while Instant::now() < deadline {
             match self.next_line() {
-                Some(line) if line == expected => return,
+                Some(line) if matches(&line) => return line,
                 Some(_) => {}
-                None => panic!("output ended before {expected:?}; seen: {:#?}", self.seen),
+                None => panic!("output ended before {what:?}; seen: {:#?}", self.seen),
             }
         }
-        panic!("no {expected:?} within {TIMEOUT:?}; seen: {:#?}", self.seen)
+        panic!("no {what:?} within {TIMEOUT:?}; seen: {:#?}", self.seen)
     }
 
     /// Every remaining line, up to the end of the output.
@@ -127,7 +132,7 @@ pub struct Server {
     /// The process.
     pub child: Child,
     console: Lines,
-    stderr: Option<JoinHandle<String>>,
+    logs: Lines,
     _dir: Option<TempDir>,
 }
 
@@ -145,8 +150,7 @@ pub struct StartFailure {
 pub fn start_server(args: &[&str]) -> Server {
     let dir = tempfile::tempdir().expect("temporary directory");
     let data_dir = dir.path().join("data");
-    let mut server = Server::launch(&data_dir, args)
-        .unwrap_or_else(|failure| panic!("chatd run did not start: {failure:?}"));
+    let mut server = Server::spawn(&data_dir, args, &[]);
     server._dir = Some(dir);
     server
 }
@@ -161,34 +165,45 @@ impl Server {
     /// Like [`start`](Self::start), but a server that exits before
     /// listening is an `Err`, not a panic.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Server, StartFailure> {
-        Server::launch(data_dir, &[&["--no-tls", "--no-auth"][..], extra].concat())
+        Server::launch(
+            data_dir,
+            &[&["--no-tls", "--no-auth"][..], extra].concat(),
+            &[],
+        )
     }
 
-    fn launch(data_dir: &Path, args: &[&str]) -> Result<Server, StartFailure> {
+    /// Starts `chatd run --listen 127.0.0.1:0 --data-dir DIR ARGS...` with
+    /// `envs` added to its environment, as a service manager would.
+    pub fn spawn(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        Server::launch(data_dir, args, envs)
+            .unwrap_or_else(|failure| panic!("chatd run did not start: {failure:?}"))
+    }
+
+    fn launch(
+        data_dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Server, StartFailure> {
         let mut child = Command::new(CHATD)
             .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
-            // Warnings only: info logs would flood the test output.
-            .env("RUST_LOG", "chatd=warn")
+            .env("RUST_LOG", "chatd=info")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("cannot start chatd run");
-        let mut stderr_pipe = child.stderr.take().expect("piped stderr");
-        // Drained for the server's whole life: a full pipe would block it.
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr_pipe.read_to_string(&mut text);
-            text
-        });
+        // Both pipes are drained for the server's whole life: a full pipe
+        // would block it.
+        let mut logs = Lines::new(child.stderr.take().expect("piped stderr"));
         let mut console = Lines::new(child.stdout.take().expect("piped stdout"));
         let Some(line) = console.next_line() else {
             let status = child.wait().expect("wait for chatd run");
             return Err(StartFailure {
                 status,
-                stderr: stderr.join().unwrap_or_default(),
+                stderr: logs.rest().join("\n"),
             });
         };
         let port = line
@@ -200,9 +215,22 @@ impl Server {
             data_dir: data_dir.to_owned(),
             child,
             console,
-            stderr: Some(stderr),
+            logs,
             _dir: None,
         })
+    }
+
+    /// Waits for a log line (stderr) containing `needle`, and returns it.
+    pub fn log_line(&mut self, needle: &str) -> String {
+        self.logs.wait_for(needle, |line| line.contains(needle))
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the server.
+    pub fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "cannot signal chatd run");
     }
 
     /// Skips console lines until one equal to `expected`.
@@ -268,21 +296,21 @@ impl Server {
     /// Stops the server with SIGTERM, checks that it exits with 0, and
     /// returns every console line it printed.
     pub fn stop(mut self) -> Vec<String> {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "cannot signal chatd run");
+        self.signal(libc::SIGTERM);
         // Its stdout closes when it exits: wait for that, with a timeout.
         self.console.rest();
         let status = self.child.wait().expect("wait for chatd run");
-        let stderr = self
-            .stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
+        let stderr = self.logs.rest().join("\n");
         assert_eq!(status.code(), Some(0), "chatd run exited badly: {stderr}");
         std::mem::take(&mut self.console.seen)
     }
+}
+
+/// Awaits `future`, failing the test with `what` if it takes too long.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(TIMEOUT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 impl Drop for Server {
