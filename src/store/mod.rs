@@ -3,7 +3,7 @@
 //! One file, `<data_dir>/chatd.redb`, holds every room's history. Reads
 //! (`history`, `export_*`, `rooms`) run on any thread against MVCC
 //! snapshots; new messages are written only by the group-commit writer
-//! ([`spawn_writer`]), which is what makes `ts` unique and increasing.
+//! ([`Writer::spawn`]), which is what makes `ts` unique and increasing.
 
 mod error;
 mod purge;
@@ -23,7 +23,7 @@ pub use self::read::HistoryQuery;
 pub use self::record::{RECORD_VERSION, Record, decode_record, encode_record};
 pub use self::schema::SCHEMA_VERSION;
 pub use self::writer::{
-    Committed, CommittedBatch, MAX_BATCH, Unstored, Writer, WriterHandle, now_us, spawn_writer,
+    Committed, CommittedBatch, MAX_BATCH, Unstored, Writer, WriterHandle, now_us,
 };
 
 /// File name of the database inside the data directory.

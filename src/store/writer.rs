@@ -109,24 +109,6 @@ impl<T: Send + 'static> Writer<T> {
     }
 }
 
-/// Starts the writer thread and returns its input and output; the thread is
-/// detached (its end shows as the receiver yielding `None`). Use
-/// [`Writer::spawn`] to get the `JoinHandle` too.
-///
-/// # Panics
-///
-/// If the OS refuses to start a thread.
-pub fn spawn_writer<T: Send + 'static>(
-    store: Store,
-    queue_capacity: usize,
-    stamp: impl Fn(u64) -> String + Send + 'static,
-) -> (WriterHandle<T>, mpsc::Receiver<CommittedBatch<T>>) {
-    match Writer::spawn(store, queue_capacity, stamp) {
-        Ok(w) => (w.handle, w.batches),
-        Err(e) => panic!("cannot start the store writer: {e}"),
-    }
-}
-
 // The thread body. Returns (dropping `out`) when the queue is closed and empty.
 fn run<T>(
     store: Store,
