@@ -15,7 +15,9 @@
 //
 // Environment:
 //   CHATD_BIN              the binary (default: <repo>/target/debug/chatd)
-//   CHATD_TEST_TIMEOUT_MS  the default timeout of one wait (default 5000)
+//   CHATD_TEST_TIMEOUT_MS  the default timeout of one wait (default 20000: a
+//                          ceiling for waits that take milliseconds, high
+//                          enough for an fsync stalled by a busy disk)
 //   CHATD_TEST_TLS=0       run every server with --no-tls (debugging aid)
 //   CHATD_KEEP_DATA=1      keep the temporary data directories (and print them)
 //   CHATD_TEST_VERBOSE=1   echo each server's stdout and stderr to stderr
@@ -34,7 +36,7 @@ export const REPO_ROOT = path.resolve(fileURLToPath(new URL("../..", import.meta
 export const CHATD_BIN = process.env.CHATD_BIN
   ? path.resolve(process.env.CHATD_BIN)
   : path.join(REPO_ROOT, "target", "debug", "chatd");
-export const TIMEOUT = Number(process.env.CHATD_TEST_TIMEOUT_MS) || 5000;
+export const TIMEOUT = Number(process.env.CHATD_TEST_TIMEOUT_MS) || 20000;
 const START_TIMEOUT = Math.max(10000, TIMEOUT);
 const STOP_TIMEOUT = Math.max(10000, TIMEOUT);
 const FORCE_NO_TLS = process.env.CHATD_TEST_TLS === "0";

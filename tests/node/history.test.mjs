@@ -5,6 +5,7 @@
 import { describe, test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
+  TIMEOUT,
   startServer,
   cleanup,
   closeSockets,
@@ -38,7 +39,7 @@ describe("history", () => {
     // The first 120 one by one, the rest in a burst.
     sent = [];
     for (let i = 0; i < 120; i++) {
-      const r = await ackWithin(5000, writer, "chat message", `message ${i}`);
+      const r = await ackWithin(TIMEOUT, writer, "chat message", `message ${i}`);
       assert.equal(r.ok, true, JSON.stringify(r));
       sent.push(r.message);
     }

@@ -7,6 +7,7 @@
 import { describe, test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
+  TIMEOUT,
   startServer,
   cleanup,
   closeSockets,
@@ -134,7 +135,7 @@ describe("refused messages", () => {
     assert.deepEqual(await send(a, Buffer.from("hello")), refused("bad_payload"), "a Buffer");
     assert.deepEqual(await send(a, { text: Buffer.from("hello") }), refused("bad_payload"), "a Buffer as text");
     // No payload at all.
-    assert.deepEqual(await ackWithin(5000, a, "chat message"), refused("bad_payload"), "no argument");
+    assert.deepEqual(await ackWithin(TIMEOUT, a, "chat message"), refused("bad_payload"), "no argument");
     await assertOnlyAccepted(a, b, []);
   });
 
