@@ -26,8 +26,7 @@ import socketio
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHATD = os.environ.get("CHATD_BIN", os.path.join(REPO, "target", "debug", "chatd"))
-# A ceiling for waits that take milliseconds: high enough for an ack whose
-# fsync a busy disk stalled (seen once in CI beside concurrent builds).
+# A ceiling for waits that take milliseconds, reached only on failure.
 TIMEOUT = float(os.environ.get("CHATD_TEST_TIMEOUT_S", "30"))
 ROOM = "dm:Dummy-1_Dummy-2"
 
