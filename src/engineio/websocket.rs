@@ -69,14 +69,7 @@ pub async fn serve<H: EngineHandler>(
     let Some(receiver) = session.take_receiver().await else {
         return;
     };
-    tokio::spawn(
-        WriteLoop {
-            ws: write,
-            receiver,
-        }
-        .run(),
-    );
-    read_loop(read, &session, engine.config.max_payload).await;
+    carry(read, write, receiver, &session, engine.config.max_payload).await;
 }
 
 /// Takes a polling session over: answers the `2probe`, and once the client
@@ -108,6 +101,18 @@ pub async fn adopt<S: SessionHandler>(
         close_now(&mut write).await;
         return;
     };
+    carry(read, write, receiver, &session, max_payload).await;
+}
+
+/// Carries `session` on this websocket from now on: a writer task drains
+/// its outbox while this task reads.
+async fn carry<S: SessionHandler>(
+    read: Reader,
+    write: Writer<WriteHalf<Stream>>,
+    receiver: OutboxReceiver,
+    session: &Session<S>,
+    max_payload: usize,
+) {
     tokio::spawn(
         WriteLoop {
             ws: write,
@@ -115,7 +120,7 @@ pub async fn adopt<S: SessionHandler>(
         }
         .run(),
     );
-    read_loop(read, &session, max_payload).await;
+    read_loop(read, session, max_payload).await;
 }
 
 /// The upgrade dance on the new websocket: `2probe` → `3probe`, then `5`.
