@@ -301,3 +301,30 @@ async fn an_oversized_request_head_is_refused() {
     assert!(answer.ends_with("ok\n"));
     server.stop();
 }
+
+#[tokio::test]
+async fn a_burst_larger_than_the_outbound_queue_is_acked_in_full_not_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    // One group commit can hold hundreds of this burst: without backpressure
+    // on the sender, their acks would overflow its 64-packet queue at once.
+    let server = Server::start(dir.path(), &["--outbound-queue", "64", "--rate-limit", "0"]);
+    let mut client = RawClient::connect(server.port, "Burst-1", "Burst-2").await;
+    let count = 1000u64;
+    for id in 1..=count {
+        client
+            .send_packet(&format!(
+                "42{id}{}",
+                json!(["chat message", format!("burst {id}")])
+            ))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < count {
+        let packet = client.next_text().await;
+        if packet.starts_with("43") {
+            assert!(packet.contains(r#""ok":true"#), "{packet}");
+            acked += 1;
+        }
+    }
+    server.stop();
+}

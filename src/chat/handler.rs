@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::auth::TokenKey;
 use super::console::Console;
@@ -46,6 +46,11 @@ pub struct ChatConfig {
     pub rate: RateLimit,
     /// Whether to print the console lines.
     pub console: bool,
+    /// Messages one connection may have waiting for their commit. Past it
+    /// the connection's reader waits (TCP pushes back on the client), so one
+    /// group commit never queues more acks for a connection than its
+    /// outbound queue holds; keep it well under `--outbound-queue`.
+    pub unacked_per_connection: usize,
 }
 
 /// Who a message's ack goes to; travels through the store writer untouched.
@@ -53,6 +58,9 @@ pub struct Ticket {
     sender: ConnKey,
     socket: Socket,
     ack: Option<u64>,
+    /// The sender's place among its unacked messages, freed with the ticket
+    /// once the ack is queued.
+    _unacked: OwnedSemaphorePermit,
 }
 
 /// The chat application, shared by every connection.
@@ -74,6 +82,7 @@ pub struct Session {
     peer: Option<Arc<str>>,
     room: Option<Arc<str>>,
     since: Option<u64>,
+    unacked: Arc<Semaphore>,
 }
 
 impl Chat {
@@ -139,6 +148,10 @@ impl Chat {
         if !self.hub.take_token(&session.user) {
             return refuse(socket, event.ack, Refusal::RateLimited);
         }
+        // The semaphore is never closed, so this only waits.
+        let Ok(unacked) = session.unacked.clone().acquire_owned().await else {
+            return refuse(socket, event.ack, Refusal::Unavailable);
+        };
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         if self.closing.load(Ordering::SeqCst) {
             self.settle(1);
@@ -155,6 +168,7 @@ impl Chat {
             sender: session.key,
             socket: socket.clone(),
             ack: event.ack,
+            _unacked: unacked,
         };
         if let Err((_, ticket)) = self.writer.submit(message, ticket).await {
             self.settle(1);
@@ -290,6 +304,7 @@ impl Handler for Chat {
             peer: peer.map(Into::into),
             room,
             since,
+            unacked: Arc::new(Semaphore::new(self.config.unacked_per_connection.max(1))),
         })
     }
 

@@ -197,6 +197,9 @@ impl RunCommand {
                 max_message_bytes: self.max_message_bytes,
                 rate: RateLimit::per_second(self.rate_limit),
                 console: true,
+                // A quarter of the queue: the rest is room for deliveries,
+                // presence and history to the same connection.
+                unacked_per_connection: (self.outbound_queue / 4).max(1),
             },
         )
         .context("cannot start the store writer")?;
