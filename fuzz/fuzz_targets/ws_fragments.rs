@@ -1,25 +1,31 @@
-//! Websocket fragment sequences: reassembly never panics and never returns a
-//! message over its limit.
+//! A client's websocket byte stream: frame heads parse without panicking,
+//! never claim more than the limit, and reassembly never returns a message
+//! over its limit.
 #![no_main]
 use chatd::engineio::fragments::{Message, Reassembler};
+use chatd::engineio::frame_reader::parse_head;
 use fastwebsockets::OpCode;
 use libfuzzer_sys::fuzz_target;
 
+const MAX: usize = 64;
+
 fuzz_target!(|data: &[u8]| {
-    let mut reassembler = Reassembler::new(64);
-    for chunk in data.chunks(9) {
-        let Some((&head, payload)) = chunk.split_first() else {
-            continue;
+    let mut reassembler = Reassembler::new(MAX);
+    let mut rest = data;
+    while let Ok(Some(head)) = parse_head(rest, MAX) {
+        assert!(head.payload_len <= MAX);
+        let Some(payload) = rest.get(head.len..head.len + head.payload_len) else {
+            break;
         };
-        let opcode = match head % 3 {
-            0 => OpCode::Text,
-            1 => OpCode::Binary,
-            _ => OpCode::Continuation,
-        };
-        match reassembler.push(opcode, head & 0x80 != 0, payload) {
-            Ok(Some(Message::Text(bytes) | Message::Binary(bytes))) => assert!(bytes.len() <= 64),
-            Ok(None) => {}
-            Err(_) => reassembler = Reassembler::new(64),
+        if matches!(head.opcode, OpCode::Text | OpCode::Binary | OpCode::Continuation) {
+            match reassembler.push(head.opcode, head.fin, payload) {
+                Ok(Some(Message::Text(bytes) | Message::Binary(bytes))) => {
+                    assert!(bytes.len() <= MAX)
+                }
+                Ok(None) => {}
+                Err(_) => reassembler = Reassembler::new(MAX),
+            }
         }
+        rest = &rest[head.len + head.payload_len..];
     }
 });

@@ -9,6 +9,7 @@
 
 pub mod engine;
 pub mod fragments;
+pub mod frame_reader;
 pub mod frame_writer;
 pub mod heartbeat;
 pub mod outbox;

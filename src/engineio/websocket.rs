@@ -6,16 +6,16 @@
 //! coalesces whatever is queued into one flush. The heartbeat is the
 //! session's, not the transport's: its pings come through the outbox.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketRead, upgrade::UpgradeFut};
+use fastwebsockets::{Frame, OpCode, Payload, upgrade::UpgradeFut};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
 use tokio::time::Duration;
 
 use super::fragments::{Message, Reassembler};
+use super::frame_reader::FrameReader;
 use super::frame_writer::FrameWriter;
 use super::outbox::{Outbound, OutboxReceiver};
 use super::packet::Packet;
@@ -31,7 +31,7 @@ const MAX_COALESCED: usize = 256;
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Stream = TokioIo<Upgraded>;
-type Reader = WebSocketRead<ReadHalf<Stream>>;
+type Reader = FrameReader<ReadHalf<Stream>>;
 type Writer<W> = FrameWriter<W>;
 
 /// Completes the upgrade and splits the websocket; `None` if it failed.
@@ -47,13 +47,9 @@ async fn accept(
         }
     };
     // Right after the upgrade nothing is buffered in `ws`: its stream can be
-    // split into fastwebsockets' reader and our batching frame writer.
+    // split into our frame reader and batching frame writer.
     let (read, write) = tokio::io::split(ws.into_inner());
-    let (mut read, _) =
-        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    read.set_max_message_size(max_payload + 1);
-    let write = FrameWriter::new(write);
-    Some((read, write))
+    Some((FrameReader::new(read, max_payload), FrameWriter::new(write)))
 }
 
 /// Runs a new session on an upgraded websocket until it ends.
@@ -133,14 +129,12 @@ async fn probe<S: SessionHandler, W: AsyncWrite + Unpin + Send>(
     session: &Session<S>,
     probing: &mut bool,
 ) -> Option<OutboxReceiver> {
-    // Control-frame replies owed while probing are dropped: a pong is
-    // optional, and a close ends the probe anyway.
-    let mut ignore = |_: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
     loop {
-        let frame = read.read_frame(&mut ignore).await.ok()?;
+        let frame = read.next().await.ok()?;
         let text = match frame.opcode {
+            // A pong is optional while probing; a close ends the probe.
             OpCode::Ping | OpCode::Pong => continue,
-            OpCode::Text if frame.fin => std::str::from_utf8(&frame.payload).ok()?,
+            OpCode::Text if frame.fin => std::str::from_utf8(frame.payload).ok()?,
             _ => return None,
         };
         match Packet::decode_text(text) {
@@ -167,19 +161,6 @@ async fn close_now<W: AsyncWrite + Unpin + Send>(write: &mut Writer<W>) {
 
 /// Reads frames and hands packets to the session until either ends.
 async fn read_loop<S: SessionHandler>(mut read: Reader, session: &Session<S>, max_payload: usize) {
-    let outbox = session.outbox().clone();
-    let mut owed = |frame: Frame<'_>| {
-        match frame.opcode {
-            OpCode::Pong => {
-                outbox.send(Outbound::WsPong(bytes::Bytes::copy_from_slice(
-                    &frame.payload,
-                )));
-            }
-            OpCode::Close => outbox.close(),
-            _ => {}
-        }
-        std::future::ready(Ok::<(), Infallible>(()))
-    };
     let mut messages = Reassembler::new(max_payload);
     // Made once and polled only when no frame is ready: checking the token
     // on every frame showed in profiles (it takes a lock).
@@ -188,7 +169,7 @@ async fn read_loop<S: SessionHandler>(mut read: Reader, session: &Session<S>, ma
     let reason = loop {
         let frame = tokio::select! {
             biased;
-            frame = read.read_frame(&mut owed) => frame,
+            frame = read.next() => frame,
             _ = &mut closing => return,
         };
         let frame = match frame {
@@ -200,8 +181,13 @@ async fn read_loop<S: SessionHandler>(mut read: Reader, session: &Session<S>, ma
         };
         let record = match frame.opcode {
             OpCode::Close => Err(CloseReason::TransportClose),
-            OpCode::Ping | OpCode::Pong => continue,
-            opcode => match messages.push(opcode, frame.fin, &frame.payload) {
+            OpCode::Ping => {
+                let pong = bytes::Bytes::copy_from_slice(frame.payload);
+                session.outbox().send(Outbound::WsPong(pong));
+                continue;
+            }
+            OpCode::Pong => continue,
+            opcode => match messages.push(opcode, frame.fin, frame.payload) {
                 Ok(None) => continue,
                 Ok(Some(Message::Text(bytes))) => std::str::from_utf8(bytes)
                     .ok()
