@@ -353,7 +353,7 @@ mod tests {
 
     fn drain(receiver: &mut OutboxReceiver) -> Vec<String> {
         let mut out = Vec::new();
-        while let Ok(Outbound::Text(bytes)) = receiver.rx.try_recv() {
+        while let Some(Outbound::Text(bytes)) = receiver.try_recv() {
             out.push(String::from_utf8(bytes.to_vec()).unwrap());
         }
         out

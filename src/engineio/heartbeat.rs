@@ -109,7 +109,7 @@ mod tests {
         assert_eq!(ended, Ended::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_millis(500));
         assert!(heartbeat.expired());
-        assert!(matches!(receiver.rx.try_recv(), Ok(Outbound::Text(t)) if t == "2"));
+        assert!(matches!(receiver.try_recv(), Some(Outbound::Text(t)) if t == "2"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -122,7 +122,7 @@ mod tests {
             tokio::spawn(async move { heartbeat.run(&config(), &outbox, &closing).await })
         };
         for _ in 0..3 {
-            assert!(matches!(receiver.rx.recv().await, Some(Outbound::Text(t)) if t == "2"));
+            assert!(matches!(receiver.recv().await, Outbound::Text(t) if t == "2"));
             assert!(!heartbeat.expired());
             heartbeat.pong();
         }

@@ -3,13 +3,22 @@
 //! Everything the server sends to a client goes through its outbox: the
 //! transport's writer task is the only one that touches the socket. The queue
 //! is bounded so a client that stops reading cannot make the server grow its
-//! memory: when the queue is full the session is closed instead.
+//! memory: when the queue is full the session is closed instead. It holds
+//! memory only for what is queued (tokio's channel keeps a block of 32 slots
+//! per connection, 1.3 KiB of every idle connection), and gives a burst's
+//! room back once drained.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::METRICS;
+
+/// A queue drained past this many slots of room gives them back.
+const KEEP: usize = 32;
 
 /// One item for a transport's writer.
 #[derive(Debug, Clone)]
@@ -27,44 +36,87 @@ pub enum Outbound {
 /// The sending side of a session's queue; cheap to clone and share.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outbound>,
+    shared: Arc<Shared>,
     closing: CancellationToken,
 }
 
 /// What a transport's writer drains.
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    /// Items in the order they were queued.
-    pub rx: mpsc::Receiver<Outbound>,
+    shared: Arc<Shared>,
     /// Fires when the session must stop without flushing.
     pub closing: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<VecDeque<Outbound>>,
+    capacity: usize,
+    /// Wakes the one receiver; a notification sent while it is not waiting
+    /// is kept for it.
+    ready: Notify,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Outbound>> {
+        // Nothing panics while holding the lock; a poisoned queue is intact.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `item` unless the queue is full.
+    fn push(&self, item: Outbound) -> bool {
+        let mut queue = self.queue();
+        if queue.len() >= self.capacity {
+            return false;
+        }
+        queue.push_back(item);
+        drop(queue);
+        self.ready.notify_one();
+        true
+    }
+
+    fn pop(&self) -> Option<Outbound> {
+        let mut queue = self.queue();
+        let item = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > KEEP {
+            *queue = VecDeque::new();
+        }
+        item
+    }
 }
 
 impl Outbox {
     /// Creates a queue holding at most `capacity` items.
     pub fn new(capacity: usize) -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+        });
         let closing = CancellationToken::new();
         let receiver = OutboxReceiver {
-            rx,
+            shared: shared.clone(),
             closing: closing.clone(),
         };
-        (Outbox { tx, closing }, receiver)
+        (Outbox { shared, closing }, receiver)
     }
 
     /// Queues an item without waiting. A full queue means the client is not
-    /// reading: the session is aborted and `false` returned.
+    /// reading: the session is aborted and `false` returned, as it is once
+    /// the session is closed.
     pub fn send(&self, item: Outbound) -> bool {
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::info!("outbound queue full: disconnecting a client that stopped reading");
-                METRICS.outbound_drop();
-                self.abort();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.closing.is_cancelled() {
+            return false;
         }
+        if self.shared.push(item) {
+            return true;
+        }
+        tracing::info!("outbound queue full: disconnecting a client that stopped reading");
+        METRICS.outbound_drop();
+        self.abort();
+        false
     }
 
     /// Queues a text packet that is already encoded (fan-out shares one copy).
@@ -74,7 +126,7 @@ impl Outbox {
 
     /// Closes the session after what is already queued has been written.
     pub fn close(&self) {
-        if self.tx.try_send(Outbound::Close).is_err() {
+        if !self.shared.push(Outbound::Close) {
             self.abort();
         }
     }
@@ -86,15 +138,32 @@ impl Outbox {
 
     /// True once the session is closing or closed.
     pub fn is_closed(&self) -> bool {
-        self.closing.is_cancelled() || self.tx.is_closed()
+        self.closing.is_cancelled()
+    }
+}
+
+impl OutboxReceiver {
+    /// The next item, once there is one.
+    pub async fn recv(&mut self) -> Outbound {
+        loop {
+            let ready = self.shared.ready.notified();
+            if let Some(item) = self.shared.pop() {
+                return item;
+            }
+            ready.await;
+        }
     }
 
-    /// Resolves when the session starts closing.
-    pub async fn closed(&self) {
-        tokio::select! {
-            _ = self.closing.cancelled() => {}
-            _ = self.tx.closed() => {}
-        }
+    /// The next item if one is queued.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        self.shared.pop()
+    }
+}
+
+impl Drop for OutboxReceiver {
+    /// Without a receiver nothing will ever be written: the session is over.
+    fn drop(&mut self) {
+        self.closing.cancel();
     }
 }
 
@@ -110,6 +179,24 @@ mod tests {
         assert!(!outbox.send_text(Bytes::from_static(b"4c")));
         assert!(receiver.closing.is_cancelled());
         assert!(outbox.is_closed());
+    }
+
+    #[tokio::test]
+    async fn items_arrive_in_order_and_a_drained_burst_gives_its_room_back() {
+        let (outbox, mut receiver) = Outbox::new(1000);
+        for i in 0..500 {
+            assert!(outbox.send_text(Bytes::from(format!("4{i}"))));
+        }
+        for i in 0..500 {
+            assert!(matches!(receiver.recv().await, Outbound::Text(t) if t == format!("4{i}")));
+        }
+        assert!(receiver.try_recv().is_none());
+        assert!(receiver.shared.queue().capacity() <= KEEP);
+        let waiting = tokio::spawn(async move { receiver.recv().await });
+        tokio::task::yield_now().await;
+        assert!(outbox.send_text(Bytes::from_static(b"4late")));
+        let late = waiting.await.expect("the receiver wakes");
+        assert!(matches!(late, Outbound::Text(t) if t == "4late"));
     }
 
     #[test]

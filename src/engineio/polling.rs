@@ -37,7 +37,7 @@ pub async fn get<S: SessionHandler>(session: &Session<S>) -> Result<String, Requ
         biased;
         _ = session.closing().cancelled() => None,
         _ = session.left_polling() => return Ok(NOOP.to_owned()),
-        item = receiver.rx.recv() => item,
+        item = receiver.recv() => Some(item),
     };
     let Some(first) = first else {
         return Ok(closed_answer(session).to_owned());
@@ -60,7 +60,7 @@ pub async fn get<S: SessionHandler>(session: &Session<S>) -> Result<String, Requ
                 break;
             }
         }
-        next = receiver.rx.try_recv().ok();
+        next = receiver.try_recv();
     }
     if body.is_empty() {
         // Only websocket pongs were queued: answer so the client polls again.

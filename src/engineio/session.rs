@@ -8,9 +8,10 @@
 
 use std::net::IpAddr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::{Mutex, MutexGuard, watch};
+use tokio::sync::{Mutex, MutexGuard, Notify};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Which transport a session is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Transport {
     /// HTTP long-polling: GETs drain the outbox, POSTs carry packets.
     Polling,
@@ -46,7 +48,10 @@ pub struct Session<S> {
     /// time, or the websocket writer for good.
     receiver: Mutex<Option<OutboxReceiver>>,
     heartbeat: Heartbeat,
-    transport: watch::Sender<Transport>,
+    /// A [`Transport`] as `u8`: read on every request, changed at most
+    /// three times.
+    transport: AtomicU8,
+    transport_changed: Notify,
     reason: OnceLock<CloseReason>,
 }
 
@@ -67,7 +72,8 @@ impl<S: SessionHandler> Session<S> {
             handler: Mutex::new(Some(handler)),
             receiver: Mutex::new(Some(receiver)),
             heartbeat: Heartbeat::default(),
-            transport: watch::Sender::new(transport),
+            transport: AtomicU8::new(transport as u8),
+            transport_changed: Notify::new(),
             reason: OnceLock::new(),
         }
     }
@@ -94,14 +100,37 @@ impl<S: SessionHandler> Session<S> {
 
     /// The current transport.
     pub fn transport(&self) -> Transport {
-        *self.transport.borrow()
+        match self.transport.load(Ordering::Acquire) {
+            0 => Transport::Polling,
+            1 => Transport::Upgrading,
+            _ => Transport::Websocket,
+        }
     }
 
     /// Resolves once the session leaves the polling transport.
     pub async fn left_polling(&self) {
-        let mut watcher = self.transport.subscribe();
-        // The sender lives in `self`, so the watch cannot close under us.
-        let _ = watcher.wait_for(|t| *t != Transport::Polling).await;
+        loop {
+            let changed = self.transport_changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change right after it wakes us.
+            changed.as_mut().enable();
+            if self.transport() != Transport::Polling {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Moves the session from `from` to `to`; false if it was not on `from`.
+    fn switch(&self, from: Transport, to: Transport) -> bool {
+        let switched = self
+            .transport
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if switched {
+            self.transport_changed.notify_waiters();
+        }
+        switched
     }
 
     /// False once the session is closing or its pong is overdue.
@@ -172,30 +201,20 @@ impl<S: SessionHandler> Session<S> {
     /// A websocket probed: polling GETs are released. False if the session
     /// is not on polling (already upgrading or upgraded).
     pub fn begin_upgrade(&self) -> bool {
-        self.transport.send_if_modified(|transport| {
-            let polling = *transport == Transport::Polling;
-            if polling {
-                *transport = Transport::Upgrading;
-            }
-            polling
-        })
+        self.switch(Transport::Polling, Transport::Upgrading)
     }
 
     /// The probing websocket went away before completing: back to polling.
     pub fn cancel_upgrade(&self) {
-        self.transport.send_if_modified(|transport| {
-            let upgrading = *transport == Transport::Upgrading;
-            if upgrading {
-                *transport = Transport::Polling;
-            }
-            upgrading
-        });
+        self.switch(Transport::Upgrading, Transport::Polling);
     }
 
     /// The client switched to the websocket: polling is over, and the
     /// receiver (with whatever polling had not delivered) is the caller's.
     pub async fn complete_upgrade(&self) -> Option<OutboxReceiver> {
-        self.transport.send_replace(Transport::Websocket);
+        if !self.switch(Transport::Upgrading, Transport::Websocket) {
+            return None;
+        }
         self.take_receiver().await
     }
 

@@ -245,10 +245,9 @@ impl<W: AsyncWrite + Unpin + Send> WriteLoop<W> {
         loop {
             let item = tokio::select! {
                 biased;
-                item = self.receiver.rx.recv() => item,
+                item = self.receiver.recv() => item,
                 _ = &mut cancelled => break,
             };
-            let Some(item) = item else { break };
             let flow = tokio::select! {
                 flow = self.write_batch(item) => flow,
                 _ = &mut cancelled => break,
@@ -280,7 +279,7 @@ impl<W: AsyncWrite + Unpin + Send> WriteLoop<W> {
             self.ws.push(frame);
             written += 1;
             if written < MAX_COALESCED {
-                next = self.receiver.rx.try_recv().ok();
+                next = self.receiver.try_recv();
             }
         }
         self.ws.flush().await?;

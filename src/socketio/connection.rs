@@ -74,6 +74,9 @@ impl<H: Handler> Connection<H> {
                 }
                 self.send(PacketType::Connect, nsp, Some(&json!({"sid": socket.id()})));
                 self.handler.connected(&mut state, &socket).await;
+                // Clients nearly always join one namespace: room for exactly
+                // that, where a first push would make room for four.
+                self.sockets.reserve_exact(1);
                 self.sockets.push((socket, state));
             }
             Err(error) => self.send(PacketType::ConnectError, nsp, Some(&error)),

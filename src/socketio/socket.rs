@@ -140,8 +140,8 @@ mod tests {
     }
 
     fn next_text(receiver: &mut crate::engineio::outbox::OutboxReceiver) -> String {
-        match receiver.rx.try_recv() {
-            Ok(Outbound::Text(bytes)) => String::from_utf8(bytes.to_vec()).unwrap(),
+        match receiver.try_recv() {
+            Some(Outbound::Text(bytes)) => String::from_utf8(bytes.to_vec()).unwrap(),
             other => panic!("expected text, got {other:?}"),
         }
     }
@@ -164,6 +164,6 @@ mod tests {
             next_text(&mut out),
             r#"451-/custom,["message-back",{"_placeholder":true,"num":0}]"#
         );
-        assert!(matches!(out.rx.try_recv(), Ok(Outbound::Binary(b)) if b[..] == [1, 2]));
+        assert!(matches!(out.try_recv(), Some(Outbound::Binary(b)) if b[..] == [1, 2]));
     }
 }
