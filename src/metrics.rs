@@ -48,7 +48,7 @@ impl HandshakeRefusal {
 }
 
 /// Upper bounds of the commit batch size buckets, in messages.
-const BATCH_BUCKETS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
+const BATCH_BUCKETS: [u64; 13] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384];
 /// Upper bounds of the commit latency buckets, in microseconds (0.5 ms to 2.5 s:
 /// an fsync on an SSD to a struggling disk).
 const LATENCY_BUCKETS: [u64; 12] = [

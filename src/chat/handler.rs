@@ -33,8 +33,9 @@ use crate::store::{
 const HISTORY_ON_CONNECT: usize = 50;
 /// Most messages in one `history` answer (and in a `since` replay).
 const HISTORY_MAX: usize = 200;
-/// Messages that may wait for the store writer before senders wait.
-pub const WRITER_QUEUE: usize = 8192;
+/// Messages that may wait for the store writer before senders wait: two
+/// full batches, so the next one fills while one commits.
+pub const WRITER_QUEUE: usize = 2 * crate::store::MAX_BATCH;
 
 /// The chat rules a server runs with.
 pub struct ChatConfig {

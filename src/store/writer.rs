@@ -24,8 +24,11 @@ use super::schema::{LAST_TS_KEY, MESSAGES, META};
 use super::{NewMessage, Store, StoreError, StoredMessage};
 use crate::metrics::METRICS;
 
-/// Most messages committed in one transaction; bounds a batch's latency.
-pub const MAX_BATCH: usize = 4096;
+/// Most messages committed in one transaction; bounds a batch's latency
+/// (about 60 ms at full speed). Every commit rewrites one page per room it
+/// touches, so fuller commits write less per message: `chatd bench store`
+/// (1,000 rooms) went from 172k to 284k inserts/s raising this from 4,096.
+pub const MAX_BATCH: usize = 16384;
 
 /// How long a batch that starts small waits for more messages to join it.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(1000);
@@ -34,7 +37,7 @@ const LINGER_BELOW: usize = 256;
 
 // Committed batches waiting for the chat layer. Each holds up to MAX_BATCH
 // messages; when full, the writer waits, the queue fills, submit() waits.
-const OUTPUT_BATCHES: usize = 64;
+const OUTPUT_BATCHES: usize = 16;
 
 /// Sends new messages to the writer thread. Cheap to clone; the thread
 /// stops once every handle is dropped and the queue is drained.
