@@ -191,23 +191,29 @@ def test_threaded_client_polling_only_over_tls(server):
         client.disconnect()
 
 
+def threaded_chat(server):
+    """Dummy-1 and Dummy-2 on the threaded client after the upgrade:
+    ROUND_TRIPS acked and delivered messages each way."""
+    d1, e1 = threaded_user(server, "Dummy-1", "Dummy-2")
+    d2, e2 = threaded_user(server, "Dummy-2", "Dummy-1")
+    try:
+        assert d1.transport() == "websocket" and d2.transport() == "websocket"
+        for n in range(ROUND_TRIPS):
+            for sender, inbox, name in ((d1, e2, "Dummy-1"), (d2, e1, "Dummy-2")):
+                text = f"{name} says {n}"
+                answer = sender.call("chat message", text, timeout=TIMEOUT)
+                assert answer["ok"] is True, answer
+                check_message(answer["message"], name, text)
+                assert inbox["chat message"].get(timeout=TIMEOUT) == answer["message"]
+    finally:
+        d1.disconnect()
+        d2.disconnect()
+
+
 def test_threaded_client_upgrades_on_plain_http(_server):
     plain = Chatd(tls=False)
     try:
-        d1, e1 = threaded_user(plain, "Dummy-1", "Dummy-2")
-        d2, e2 = threaded_user(plain, "Dummy-2", "Dummy-1")
-        try:
-            assert d1.transport() == "websocket" and d2.transport() == "websocket"
-            for n in range(ROUND_TRIPS):
-                for sender, inbox, name in ((d1, e2, "Dummy-1"), (d2, e1, "Dummy-2")):
-                    text = f"{name} says {n}"
-                    answer = sender.call("chat message", text, timeout=TIMEOUT)
-                    assert answer["ok"] is True, answer
-                    check_message(answer["message"], name, text)
-                    assert inbox["chat message"].get(timeout=TIMEOUT) == answer["message"]
-        finally:
-            d1.disconnect()
-            d2.disconnect()
+        threaded_chat(plain)
     finally:
         plain.stop()
 
