@@ -178,12 +178,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         })
     }
 
-    /// Reads once, with room for at least `needed` more bytes: reads grow
-    /// with the data waiting, up to [`MAX_READ`] unless a frame needs more.
+    /// Reads once into room for what the frame still `needed`, at least
+    /// [`IDLE_CAPACITY`] and at most [`MAX_READ`] bytes ahead of what has
+    /// arrived: the buffer grows with the bytes a client sends, not with the
+    /// length its frame head claims.
     async fn fill(&mut self, needed: usize) -> Result<(), ReadError> {
         let room = needed
-            .max(self.buffer.capacity().clamp(IDLE_CAPACITY, MAX_READ))
-            .max(IDLE_CAPACITY);
+            .max(self.buffer.capacity())
+            .clamp(IDLE_CAPACITY, MAX_READ);
         self.buffer.reserve(room);
         if self.stream.read_buf(&mut self.buffer).await? == 0 {
             return Err(ReadError::Eof);
@@ -286,6 +288,23 @@ mod tests {
             reader.buffer.capacity() <= IDLE_CAPACITY,
             "a drained reader holds {} bytes",
             reader.buffer.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_head_claiming_a_large_payload_reserves_only_what_arrives() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(server, 1 << 20);
+        let wire = frame(true, 2, &vec![0; 1 << 20]);
+        let sent = wire.len() / 4;
+        tokio::spawn(async move { client.write_all(&wire[..sent]).await.unwrap() });
+        assert!(matches!(reader.next().await, Err(ReadError::Eof)));
+        // Growth doubles (amortized), so up to twice what arrived; a
+        // reservation for the whole claimed payload would be four times.
+        assert!(
+            reader.buffer.capacity() < 2 * sent + MAX_READ,
+            "{} bytes reserved for {sent} received",
+            reader.buffer.capacity(),
         );
     }
 
