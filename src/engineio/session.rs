@@ -226,15 +226,38 @@ impl<S: SessionHandler> Session<S> {
     /// The session's lifecycle: heartbeat until it closes (shutdown closes
     /// it gracefully), then tell the handler, exactly once.
     pub async fn run(&self, config: &EngineConfig, shutdown: &CancellationToken) {
+        // Two steps, so the heartbeat's timers are gone from this long-lived
+        // task's state once the close phase starts, and vice versa.
+        if self.live(config, shutdown).await == Ended::TimedOut {
+            self.abort(CloseReason::PingTimeout);
+        }
+        self.closing.cancel();
+        let reason = self.reason();
+        tracing::debug!(sid = %self.sid, reason = reason.as_str(), "engine.io session closed");
+        // Boxed so this task does not carry the handler's (large, once-only)
+        // close future, nor the handler itself, for the session's whole life.
+        let close = self
+            .handler
+            .lock()
+            .await
+            .take()
+            .map(|handler| Box::pin(handler.on_close(reason)));
+        if let Some(close) = close {
+            close.await;
+        }
+    }
+
+    /// Heartbeat until the session closes; shutdown closes it gracefully.
+    async fn live(&self, config: &EngineConfig, shutdown: &CancellationToken) -> Ended {
         let heartbeat = self.heartbeat.run(config, &self.outbox, &self.closing);
         tokio::pin!(heartbeat);
         let grace = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(grace);
         let mut shutting_down = false;
-        let ended = loop {
+        loop {
             tokio::select! {
                 biased;
-                ended = &mut heartbeat => break ended,
+                ended = &mut heartbeat => return ended,
                 _ = shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
                     self.close(CloseReason::ServerClose);
@@ -244,18 +267,6 @@ impl<S: SessionHandler> Session<S> {
                 // for its close packet.
                 _ = &mut grace, if shutting_down => self.abort(CloseReason::ServerClose),
             }
-        };
-        if ended == Ended::TimedOut {
-            self.abort(CloseReason::PingTimeout);
-        }
-        self.closing.cancel();
-        let reason = self.reason();
-        tracing::debug!(sid = %self.sid, reason = reason.as_str(), "engine.io session closed");
-        let handler = self.handler.lock().await.take();
-        if let Some(handler) = handler {
-            // Boxed so this long-lived task does not carry the handler's
-            // (large, once-only) close future for the session's whole life.
-            Box::pin(handler.on_close(reason)).await;
         }
     }
 }

@@ -181,8 +181,10 @@ async fn engine_request<H: EngineHandler>(
         let session = engine.find(sid, remote.ip())?;
         if websocket {
             let (answer, upgrade) = upgrade(&mut request)?;
-            let adopted = websocket::adopt(upgrade, session, engine.config.max_payload);
-            server.tracker.spawn(holding(permit, adopted));
+            let max_payload = engine.config.max_payload;
+            server.tracker.spawn(holding(permit, move || {
+                websocket::adopt(upgrade, session, max_payload)
+            }));
             return Ok(answer);
         }
         return match *request.method() {
@@ -207,8 +209,10 @@ async fn engine_request<H: EngineHandler>(
     }
     if websocket {
         let (answer, upgrade) = upgrade(&mut request)?;
-        let session = websocket::serve(upgrade, engine.clone(), info);
-        server.tracker.spawn(holding(permit, session));
+        let engine = engine.clone();
+        server.tracker.spawn(holding(permit, move || {
+            websocket::serve(upgrade, engine, info)
+        }));
         Ok(answer)
     } else {
         let (_, open) = engine.open(info, Transport::Polling);
@@ -216,10 +220,17 @@ async fn engine_request<H: EngineHandler>(
     }
 }
 
-/// Runs a websocket session, keeping its connection's place under the
-/// limits until it ends (the HTTP connection task is gone after the upgrade).
-async fn holding(permit: Arc<Permit>, session: impl std::future::Future<Output = ()>) {
-    session.await;
+/// Runs the websocket session `start` makes, keeping its connection's place
+/// under the limits until it ends (the HTTP connection task is gone after
+/// the upgrade). The session is made here rather than passed in: a future
+/// an async fn takes and awaits is stored twice in its state, and this one
+/// lives as long as the connection (1.7 KiB per idle connection instead of
+/// 0.9).
+async fn holding<F: std::future::Future<Output = ()>>(
+    permit: Arc<Permit>,
+    start: impl FnOnce() -> F,
+) {
+    start().await;
     drop(permit);
 }
 
