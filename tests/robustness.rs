@@ -199,6 +199,76 @@ async fn a_connection_flood_past_the_per_ip_limit_is_refused_and_others_carry_on
     server.stop();
 }
 
+/// One request on a keep-alive HTTP/1.1 connection: the status and body.
+fn http(tcp: &mut TcpStream, method: &str, target: &str, body: &str) -> (u16, String) {
+    write!(
+        tcp,
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).expect("an HTTP answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0; length];
+    tcp.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn polling_sessions_count_against_the_per_ip_limit_until_they_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-connections-per-ip", "4"]);
+    let port = server.port;
+    tokio::task::spawn_blocking(move || {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let handshake = "/socket.io/?EIO=4&transport=polling";
+        // The connection itself holds one of the four places.
+        let sids: Vec<String> = (0..3)
+            .map(|_| {
+                let (status, open) = http(&mut tcp, "GET", handshake, "");
+                assert_eq!(status, 200, "{open}");
+                let open: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+                open["sid"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        let (status, _) = http(&mut tcp, "GET", handshake, "");
+        assert_eq!(
+            status, 503,
+            "a fourth session from one keep-alive connection"
+        );
+
+        // A session that ends gives its place back.
+        let target = format!("{handshake}&sid={}", sids[0]);
+        assert_eq!(http(&mut tcp, "POST", &target, "1").0, 200);
+        let deadline = Instant::now() + TIMEOUT;
+        while http(&mut tcp, "GET", handshake, "").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "the closed session's place was never freed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+    .await
+    .unwrap();
+    server.stop();
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_while_its_peer_floods() {
     let dir = tempfile::tempdir().unwrap();

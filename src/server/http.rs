@@ -215,7 +215,22 @@ async fn engine_request<H: EngineHandler>(
         }));
         Ok(answer)
     } else {
-        let (_, open) = engine.open(info, Transport::Polling);
+        // A polling session outlives the requests that carry it, so it holds
+        // a place of its own: otherwise one keep-alive connection could open
+        // sessions without end, each kept until its heartbeat expires.
+        let place = server.gate.admit(remote.ip()).map_err(|refused| {
+            tracing::warn!(%remote, %refused, "polling session refused");
+            Refusal::Full
+        })?;
+        let (session, open) = engine.open(info, Transport::Polling);
+        server.tracker.spawn(async move {
+            // Once upgraded, the websocket's connection holds the place.
+            tokio::select! {
+                _ = session.left_polling() => {}
+                _ = session.closing().cancelled() => {}
+            }
+            drop(place);
+        });
         Ok(text(open, "text/plain; charset=UTF-8"))
     }
 }
@@ -264,6 +279,8 @@ enum Refusal {
     Engine(RequestError),
     /// A POST body past `maxPayload`: 413, as the reference server answers.
     TooLarge,
+    /// A new session past `--max-connections(-per-ip)`: 503, try later.
+    Full,
 }
 
 impl From<RequestError> for Refusal {
@@ -282,6 +299,10 @@ impl Refusal {
                 answer
             }
             Refusal::TooLarge => plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n"),
+            Refusal::Full => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is at its connection limit\n",
+            ),
         }
     }
 }
