@@ -145,70 +145,42 @@ impl Metrics {
             "Distinct users with at least one connection.",
             get(&self.users),
         );
-        header(
+        counter(
             &mut out,
             "chatd_messages_accepted_total",
-            "counter",
             "Messages committed to the store and acknowledged.",
-        );
-        sample(
-            &mut out,
-            "chatd_messages_accepted_total",
-            "",
             get(&self.accepted),
         );
-        header(
+        counters_by(
             &mut out,
             "chatd_messages_refused_total",
-            "counter",
             "Chat messages refused, by the reason the client was given.",
+            "reason",
+            Refusal::ALL.iter().map(|r| r.as_str()).zip(&self.refused),
         );
-        for (reason, counter) in Refusal::ALL.iter().zip(&self.refused) {
-            let labels = format!("{{reason=\"{}\"}}", reason.as_str());
-            sample(
-                &mut out,
-                "chatd_messages_refused_total",
-                &labels,
-                get(counter),
-            );
-        }
-        header(
+        counters_by(
             &mut out,
             "chatd_handshakes_refused_total",
-            "counter",
             "Connections refused before joining: failed TLS, malformed or unauthorized handshakes.",
+            "reason",
+            HandshakeRefusal::ALL
+                .iter()
+                .map(|r| r.as_str())
+                .zip(&self.handshakes_refused),
         );
-        for (reason, counter) in HandshakeRefusal::ALL.iter().zip(&self.handshakes_refused) {
-            let labels = format!("{{reason=\"{}\"}}", reason.as_str());
-            sample(
-                &mut out,
-                "chatd_handshakes_refused_total",
-                &labels,
-                get(counter),
-            );
-        }
-        header(
+        counter(
             &mut out,
             "chatd_outbound_queue_drops_total",
-            "counter",
             "Clients disconnected because they stopped reading and their outbound queue filled.",
-        );
-        sample(
-            &mut out,
-            "chatd_outbound_queue_drops_total",
-            "",
             get(&self.outbound_drops),
         );
-        header(
+        counters_by(
             &mut out,
             "chatd_tls_reloads_total",
-            "counter",
             "TLS certificate reloads on SIGHUP, by result.",
+            "result",
+            ["error", "ok"].into_iter().zip(&self.tls_reloads),
         );
-        for (result, counter) in ["error", "ok"].iter().zip(&self.tls_reloads) {
-            let labels = format!("{{result=\"{result}\"}}");
-            sample(&mut out, "chatd_tls_reloads_total", &labels, get(counter));
-        }
         self.batch_size.render(
             &mut out,
             "chatd_commit_batch_messages",
@@ -289,6 +261,30 @@ fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     header(out, name, "gauge", help);
     sample(out, name, "", value);
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, "counter", help);
+    sample(out, name, "", value);
+}
+
+/// One counter family with a sample per value of `label`.
+fn counters_by<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl Iterator<Item = (&'a str, &'a AtomicU64)>,
+) {
+    header(out, name, "counter", help);
+    for (value, count) in samples {
+        sample(
+            out,
+            name,
+            &format!("{{{label}=\"{value}\"}}"),
+            count.load(Relaxed),
+        );
+    }
 }
 
 #[cfg(test)]
