@@ -243,22 +243,29 @@ impl Hub {
     /// users except the sending one.
     pub fn deliver(&self, deliveries: &[Delivery<'_>]) {
         let mut state = self.lock();
+        // Borrowed apart, so a user's connection list is read in place
+        // while its connections are written to: no copy per message.
+        let State {
+            users,
+            conns,
+            watermark,
+            ..
+        } = &mut *state;
         for delivery in deliveries {
             for user in [delivery.from, delivery.to] {
-                let Some(entry) = state.users.get(user) else {
+                let Some(entry) = users.get(user) else {
                     continue;
                 };
-                let keys = entry.conns.clone();
-                for key in keys {
-                    if key == delivery.sender {
+                for key in &entry.conns {
+                    if *key == delivery.sender {
                         continue;
                     }
-                    if let Some(conn) = state.conns.get_mut(&key) {
+                    if let Some(conn) = conns.get_mut(key) {
                         conn.send(&delivery.frame);
                     }
                 }
             }
-            state.watermark = state.watermark.max(delivery.ts);
+            *watermark = (*watermark).max(delivery.ts);
         }
     }
 
