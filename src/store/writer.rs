@@ -3,8 +3,9 @@
 //! A redb commit with `Durability::Immediate` (redb's default) blocks on
 //! fsync, so it runs on a dedicated `std::thread` rather than a tokio worker.
 //! The thread takes the first queued message, then whatever else is already
-//! queued, and commits them all in one transaction: under load, many
-//! messages share one fsync; when idle, a lone message is committed at once.
+//! queued (after a gather window of [`LINGER`] when few are queued), and
+//! commits them all in one transaction: under load, many messages share one
+//! fsync; when idle, a lone message waits at most the gather window.
 //!
 //! Being the only writer of messages is also what makes `ts` unique and
 //! strictly increasing: each batch reads `last_ts` from `meta` inside its own
