@@ -3,7 +3,7 @@
 //! A redb commit with `Durability::Immediate` (redb's default) blocks on
 //! fsync, so it runs on a dedicated `std::thread` rather than a tokio worker.
 //! The thread takes the first queued message, then whatever else is already
-//! queued (after a gather window of [`LINGER`] when few are queued), and
+//! queued (after a gather window, `LINGER`, when few are queued), and
 //! commits them all in one transaction: under load, many messages share one
 //! fsync; when idle, a lone message waits at most the gather window.
 //!
