@@ -6,6 +6,7 @@
 //! ([`Writer::spawn`]), which is what makes `ts` unique and increasing.
 
 mod error;
+mod fold;
 mod purge;
 mod read;
 mod record;
@@ -140,7 +141,7 @@ impl Store {
 pub(crate) mod testutil {
     //! Helpers that write straight into the tables, so tests control ts exactly.
 
-    use super::schema::{MESSAGES, META};
+    use super::schema::{MESSAGES, META, RECENT};
     use super::{Record, Store, encode_record};
 
     /// A store in a fresh temporary directory (kept alive by the `TempDir`).
@@ -176,17 +177,46 @@ pub(crate) mod testutil {
         txn.commit().unwrap();
     }
 
+    /// Stores arbitrary value bytes in `recent` under `ts`, as the writer
+    /// does before a fold (keep its ts above every ts in `messages`).
+    pub fn put_recent_raw(store: &Store, room: &str, ts: u64, bytes: &[u8]) {
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(RECENT)
+            .unwrap()
+            .insert(ts, (room, bytes))
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
     /// Stores many `(room, ts)` messages (text "x") in one transaction.
     pub fn put_many(store: &Store, keys: &[(&str, u64)]) {
+        put_many_split(store, keys, u64::MAX);
+    }
+
+    /// Like [`put_many`], but keys with ts >= `recent_from` go to `recent`,
+    /// as if the last fold happened just before `recent_from`.
+    pub fn put_many_split(store: &Store, keys: &[(&str, u64)], recent_from: u64) {
         let bytes = encode_record(&record("x")).unwrap();
         let txn = store.db.begin_write().unwrap();
         {
-            let mut t = txn.open_table(MESSAGES).unwrap();
+            let mut folded = txn.open_table(MESSAGES).unwrap();
+            let mut recent = txn.open_table(RECENT).unwrap();
             for &(room, ts) in keys {
-                t.insert((room, ts), bytes.as_slice()).unwrap();
+                if ts >= recent_from {
+                    recent.insert(ts, (room, bytes.as_slice())).unwrap();
+                } else {
+                    folded.insert((room, ts), bytes.as_slice()).unwrap();
+                }
             }
         }
         txn.commit().unwrap();
+    }
+
+    /// How many messages wait in `recent` for a fold.
+    pub fn recent_len(store: &Store) -> u64 {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let txn = store.db.begin_read().unwrap();
+        txn.open_table(RECENT).unwrap().len().unwrap()
     }
 
     /// Overwrites a meta value.
@@ -231,6 +261,39 @@ mod tests {
             }
             other => panic!("expected NewerSchema, got {:?}", other.err()),
         }
+    }
+
+    #[test]
+    fn version_1_file_is_upgraded_in_place() {
+        let (dir, store) = tmp_store();
+        put(&store, "r", 1, "x");
+        // What chatd 0.1 left: schema version 1 and no `recent` table.
+        let txn = store.db.begin_write().unwrap();
+        assert!(txn.delete_table(schema::RECENT).unwrap());
+        txn.commit().unwrap();
+        set_meta(&store, SCHEMA_VERSION_KEY, 1);
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(recent_len(&store), 0);
+        assert_eq!(store.rooms().unwrap(), ["r"]);
+        drop(store);
+        let db = redb::Database::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let meta = txn.open_table(schema::META).unwrap();
+        let version = redb::ReadableTable::get(&meta, SCHEMA_VERSION_KEY).unwrap();
+        assert_eq!(version.map(|v| v.value()), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn version_0_is_refused() {
+        let (dir, store) = tmp_store();
+        set_meta(&store, SCHEMA_VERSION_KEY, 0);
+        drop(store);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::OlderSchema { found: 0, .. })
+        ));
     }
 
     /// A redb file that some other program wrote with `fill`.

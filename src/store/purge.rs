@@ -1,4 +1,6 @@
 //! Deleting history: one room at once, or every room in bounded batches.
+//! Both tables are purged (see `schema.rs`): `messages` by room range,
+//! `recent` by scanning it, which the fold threshold keeps small.
 
 use std::ops::Bound;
 
@@ -6,7 +8,7 @@ use redb::Table;
 
 use super::error::DbContext;
 use super::read::next_room;
-use super::schema::MESSAGES;
+use super::schema::{MESSAGES, RECENT};
 use super::{Store, StoreError};
 
 // Removes up to `max` messages of `room` with ts < `before` (all if None);
@@ -33,6 +35,27 @@ fn delete_in_room(
     Ok(deleted)
 }
 
+// Removes up to `max` messages of `recent` with ts < `before` that belong
+// to `room` (any room if None); returns how many went.
+fn delete_recent(
+    table: &mut Table<'_, u64, (&'static str, &'static [u8])>,
+    room: Option<&str>,
+    before: Option<u64>,
+    max: usize,
+) -> Result<usize, StoreError> {
+    let extracted = table
+        .extract_from_if(..before.unwrap_or(u64::MAX), |_, (entry_room, _)| {
+            room.is_none_or(|r| r == entry_room)
+        })
+        .ctx("deleting messages")?;
+    let mut deleted = 0;
+    for item in extracted.take(max) {
+        item.ctx("deleting messages")?;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
 impl Store {
     /// Deletes a room's messages with ts < `before` (all if None) in one
     /// transaction; returns how many.
@@ -40,7 +63,9 @@ impl Store {
         let txn = self.db.begin_write().ctx("starting purge")?;
         let deleted = {
             let mut table = txn.open_table(MESSAGES).ctx("opening messages table")?;
+            let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
             delete_in_room(&mut table, room, before, usize::MAX)?
+                + delete_recent(&mut recent, Some(room), before, usize::MAX)?
         };
         txn.commit().ctx("committing purge")?;
         Ok(deleted as u64)
@@ -62,14 +87,21 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let batch = batch.max(1);
         let mut total = 0;
+        // `recent` goes first (it is small), then the rooms of `messages`.
+        let mut recent_done = false;
         // The room to resume in: a batch may end in the middle of one.
         let mut resume: Option<String> = None;
         loop {
             let txn = self.db.begin_write().ctx("starting purge")?;
             let mut in_txn = 0usize;
-            {
+            if !recent_done {
+                let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
+                in_txn = delete_recent(&mut recent, None, Some(before), batch)?;
+                recent_done = in_txn < batch;
+            }
+            if recent_done {
                 let mut table = txn.open_table(MESSAGES).ctx("opening messages table")?;
-                // Only the first transaction starts without a room to resume in.
+                // Only the transaction that finishes `recent` starts without a room to resume in.
                 let mut room = match resume.take() {
                     Some(r) => Some(r),
                     None => next_room(&table, None)?,
@@ -88,7 +120,7 @@ impl Store {
             txn.commit().ctx("committing purge")?;
             committed(in_txn);
             total += in_txn as u64;
-            if resume.is_none() {
+            if recent_done && resume.is_none() {
                 return Ok(total);
             }
         }
@@ -109,52 +141,65 @@ mod tests {
         s.history(room, &q).unwrap().iter().map(|m| m.ts).collect()
     }
 
+    // Folded, folded up to ts 8, and nothing folded: purges reach both tables.
+    const LAYOUTS: [u64; 3] = [u64::MAX, 8, 0];
+
     #[test]
     fn purge_room_before_and_all_leave_other_rooms() {
-        let (_dir, s) = tmp_store();
-        let rows: Vec<_> = (1..=10).flat_map(|ts| [("a", ts), ("b", ts)]).collect();
-        put_many(&s, &rows);
-        assert_eq!(s.purge_room("a", Some(4)).unwrap(), 3);
-        assert_eq!(all_ts(&s, "a"), (4..=10).collect::<Vec<_>>());
-        assert_eq!(all_ts(&s, "b").len(), 10);
-        assert_eq!(s.purge_room("a", None).unwrap(), 7);
-        assert!(all_ts(&s, "a").is_empty());
-        assert_eq!(s.rooms().unwrap(), ["b"]);
-        assert_eq!(s.purge_room("nope", None).unwrap(), 0);
+        // ts is unique across rooms, as the writer assigns it.
+        let rows: Vec<_> = (1..=10u64)
+            .flat_map(|i| [("a", 2 * i - 1), ("b", 2 * i)])
+            .collect();
+        for recent_from in LAYOUTS {
+            let (_dir, s) = tmp_store();
+            put_many_split(&s, &rows, recent_from);
+            assert_eq!(s.purge_room("a", Some(7)).unwrap(), 3);
+            assert_eq!(all_ts(&s, "a"), [7, 9, 11, 13, 15, 17, 19]);
+            assert_eq!(all_ts(&s, "b").len(), 10);
+            assert_eq!(s.purge_room("a", None).unwrap(), 7);
+            assert!(all_ts(&s, "a").is_empty());
+            assert_eq!(s.rooms().unwrap(), ["b"]);
+            assert_eq!(s.purge_room("nope", None).unwrap(), 0);
+            assert_eq!(all_ts(&s, "b").len(), 10, "layout {recent_from}");
+        }
     }
 
     #[test]
     fn purge_all_before_in_batches() {
-        // Rooms of 0, 1, 7 and 25 old messages plus newer ones, so batches end
-        // mid-room, at room ends, and in rooms with nothing to delete.
+        // Rooms of 0, 1, 7 and 25 old folded messages, 9 old messages still
+        // in `recent`, and one newer message each, so batches end in
+        // `recent`, mid-room, at room ends, and in rooms with nothing to delete.
+        let rooms = ["r0", "r1", "r2", "r3"];
         let mut rows = Vec::new();
-        for (room, old) in [("r0", 0u64), ("r1", 1), ("r2", 7), ("r3", 25)] {
+        for (room, old) in rooms.into_iter().zip([0u64, 1, 7, 25]) {
             rows.extend((0..old).map(|ts| (room, ts)));
-            rows.push((room, 1000));
         }
-        for batch in [1usize, 3, 5, 33, 100] {
+        rows.extend((0..9u64).map(|k| (rooms[k as usize % 4], 100 + k)));
+        rows.extend((1000..).zip(rooms).map(|(ts, room)| (room, ts)));
+        let recent_from = 100;
+        for batch in [1usize, 3, 5, 42, 100] {
             let (_d, s) = tmp_store();
-            put_many(&s, &rows);
+            put_many_split(&s, &rows, recent_from);
             let mut commits = Vec::new();
             let total = s
                 .purge_all_before_observed(1000, batch, |n| commits.push(n))
                 .unwrap();
-            assert_eq!(total, 33, "batch {batch}");
+            assert_eq!(total, 42, "batch {batch}");
             assert!(
                 commits.iter().all(|&n| n <= batch),
                 "batch {batch}: {commits:?}"
             );
             assert!(
-                commits.len() <= 33 / batch + 2,
+                commits.len() <= 42 / batch + 3,
                 "batch {batch}: {commits:?}"
             );
-            for room in ["r0", "r1", "r2", "r3"] {
-                assert_eq!(all_ts(&s, room), [1000], "batch {batch} room {room}");
+            for (ts, room) in (1000..).zip(rooms) {
+                assert_eq!(all_ts(&s, room), [ts], "batch {batch} room {room}");
             }
         }
         // batch 0 is taken as 1 rather than looping forever.
         let (_d, s) = tmp_store();
-        put_many(&s, &rows);
-        assert_eq!(s.purge_all_before(1000, 0).unwrap(), 33);
+        put_many_split(&s, &rows, recent_from);
+        assert_eq!(s.purge_all_before(1000, 0).unwrap(), 42);
     }
 }

@@ -1,14 +1,17 @@
 //! Read paths: history pages, streaming exports and the room list.
 //!
 //! Each call reads one MVCC snapshot, so it never blocks (or is blocked by)
-//! the writer, and a page is consistent with itself.
+//! the writer, and a page is consistent with itself. A room's history is
+//! its range of `messages` followed by its entries in `recent` (see
+//! `schema.rs`), which are found by scanning `recent`, a bounded table.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use redb::{AccessGuard, ReadableDatabase, ReadableTable, StorageError};
+use redb::{AccessGuard, ReadOnlyTable, ReadableDatabase, ReadableTable, StorageError};
 
 use super::error::DbContext;
-use super::schema::{LAST_TS_KEY, MESSAGES, META};
+use super::schema::{LAST_TS_KEY, MESSAGES, META, RECENT};
 use super::{Store, StoreError, StoredMessage, decode_record};
 
 /// A history page request; see [`Store::history`].
@@ -49,11 +52,57 @@ type Entry<'a> = (
     AccessGuard<'a, &'static [u8]>,
 );
 
-// Decodes one table entry, naming the key if its record is corrupt.
+type RecentTable = ReadOnlyTable<u64, (&'static str, &'static [u8])>;
+
+// Decodes one `messages` entry.
 fn decode_entry(item: Result<Entry<'_>, StorageError>) -> Result<StoredMessage, StoreError> {
     let (key, value) = item.ctx("reading messages")?;
     let (room, ts) = key.value();
-    match decode_record(value.value()) {
+    decode_message(room, ts, value.value())
+}
+
+// A room's messages in `recent` with ts in `lo..=hi`, oldest first; only
+// the room's own records are decoded.
+fn recent_in_room<'t>(
+    recent: &'t RecentTable,
+    room: &'t str,
+    lo: u64,
+    hi: u64,
+) -> Result<impl DoubleEndedIterator<Item = Result<StoredMessage, StoreError>> + 't, StoreError> {
+    let range = recent.range(lo..=hi).ctx("reading recent messages")?;
+    Ok(range.filter_map(move |item| {
+        let (ts, value) = match item.ctx("reading recent messages") {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
+        let (entry_room, bytes) = value.value();
+        (entry_room == room).then(|| decode_message(room, ts.value(), bytes))
+    }))
+}
+
+// Every message in `recent`, by room, each room's oldest first. Bounded by
+// the fold threshold, so an export holds at most that many at once.
+fn recent_by_room(
+    recent: &RecentTable,
+) -> Result<BTreeMap<String, Vec<StoredMessage>>, StoreError> {
+    let mut rooms: BTreeMap<String, Vec<StoredMessage>> = BTreeMap::new();
+    for item in recent.iter().ctx("reading recent messages")? {
+        let (ts, value) = item.ctx("reading recent messages")?;
+        let (room, bytes) = value.value();
+        let message = decode_message(room, ts.value(), bytes)?;
+        match rooms.get_mut(room) {
+            Some(messages) => messages.push(message),
+            None => {
+                rooms.insert(room.to_owned(), vec![message]);
+            }
+        }
+    }
+    Ok(rooms)
+}
+
+// Decodes a record, naming its key if it is corrupt.
+fn decode_message(room: &str, ts: u64, bytes: &[u8]) -> Result<StoredMessage, StoreError> {
+    match decode_record(bytes) {
         Ok(record) => Ok(StoredMessage::from_record(room.to_owned(), ts, record)),
         Err(e) => Err(StoreError::CorruptMessage {
             room: room.to_owned(),
@@ -101,19 +150,25 @@ impl Store {
         }
         let txn = self.db.begin_read().ctx("starting read transaction")?;
         let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
+        let recent = txn.open_table(RECENT).ctx("opening recent table")?;
         let range = table
             .range((room, lo)..=(room, hi))
             .ctx("reading history")?;
+        let newer = recent_in_room(&recent, room, lo, hi)?;
         // Cap the up-front allocation: limit comes from a client.
         let mut out = Vec::with_capacity(q.limit.min(256));
         if q.after.is_some() {
-            for item in range.take(q.limit) {
-                out.push(decode_entry(item)?);
+            for item in range.map(decode_entry).chain(newer).take(q.limit) {
+                out.push(item?);
             }
         } else {
             // Without a lower bound the page is the newest end: walk backwards.
-            for item in range.rev().take(q.limit) {
-                out.push(decode_entry(item)?);
+            for item in newer
+                .rev()
+                .chain(range.rev().map(decode_entry))
+                .take(q.limit)
+            {
+                out.push(item?);
             }
             out.reverse();
         }
@@ -136,10 +191,12 @@ impl Store {
         }
         let txn = self.db.begin_read().ctx("starting read transaction")?;
         let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
+        let recent = txn.open_table(RECENT).ctx("opening recent table")?;
         let range = table.range((room, lo)..=(room, hi)).ctx("exporting room")?;
+        let newer = recent_in_room(&recent, room, lo, hi)?;
         let mut count = 0;
-        for item in range {
-            f(&decode_entry(item)?)?;
+        for item in range.map(decode_entry).chain(newer) {
+            f(&item?)?;
             count += 1;
         }
         Ok(count)
@@ -152,10 +209,28 @@ impl Store {
     ) -> Result<u64, E> {
         let txn = self.db.begin_read().ctx("starting read transaction")?;
         let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
+        let recent = txn.open_table(RECENT).ctx("opening recent table")?;
+        let mut newer = recent_by_room(&recent)?;
         let mut count = 0;
-        for item in table.iter().ctx("exporting all rooms")? {
-            f(&decode_entry(item)?)?;
+        let mut emit = |m: &StoredMessage| -> Result<(), E> {
+            f(m)?;
             count += 1;
+            Ok(())
+        };
+        for item in table.iter().ctx("exporting all rooms")? {
+            let m = decode_entry(item)?;
+            // A new room: every room before it is complete in `messages`,
+            // so their `recent` messages come now.
+            while let Some(entry) = newer.first_entry() {
+                if entry.key().as_str() >= m.room.as_str() {
+                    break;
+                }
+                entry.remove().iter().try_for_each(&mut emit)?;
+            }
+            emit(&m)?;
+        }
+        for messages in newer.values() {
+            messages.iter().try_for_each(&mut emit)?;
         }
         Ok(count)
     }
@@ -173,12 +248,22 @@ impl Store {
     pub fn rooms(&self) -> Result<Vec<String>, StoreError> {
         let txn = self.db.begin_read().ctx("starting read transaction")?;
         let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
-        let mut rooms = Vec::new();
+        let recent = txn.open_table(RECENT).ctx("opening recent table")?;
+        let mut rooms = BTreeSet::new();
+        let mut last: Option<String> = None;
         // One seek per room rather than a scan of every message.
-        while let Some(room) = next_room(&table, rooms.last().map(String::as_str))? {
-            rooms.push(room);
+        while let Some(room) = next_room(&table, last.as_deref())? {
+            rooms.insert(room.clone());
+            last = Some(room);
         }
-        Ok(rooms)
+        for item in recent.iter().ctx("reading recent messages")? {
+            let (_, value) = item.ctx("reading recent messages")?;
+            let (room, _) = value.value();
+            if !rooms.contains(room) {
+                rooms.insert(room.to_owned());
+            }
+        }
+        Ok(rooms.into_iter().collect())
     }
 }
 
@@ -186,20 +271,37 @@ impl Store {
 mod tests {
     use super::super::testutil::*;
     use super::*;
+    use crate::store::encode_record;
 
     const ROOM: &str = "dm:A_B";
 
+    // Every layout the store can be in: all folded, folded up to ts 55, and
+    // nothing folded yet. Each read test runs on all three.
+    const LAYOUTS: [u64; 3] = [u64::MAX, 55, 0];
+
+    // Stores bytes under (room, ts) where the writer would have left them:
+    // in `recent` from `recent_from` on, folded into `messages` before it.
+    fn put_at(store: &Store, room: &str, ts: u64, bytes: &[u8], recent_from: u64) {
+        if ts >= recent_from {
+            put_recent_raw(store, room, ts, bytes);
+        } else {
+            put_raw(store, room, ts, bytes);
+        }
+    }
+
     // ROOM holds ts 10, 20, ..., 100; neighbouring rooms must never leak in.
-    fn fixture() -> (tempfile::TempDir, Store) {
+    fn fixture(recent_from: u64) -> (tempfile::TempDir, Store) {
         let (dir, store) = tmp_store();
         for ts in (10..=100).step_by(10) {
-            put(&store, ROOM, ts, &format!("m{ts}"));
+            let bytes = encode_record(&record(&format!("m{ts}"))).unwrap();
+            put_at(&store, ROOM, ts, &bytes, recent_from);
         }
         let mut others = Vec::new();
-        for room in ["dm:A_", "dm:A_B0", "dm:A_A"] {
-            others.extend([(room, 5), (room, 55), (room, 500)]);
+        // ts is unique across rooms, as the writer assigns it.
+        for (i, room) in (1..).zip(["dm:A_", "dm:A_B0", "dm:A_A"]) {
+            others.extend([(room, 5 + i), (room, 55 + i), (room, 500 + i)]);
         }
-        put_many(&store, &others);
+        put_many_split(&store, &others, recent_from);
         (dir, store)
     }
 
@@ -226,72 +328,80 @@ mod tests {
 
     #[test]
     fn history_paging() {
-        let (_dir, s) = fixture();
-        // neither: the newest `limit`
-        assert_eq!(ts(&s, None, None, 3, None), [80, 90, 100]);
-        assert_eq!(ts(&s, None, None, 50, None).len(), 10);
-        // only before: the newest `limit` older than it (exclusive)
-        assert_eq!(ts(&s, Some(50), None, 2, None), [30, 40]);
-        assert_eq!(ts(&s, Some(50), None, 10, None), [10, 20, 30, 40]);
-        assert_eq!(ts(&s, Some(10), None, 10, None), Vec::<u64>::new());
-        // only after: the oldest `limit` newer than it (exclusive)
-        assert_eq!(ts(&s, None, Some(50), 2, None), [60, 70]);
-        assert_eq!(ts(&s, None, Some(0), 2, None), [10, 20]);
-        assert_eq!(ts(&s, None, Some(100), 5, None), Vec::<u64>::new());
-        // both: the oldest `limit` strictly between
-        assert_eq!(ts(&s, Some(80), Some(20), 3, None), [30, 40, 50]);
-        assert_eq!(ts(&s, Some(30), Some(20), 3, None), Vec::<u64>::new());
-        assert_eq!(ts(&s, Some(20), Some(30), 3, None), Vec::<u64>::new());
-        // max_ts hides newer messages (inclusive)
-        assert_eq!(ts(&s, None, None, 2, Some(65)), [50, 60]);
-        assert_eq!(ts(&s, None, None, 2, Some(60)), [50, 60]);
-        assert_eq!(ts(&s, None, Some(40), 10, Some(65)), [50, 60]);
-        assert_eq!(ts(&s, Some(90), None, 2, Some(45)), [30, 40]);
-        // degenerate bounds
-        assert_eq!(ts(&s, None, None, 0, None), Vec::<u64>::new());
-        assert_eq!(ts(&s, Some(0), None, 5, None), Vec::<u64>::new());
-        assert_eq!(ts(&s, None, Some(u64::MAX), 5, None), Vec::<u64>::new());
+        for recent_from in LAYOUTS {
+            let (_dir, s) = fixture(recent_from);
+            // neither: the newest `limit`
+            assert_eq!(ts(&s, None, None, 3, None), [80, 90, 100]);
+            assert_eq!(ts(&s, None, None, 50, None).len(), 10);
+            // only before: the newest `limit` older than it (exclusive)
+            assert_eq!(ts(&s, Some(50), None, 2, None), [30, 40]);
+            assert_eq!(ts(&s, Some(70), None, 3, None), [40, 50, 60]);
+            assert_eq!(ts(&s, Some(50), None, 10, None), [10, 20, 30, 40]);
+            assert_eq!(ts(&s, Some(10), None, 10, None), Vec::<u64>::new());
+            // only after: the oldest `limit` newer than it (exclusive)
+            assert_eq!(ts(&s, None, Some(50), 2, None), [60, 70]);
+            assert_eq!(ts(&s, None, Some(0), 2, None), [10, 20]);
+            assert_eq!(ts(&s, None, Some(30), 3, None), [40, 50, 60]);
+            assert_eq!(ts(&s, None, Some(100), 5, None), Vec::<u64>::new());
+            // both: the oldest `limit` strictly between
+            assert_eq!(ts(&s, Some(80), Some(20), 3, None), [30, 40, 50]);
+            assert_eq!(ts(&s, Some(30), Some(20), 3, None), Vec::<u64>::new());
+            assert_eq!(ts(&s, Some(20), Some(30), 3, None), Vec::<u64>::new());
+            // max_ts hides newer messages (inclusive)
+            assert_eq!(ts(&s, None, None, 2, Some(65)), [50, 60]);
+            assert_eq!(ts(&s, None, None, 2, Some(60)), [50, 60]);
+            assert_eq!(ts(&s, None, Some(40), 10, Some(65)), [50, 60]);
+            assert_eq!(ts(&s, Some(90), None, 2, Some(45)), [30, 40]);
+            // degenerate bounds
+            assert_eq!(ts(&s, None, None, 0, None), Vec::<u64>::new());
+            assert_eq!(ts(&s, Some(0), None, 5, None), Vec::<u64>::new());
+            assert_eq!(ts(&s, None, Some(u64::MAX), 5, None), Vec::<u64>::new());
+        }
     }
 
     #[test]
     fn history_returns_full_messages_and_unknown_room_is_empty() {
-        let (_dir, s) = fixture();
-        let q = HistoryQuery {
-            limit: 1,
-            ..Default::default()
-        };
-        let got = s.history(ROOM, &q).unwrap();
-        assert_eq!(
-            got,
-            [StoredMessage::from_record(ROOM.into(), 100, record("m100"))]
-        );
-        assert!(s.history("dm:X_Y", &q).unwrap().is_empty());
+        for recent_from in LAYOUTS {
+            let (_dir, s) = fixture(recent_from);
+            let q = HistoryQuery {
+                limit: 1,
+                ..Default::default()
+            };
+            let got = s.history(ROOM, &q).unwrap();
+            assert_eq!(
+                got,
+                [StoredMessage::from_record(ROOM.into(), 100, record("m100"))]
+            );
+            assert!(s.history("dm:X_Y", &q).unwrap().is_empty());
+        }
     }
 
     #[test]
     fn export_room_streams_in_order_with_inclusive_bounds() {
-        let (_dir, s) = fixture();
-        let mut seen = Vec::new();
-        let n = s
-            .export_room::<StoreError>(ROOM, Some(20), Some(40), |m| {
-                seen.push((m.ts, m.text.clone()));
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(n, 3);
-        assert_eq!(
-            seen,
-            [(20, "m20".into()), (30, "m30".into()), (40, "m40".into())]
-        );
-        let all = s
-            .export_room::<StoreError>(ROOM, None, None, |_| Ok(()))
-            .unwrap();
-        assert_eq!(all, 10);
-        assert_eq!(
-            s.export_room::<StoreError>(ROOM, Some(50), Some(40), |_| Ok(()))
-                .unwrap(),
-            0
-        );
+        for recent_from in LAYOUTS {
+            let (_dir, s) = fixture(recent_from);
+            let mut seen = Vec::new();
+            let n = s
+                .export_room::<StoreError>(ROOM, Some(20), Some(40), |m| {
+                    seen.push((m.ts, m.text.clone()));
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(n, 3);
+            assert_eq!(
+                seen,
+                [(20, "m20".into()), (30, "m30".into()), (40, "m40".into())]
+            );
+            let all = s
+                .export_room::<StoreError>(ROOM, None, None, |_| Ok(()))
+                .unwrap();
+            assert_eq!(all, 10);
+            assert_eq!(
+                s.export_room::<StoreError>(ROOM, Some(50), Some(40), |_| Ok(()))
+                    .unwrap(),
+                0
+            );
+        }
     }
 
     #[derive(Debug)]
@@ -307,69 +417,83 @@ mod tests {
 
     #[test]
     fn export_callback_error_stops_the_stream() {
-        let (_dir, s) = fixture();
-        let mut calls = 0;
-        let r = s.export_room(ROOM, None, None, |_| {
-            calls += 1;
-            if calls == 3 {
-                Err(StopOr::Stop)
-            } else {
-                Ok(())
-            }
-        });
-        assert!(matches!(r, Err(StopOr::Stop)));
-        assert_eq!(calls, 3);
+        for recent_from in LAYOUTS {
+            let (_dir, s) = fixture(recent_from);
+            let mut calls = 0;
+            let r = s.export_room(ROOM, None, None, |_| {
+                calls += 1;
+                if calls == 3 {
+                    Err(StopOr::Stop)
+                } else {
+                    Ok(())
+                }
+            });
+            assert!(matches!(r, Err(StopOr::Stop)));
+            assert_eq!(calls, 3);
+        }
     }
 
     #[test]
     fn export_all_is_in_room_then_ts_order() {
-        let (_dir, s) = fixture();
-        let mut keys = Vec::new();
-        let n = s
-            .export_all::<StoreError>(|m| {
-                keys.push((m.room.clone(), m.ts));
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(n, 19);
-        let mut sorted = keys.clone();
-        sorted.sort();
-        assert_eq!(keys, sorted);
-        assert_eq!(keys[0], ("dm:A_".into(), 5));
+        for recent_from in LAYOUTS {
+            let (_dir, s) = fixture(recent_from);
+            let mut keys = Vec::new();
+            let n = s
+                .export_all::<StoreError>(|m| {
+                    keys.push((m.room.clone(), m.ts));
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(n, 19);
+            let mut sorted = keys.clone();
+            sorted.sort();
+            assert_eq!(keys, sorted);
+            assert_eq!(keys[0], ("dm:A_".into(), 6));
+        }
     }
 
     #[test]
     fn rooms_lists_each_room_once() {
-        let (_dir, s) = fixture();
-        assert_eq!(s.rooms().unwrap(), ["dm:A_", "dm:A_A", "dm:A_B", "dm:A_B0"]);
-        let (_dir2, empty) = tmp_store();
-        assert!(empty.rooms().unwrap().is_empty());
+        for recent_from in LAYOUTS {
+            let (_dir, s) = fixture(recent_from);
+            assert_eq!(s.rooms().unwrap(), ["dm:A_", "dm:A_A", "dm:A_B", "dm:A_B0"]);
+            let (_dir2, empty) = tmp_store();
+            assert!(empty.rooms().unwrap().is_empty());
+        }
     }
 
     #[test]
     fn corrupt_record_is_an_error_not_a_panic() {
-        let (_dir, s) = fixture();
-        put_raw(&s, ROOM, 55, &[RECORD_VERSION_FOR_TEST, 0xFD, 0xFF, 0xFF]);
-        let q = HistoryQuery {
-            limit: 50,
-            ..Default::default()
-        };
-        match s.history(ROOM, &q) {
-            Err(StoreError::CorruptMessage { room, ts, .. }) => {
-                assert_eq!((room.as_str(), ts), (ROOM, 55))
+        for recent_from in LAYOUTS {
+            let (_dir, s) = fixture(recent_from);
+            put_at(
+                &s,
+                ROOM,
+                55,
+                &[RECORD_VERSION_FOR_TEST, 0xFD, 0xFF, 0xFF],
+                recent_from,
+            );
+            let q = HistoryQuery {
+                limit: 50,
+                ..Default::default()
+            };
+            match s.history(ROOM, &q) {
+                Err(StoreError::CorruptMessage { room, ts, .. }) => {
+                    assert_eq!((room.as_str(), ts), (ROOM, 55))
+                }
+                other => panic!("expected CorruptMessage, got {other:?}"),
             }
-            other => panic!("expected CorruptMessage, got {other:?}"),
+            // Pages that do not touch the bad record still work.
+            assert_eq!(ts(&s, None, None, 2, None), [90, 100]);
+            assert!(
+                s.export_room::<StoreError>(ROOM, None, None, |_| Ok(()))
+                    .is_err()
+            );
+            assert!(s.export_all::<StoreError>(|_| Ok(())).is_err());
+            // Purging removes it without decoding it.
+            assert_eq!(s.purge_room(ROOM, Some(56)).unwrap(), 6);
+            assert_eq!(ts(&s, None, None, 50, None), [60, 70, 80, 90, 100]);
         }
-        // Pages that do not touch the bad record still work.
-        assert_eq!(ts(&s, None, None, 2, None), [90, 100]);
-        assert!(
-            s.export_room::<StoreError>(ROOM, None, None, |_| Ok(()))
-                .is_err()
-        );
-        assert!(s.export_all::<StoreError>(|_| Ok(())).is_err());
-        // Purging removes it without decoding it.
-        assert_eq!(s.purge_room(ROOM, Some(56)).unwrap(), 6);
-        assert_eq!(ts(&s, None, None, 50, None), [60, 70, 80, 90, 100]);
     }
 
     const RECORD_VERSION_FOR_TEST: u8 = super::super::RECORD_VERSION;

@@ -1,7 +1,12 @@
 //! Table layout and the schema-version check done at open.
 //!
 //! `messages` is keyed by `(room, ts)` so one room's history is one
-//! contiguous, ts-ordered key range. `meta` holds small named counters.
+//! contiguous, ts-ordered key range. New messages first go to `recent`,
+//! keyed by ts alone, and are folded into `messages` in large batches (see
+//! `fold.rs`). Every ts in `recent` is above every ts in `messages`: the
+//! writer assigns increasing ts and a fold moves all of `recent` at once,
+//! so a room's history is its `messages` range followed by its `recent`
+//! entries. `meta` holds small named counters.
 
 use std::path::Path;
 
@@ -13,6 +18,11 @@ use super::error::DbContext;
 /// Messages: `(room, ts)` -> record bytes (see `record.rs`).
 pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 
+/// Messages not yet folded: `ts` -> `(room, record bytes)`. Appending by ts
+/// keeps a commit's writes on the table's last pages, however many rooms
+/// the commit touches.
+pub(crate) const RECENT: TableDefinition<u64, (&str, &[u8])> = TableDefinition::new("recent");
+
 /// Named u64 values: [`SCHEMA_VERSION_KEY`] and [`LAST_TS_KEY`].
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -22,11 +32,17 @@ pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// Meta key of the highest ts ever assigned; survives purges so ts never repeats.
 pub(crate) const LAST_TS_KEY: &str = "last_ts";
 
-/// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u64 = 1;
+/// The schema version this build writes and reads. Version 2 added
+/// `recent`; a version 1 file is upgraded in place when opened (an older
+/// chatd then refuses it, rather than miss the messages in `recent`).
+pub const SCHEMA_VERSION: u64 = 2;
 
-/// Checks (or, on a fresh file, writes) the schema version, and makes sure
-/// both tables exist so readers never see "table does not exist".
+// The oldest version this build upgrades from.
+const UPGRADES_FROM: u64 = 1;
+
+/// Checks (or, on a fresh file, writes) the schema version, upgrades a
+/// version 1 file, and makes sure every table exists so readers never see
+/// "table does not exist".
 pub(crate) fn check_or_init(txn: &WriteTransaction, path: &Path) -> Result<(), StoreError> {
     let not_chatd = |reason: String| StoreError::NotChatd {
         path: path.to_owned(),
@@ -63,6 +79,11 @@ pub(crate) fn check_or_init(txn: &WriteTransaction, path: &Path) -> Result<(), S
                 supported: SCHEMA_VERSION,
             });
         }
+        Some(v) if (UPGRADES_FROM..SCHEMA_VERSION).contains(&v) => {
+            // Version 2 only added `recent`, which is created below.
+            meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
+                .ctx("writing schema version")?;
+        }
         Some(v) if v < SCHEMA_VERSION => {
             return Err(StoreError::OlderSchema {
                 found: v,
@@ -72,11 +93,15 @@ pub(crate) fn check_or_init(txn: &WriteTransaction, path: &Path) -> Result<(), S
         Some(_) => {}
     }
     drop(meta);
-    match txn.open_table(MESSAGES) {
-        Ok(_) => Ok(()),
+    let opened = txn
+        .open_table(MESSAGES)
+        .map(drop)
+        .and_then(|()| txn.open_table(RECENT).map(drop));
+    match opened {
+        Ok(()) => Ok(()),
         Err(e @ (TableError::TableTypeMismatch { .. } | TableError::TableIsMultimap(_))) => {
             Err(not_chatd(e.to_string()))
         }
-        Err(e) => Err(e).ctx("opening messages table"),
+        Err(e) => Err(e).ctx("opening message tables"),
     }
 }

@@ -16,12 +16,13 @@
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 use tokio::sync::mpsc;
 
 use super::error::DbContext;
+use super::fold::{FOLD_AT, fold};
 use super::record::encode_fields;
-use super::schema::{LAST_TS_KEY, MESSAGES, META};
+use super::schema::{LAST_TS_KEY, META, RECENT};
 use super::{NewMessage, Store, StoreError, StoredMessage};
 use crate::metrics::METRICS;
 
@@ -138,9 +139,11 @@ fn run<T>(
             tickets.push(t);
         }
         let started = Instant::now();
+        let mut recent = 0;
         let result = match commit_batch(&store, msgs, &stamp) {
-            Ok(stored) => {
+            Ok((stored, in_recent)) => {
                 METRICS.commit(stored.len(), started.elapsed());
+                recent = in_recent;
                 Ok(stored.into_iter().zip(tickets).collect())
             }
             Err((e, msgs)) => {
@@ -153,6 +156,14 @@ fn run<T>(
         if out_open && out.blocking_send(CommittedBatch { result }).is_err() {
             tracing::warn!("committed-batch receiver dropped; acks are being discarded");
             out_open = false;
+        }
+        // After the acks are on their way: only messages still queued wait for it.
+        if recent >= FOLD_AT
+            && let Err(e) = fold(&store)
+        {
+            // Nothing is lost: the messages stay in `recent` and the next
+            // commit tries again.
+            tracing::error!(error = %e, "folding recent messages failed");
         }
     }
 }
@@ -168,7 +179,8 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-// Stores `msgs` in one durable transaction; on failure hands them back.
+// Stores `msgs` in one durable transaction and says how many messages
+// `recent` holds now; on failure hands them back.
 #[expect(
     clippy::result_large_err,
     reason = "called once per batch, and the Err carries the batch back by design"
@@ -177,7 +189,7 @@ fn commit_batch(
     store: &Store,
     msgs: Vec<NewMessage>,
     stamp: &impl Fn(u64) -> String,
-) -> Result<Vec<StoredMessage>, (StoreError, Vec<NewMessage>)> {
+) -> Result<(Vec<StoredMessage>, u64), (StoreError, Vec<NewMessage>)> {
     let txn = match store.db.begin_write().ctx("starting message write") {
         Ok(t) => t,
         Err(e) => return Err((e, msgs)),
@@ -207,8 +219,10 @@ fn commit_batch(
             }
         })
         .collect();
-    match insert_all(&txn, &stored, last).and_then(|()| txn.commit().ctx("committing messages")) {
-        Ok(()) => Ok(stored),
+    let committed = insert_all(&txn, &stored, last)
+        .and_then(|recent| txn.commit().ctx("committing messages").map(|()| recent));
+    match committed {
+        Ok(recent) => Ok((stored, recent)),
         Err(e) => Err((e, stored.into_iter().map(NewMessage::from).collect())),
     }
 }
@@ -219,25 +233,23 @@ fn read_last_ts(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
     Ok(last.map(|v| v.value()).unwrap_or(0))
 }
 
+// Appends the batch to `recent` and records `last_ts`; returns how many
+// messages `recent` holds now.
 fn insert_all(
     txn: &redb::WriteTransaction,
     stored: &[StoredMessage],
     last_ts: u64,
-) -> Result<(), StoreError> {
-    let mut messages = txn.open_table(MESSAGES).ctx("opening messages table")?;
-    // In key order, each room's tail leaf is found once and stays hot while
-    // its messages go in; the commit writes the same pages either way.
-    let mut order: Vec<&StoredMessage> = stored.iter().collect();
-    order.sort_unstable_by(|a, b| (a.room.as_str(), a.ts).cmp(&(b.room.as_str(), b.ts)));
-    for m in order {
+) -> Result<u64, StoreError> {
+    let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
+    for m in stored {
         let bytes = encode_fields(&m.id, &m.from, &m.to, &m.text, &m.time)?;
-        messages
-            .insert((m.room.as_str(), m.ts), bytes.as_slice())
+        recent
+            .insert(m.ts, (m.room.as_str(), bytes.as_slice()))
             .ctx("inserting message")?;
     }
     let mut meta = txn.open_table(META).ctx("opening meta table")?;
     meta.insert(LAST_TS_KEY, last_ts).ctx("writing last_ts")?;
-    Ok(())
+    recent.len().ctx("counting recent messages")
 }
 
 impl From<StoredMessage> for NewMessage {
@@ -328,6 +340,39 @@ mod tests {
             .filter(|m| m.room == "dm:A_B")
             .collect();
         assert_eq!(stored, acked);
+    }
+
+    #[tokio::test]
+    async fn a_full_recent_table_is_folded_and_nothing_is_lost() {
+        let (_dir, store) = tmp_store();
+        let Writer {
+            handle,
+            mut batches,
+            thread,
+        } = Writer::<usize>::spawn(store.clone(), 4096, stamp).unwrap();
+        let total = FOLD_AT as usize + 10;
+        for i in 0..total {
+            let room = if i % 2 == 0 { "dm:A_B" } else { "dm:A_C" };
+            handle.submit(msg(room, i), i).await.unwrap();
+        }
+        drop(handle);
+        let acked: Vec<StoredMessage> = collect(&mut batches)
+            .await
+            .into_iter()
+            .flat_map(|b| b.result.map_err(|(e, _)| e).unwrap())
+            .map(|(m, _)| m)
+            .collect();
+        thread.join().unwrap();
+        assert_eq!(acked.len(), total);
+        assert!(recent_len(&store) < FOLD_AT, "no fold happened");
+        let q = HistoryQuery {
+            limit: total,
+            ..Default::default()
+        };
+        for room in ["dm:A_B", "dm:A_C"] {
+            let want: Vec<_> = acked.iter().filter(|m| m.room == room).cloned().collect();
+            assert_eq!(store.history(room, &q).unwrap(), want, "{room}");
+        }
     }
 
     #[tokio::test]
