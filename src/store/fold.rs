@@ -4,60 +4,120 @@
 //! a commit dirties only that table's last pages however many rooms it
 //! touches; inserting into `messages` directly rewrote one page per room
 //! per commit, which was most of the server's CPU under load. Once `recent`
-//! holds [`FOLD_AT`] messages, one transaction moves all of them into
-//! `messages` and empties `recent`: each room's tail page is then rewritten
-//! once per fold instead of once per commit.
+//! holds [`FOLD_AT`] messages, a [`FoldPass`] copies them into `messages`
+//! room by room, then deletes them from `recent`: each room's tail page is
+//! rewritten about once per pass instead of once per commit.
+//!
+//! A pass works in steps of about [`STEP`] messages, one transaction each,
+//! between the writer's commits, so new messages never wait for a whole
+//! pass. Until a pass ends, a folded message is in both tables; readers
+//! take a room's `recent` entries only above its last ts in `messages`
+//! (see `read.rs`), which is exact at every step: a room is copied whole,
+//! and its newer messages are above everything copied. A pass cut short
+//! (a crash) leaves only such copies behind; the next pass copies them
+//! again, to the same keys.
 
-use redb::ReadableTable;
+use std::collections::BTreeMap;
+
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::error::DbContext;
 use super::schema::{MESSAGES, RECENT};
 use super::{Store, StoreError};
 
-/// How many messages `recent` collects before they are folded. Readers scan
-/// `recent` for a room's newest messages, so this also bounds that scan
-/// (a fraction of a millisecond); a fold of this many takes a few ms for a
-/// hundred rooms, tens of ms for thousands.
-pub(crate) const FOLD_AT: u64 = 8192;
+/// How many messages `recent` collects before a pass folds them. Readers
+/// scan `recent` for a room's newest messages, so this also bounds that
+/// scan (about a millisecond at most).
+pub(crate) const FOLD_AT: u64 = 16384;
 
-/// Moves every message of `recent` into `messages` in one durable
-/// transaction; returns how many moved.
-pub(crate) fn fold(store: &Store) -> Result<u64, StoreError> {
-    let txn = store.db.begin_write().ctx("starting fold")?;
-    let moved = {
+/// About how many messages one step of a pass copies or deletes: a few
+/// milliseconds of work, which is all a new message may wait behind it.
+pub(crate) const STEP: usize = 1024;
+
+/// A fold in progress: the rooms still to copy and where the copied
+/// messages end.
+#[derive(Debug)]
+pub(crate) struct FoldPass {
+    // Every ts in `recent` up to here is copied by this pass.
+    upto: u64,
+    // Rooms still to copy (last first), with their ts in `recent`.
+    rooms: Vec<(String, Vec<u64>)>,
+}
+
+impl FoldPass {
+    /// Plans a pass over everything in `recent` now (nothing to do when empty).
+    pub(crate) fn start(store: &Store) -> Result<FoldPass, StoreError> {
+        let txn = store.db.begin_read().ctx("starting fold")?;
         let recent = txn.open_table(RECENT).ctx("opening recent table")?;
-        let mut entries = Vec::with_capacity(usize::try_from(FOLD_AT).unwrap_or(0));
+        let mut rooms: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut upto = 0;
         for item in recent.iter().ctx("reading recent messages")? {
             let (ts, value) = item.ctx("reading recent messages")?;
-            let (room, bytes) = value.value();
-            entries.push((room.to_owned(), ts.value(), bytes.to_vec()));
+            let (room, _) = value.value();
+            upto = ts.value();
+            match rooms.get_mut(room) {
+                Some(list) => list.push(upto),
+                None => {
+                    rooms.insert(room.to_owned(), vec![upto]);
+                }
+            }
         }
-        // In key order each room's tail page is found once and stays hot
-        // while its messages go in.
-        entries.sort_unstable_by(|a, b| (a.0.as_str(), a.1).cmp(&(b.0.as_str(), b.1)));
-        let mut messages = txn.open_table(MESSAGES).ctx("opening messages table")?;
-        for (room, ts, bytes) in &entries {
-            messages
-                .insert((room.as_str(), *ts), bytes.as_slice())
-                .ctx("folding message")?;
-        }
-        entries.len() as u64
-    };
-    // Dropping the whole table frees its pages without a delete per entry;
-    // it is made again at once so readers always find it.
-    txn.delete_table(RECENT).ctx("emptying recent table")?;
-    txn.open_table(RECENT).ctx("opening recent table")?;
-    txn.commit().ctx("committing fold")?;
-    Ok(moved)
+        // Popped from the end: the rooms go in key order.
+        let mut rooms: Vec<_> = rooms.into_iter().collect();
+        rooms.reverse();
+        Ok(FoldPass { upto, rooms })
+    }
+
+    /// Does one step in its own durable transaction: copies the next rooms
+    /// (about [`STEP`] messages), or once all are copied deletes up to
+    /// [`STEP`] copied messages from `recent`. Returns true when the pass
+    /// is complete.
+    pub(crate) fn step(&mut self, store: &Store) -> Result<bool, StoreError> {
+        let txn = store.db.begin_write().ctx("starting fold step")?;
+        let done = {
+            let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
+            if self.rooms.is_empty() {
+                let deleted = recent
+                    .extract_from_if(..=self.upto, |_, _| true)
+                    .ctx("deleting folded messages")?
+                    .take(STEP)
+                    .try_fold(0, |n, item| item.map(|_| n + 1))
+                    .ctx("deleting folded messages")?;
+                deleted < STEP
+            } else {
+                let mut messages = txn.open_table(MESSAGES).ctx("opening messages table")?;
+                let mut copied = 0;
+                while copied < STEP
+                    && let Some((room, list)) = self.rooms.pop()
+                {
+                    for ts in list {
+                        // Gone if purged since the pass began: not brought back.
+                        let Some(value) = recent.get(ts).ctx("reading recent message")? else {
+                            continue;
+                        };
+                        let (_, bytes) = value.value();
+                        messages
+                            .insert((room.as_str(), ts), bytes)
+                            .ctx("folding message")?;
+                        copied += 1;
+                    }
+                }
+                false
+            }
+        };
+        txn.commit().ctx("committing fold step")?;
+        Ok(done)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
     use super::*;
+    use crate::store::StoredMessage;
 
     // Every message as export_all streams it.
-    fn everything(store: &Store) -> Vec<crate::store::StoredMessage> {
+    fn everything(store: &Store) -> Vec<StoredMessage> {
         let mut all = Vec::new();
         store
             .export_all::<StoreError>(|m| {
@@ -68,25 +128,72 @@ mod tests {
         all
     }
 
-    #[test]
-    fn fold_moves_recent_into_messages_and_reads_see_no_difference() {
-        let (_dir, store) = tmp_store();
-        let rows: Vec<_> = (1..=300u64)
-            .map(|ts| (["dm:A_B", "dm:A_C", "dm:B_C"][ts as usize % 3], ts))
-            .collect();
-        // Folded up to ts 100, as after an earlier fold.
-        put_many_split(&store, &rows, 101);
-        let before = everything(&store);
-        assert_eq!(recent_len(&store), 200);
+    // Rooms of very different sizes, interleaved in ts as live traffic is.
+    fn rows() -> Vec<(&'static str, u64)> {
+        (1..=3000u64)
+            .map(|ts| {
+                let room = match ts % 10 {
+                    0 => "dm:A_B",
+                    1..=3 => "dm:A_C",
+                    _ => "dm:B_C",
+                };
+                (room, ts)
+            })
+            .collect()
+    }
 
-        assert_eq!(fold(&store).unwrap(), 200);
+    #[test]
+    fn every_step_of_a_pass_reads_the_same_and_the_pass_empties_recent() {
+        let (_dir, store) = tmp_store();
+        // Folded up to ts 1000, as after an earlier pass.
+        put_many_split(&store, &rows(), 1001);
+        let before = everything(&store);
+        let mut pass = FoldPass::start(&store).unwrap();
+        let mut steps = 0;
+        loop {
+            let done = pass.step(&store).unwrap();
+            steps += 1;
+            assert_eq!(everything(&store), before, "after step {steps}");
+            if done {
+                break;
+            }
+        }
+        assert_eq!(recent_len(&store), 0);
+        // 2000 to copy in rooms of 200, 600 and 1200, then 2000 to delete.
+        assert!((3..=6).contains(&steps), "{steps} steps");
+
+        // New messages during a pass stay in `recent`, above what it copies.
+        put_many_split(&store, &[("dm:A_B", 5000)], 0);
+        let mut pass = FoldPass::start(&store).unwrap();
+        put_many_split(&store, &[("dm:A_B", 5001)], 0);
+        while !pass.step(&store).unwrap() {}
+        assert_eq!(recent_len(&store), 1);
+        assert_eq!(everything(&store).len(), 3002);
+    }
+
+    #[test]
+    fn a_pass_does_not_bring_back_what_was_purged_meanwhile() {
+        let (_dir, store) = tmp_store();
+        put_many_split(&store, &rows(), 0);
+        let mut pass = FoldPass::start(&store).unwrap();
+        store.purge_room("dm:B_C", None).unwrap();
+        while !pass.step(&store).unwrap() {}
+        assert_eq!(store.rooms().unwrap(), ["dm:A_B", "dm:A_C"]);
+        assert_eq!(everything(&store).len(), 1200);
+    }
+
+    #[test]
+    fn a_pass_cut_short_leaves_copies_the_next_pass_repeats() {
+        let (_dir, store) = tmp_store();
+        put_many_split(&store, &rows(), 0);
+        let before = everything(&store);
+        let mut cut = FoldPass::start(&store).unwrap();
+        cut.step(&store).unwrap();
+        drop(cut);
+        assert_eq!(everything(&store), before);
+        let mut pass = FoldPass::start(&store).unwrap();
+        while !pass.step(&store).unwrap() {}
         assert_eq!(recent_len(&store), 0);
         assert_eq!(everything(&store), before);
-        assert_eq!(store.rooms().unwrap(), ["dm:A_B", "dm:A_C", "dm:B_C"]);
-
-        // An empty `recent` folds to nothing, and stays usable.
-        assert_eq!(fold(&store).unwrap(), 0);
-        put_recent_raw(&store, "dm:A_B", 301, b"\x01");
-        assert_eq!(recent_len(&store), 1);
     }
 }

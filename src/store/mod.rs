@@ -188,13 +188,9 @@ pub(crate) mod testutil {
         txn.commit().unwrap();
     }
 
-    /// Stores many `(room, ts)` messages (text "x") in one transaction.
-    pub fn put_many(store: &Store, keys: &[(&str, u64)]) {
-        put_many_split(store, keys, u64::MAX);
-    }
-
-    /// Like [`put_many`], but keys with ts >= `recent_from` go to `recent`,
-    /// as if the last fold happened just before `recent_from`.
+    /// Stores many `(room, ts)` messages (text "x") in one transaction:
+    /// those with ts >= `recent_from` in `recent`, the others in
+    /// `messages`, as if the last fold ended just before `recent_from`.
     pub fn put_many_split(store: &Store, keys: &[(&str, u64)], recent_from: u64) {
         let bytes = encode_record(&record("x")).unwrap();
         let txn = store.db.begin_write().unwrap();

@@ -2,12 +2,13 @@
 //! Both tables are purged (see `schema.rs`): `messages` by room range,
 //! `recent` by scanning it, which the fold threshold keeps small.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 
 use redb::Table;
 
 use super::error::DbContext;
-use super::read::next_room;
+use super::read::{folded_upto, next_room};
 use super::schema::{MESSAGES, RECENT};
 use super::{Store, StoreError};
 
@@ -35,25 +36,41 @@ fn delete_in_room(
     Ok(deleted)
 }
 
-// Removes up to `max` messages of `recent` with ts < `before` that belong
-// to `room` (any room if None); returns how many went.
+// Removes up to `max` entries of `recent` with ts < `before` that belong to
+// `room` (any room if None). Returns how many it removed and how many of
+// those were not copies of messages in `folded` (see `fold.rs`), so each
+// message counts once; run it before deleting from `folded`.
 fn delete_recent(
-    table: &mut Table<'_, u64, (&'static str, &'static [u8])>,
+    recent: &mut Table<'_, u64, (&'static str, &'static [u8])>,
+    folded: &Table<'_, (&'static str, u64), &'static [u8]>,
     room: Option<&str>,
     before: Option<u64>,
     max: usize,
-) -> Result<usize, StoreError> {
-    let extracted = table
+) -> Result<(usize, usize), StoreError> {
+    let extracted = recent
         .extract_from_if(..before.unwrap_or(u64::MAX), |_, (entry_room, _)| {
             room.is_none_or(|r| r == entry_room)
         })
         .ctx("deleting messages")?;
-    let mut deleted = 0;
+    let mut floors: HashMap<String, Option<u64>> = HashMap::new();
+    let (mut removed, mut messages) = (0, 0);
     for item in extracted.take(max) {
-        item.ctx("deleting messages")?;
-        deleted += 1;
+        let (ts, value) = item.ctx("deleting messages")?;
+        let (entry_room, _) = value.value();
+        let floor = match floors.get(entry_room) {
+            Some(&floor) => floor,
+            None => {
+                let floor = folded_upto(folded, entry_room)?;
+                floors.insert(entry_room.to_owned(), floor);
+                floor
+            }
+        };
+        removed += 1;
+        if floor.is_none_or(|upto| ts.value() > upto) {
+            messages += 1;
+        }
     }
-    Ok(deleted)
+    Ok((removed, messages))
 }
 
 impl Store {
@@ -64,8 +81,8 @@ impl Store {
         let deleted = {
             let mut table = txn.open_table(MESSAGES).ctx("opening messages table")?;
             let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
-            delete_in_room(&mut table, room, before, usize::MAX)?
-                + delete_recent(&mut recent, Some(room), before, usize::MAX)?
+            let (_, newer) = delete_recent(&mut recent, &table, Some(room), before, usize::MAX)?;
+            newer + delete_in_room(&mut table, room, before, usize::MAX)?
         };
         txn.commit().ctx("committing purge")?;
         Ok(deleted as u64)
@@ -93,11 +110,16 @@ impl Store {
         let mut resume: Option<String> = None;
         loop {
             let txn = self.db.begin_write().ctx("starting purge")?;
+            // Entries removed, copies included: what `batch` bounds.
             let mut in_txn = 0usize;
             if !recent_done {
+                let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
                 let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
-                in_txn = delete_recent(&mut recent, None, Some(before), batch)?;
-                recent_done = in_txn < batch;
+                let (removed, newer) =
+                    delete_recent(&mut recent, &table, None, Some(before), batch)?;
+                in_txn = removed;
+                total += newer as u64;
+                recent_done = removed < batch;
             }
             if recent_done {
                 let mut table = txn.open_table(MESSAGES).ctx("opening messages table")?;
@@ -108,7 +130,9 @@ impl Store {
                 };
                 while let Some(r) = room {
                     let left = batch - in_txn;
-                    in_txn += delete_in_room(&mut table, &r, Some(before), left)?;
+                    let deleted = delete_in_room(&mut table, &r, Some(before), left)?;
+                    in_txn += deleted;
+                    total += deleted as u64;
                     if in_txn >= batch {
                         // The room may have more: come back to it next transaction.
                         resume = Some(r);
@@ -119,7 +143,6 @@ impl Store {
             }
             txn.commit().ctx("committing purge")?;
             committed(in_txn);
-            total += in_txn as u64;
             if recent_done && resume.is_none() {
                 return Ok(total);
             }
@@ -141,8 +164,10 @@ mod tests {
         s.history(room, &q).unwrap().iter().map(|m| m.ts).collect()
     }
 
-    // Folded, folded up to ts 8, and nothing folded: purges reach both tables.
-    const LAYOUTS: [u64; 3] = [u64::MAX, 8, 0];
+    // Folded, folded up to ts 8, nothing folded, and folded up to 8 with
+    // the copies still in `recent`: purges reach both tables, and count
+    // each message once.
+    const LAYOUTS: [(u64, bool); 4] = [(u64::MAX, false), (8, false), (0, false), (8, true)];
 
     #[test]
     fn purge_room_before_and_all_leave_other_rooms() {
@@ -150,9 +175,17 @@ mod tests {
         let rows: Vec<_> = (1..=10u64)
             .flat_map(|i| [("a", 2 * i - 1), ("b", 2 * i)])
             .collect();
-        for recent_from in LAYOUTS {
+        for (recent_from, copies) in LAYOUTS {
             let (_dir, s) = tmp_store();
             put_many_split(&s, &rows, recent_from);
+            if copies {
+                let copied: Vec<_> = rows
+                    .iter()
+                    .copied()
+                    .filter(|&(_, ts)| ts < recent_from)
+                    .collect();
+                put_many_split(&s, &copied, 0);
+            }
             assert_eq!(s.purge_room("a", Some(7)).unwrap(), 3);
             assert_eq!(all_ts(&s, "a"), [7, 9, 11, 13, 15, 17, 19]);
             assert_eq!(all_ts(&s, "b").len(), 10);
@@ -160,7 +193,7 @@ mod tests {
             assert!(all_ts(&s, "a").is_empty());
             assert_eq!(s.rooms().unwrap(), ["b"]);
             assert_eq!(s.purge_room("nope", None).unwrap(), 0);
-            assert_eq!(all_ts(&s, "b").len(), 10, "layout {recent_from}");
+            assert_eq!(all_ts(&s, "b").len(), 10, "layout {recent_from} {copies}");
         }
     }
 

@@ -2,8 +2,10 @@
 //!
 //! Each call reads one MVCC snapshot, so it never blocks (or is blocked by)
 //! the writer, and a page is consistent with itself. A room's history is
-//! its range of `messages` followed by its entries in `recent` (see
-//! `schema.rs`), which are found by scanning `recent`, a bounded table.
+//! its range of `messages` followed by its entries in `recent` above the
+//! last ts it has in `messages` (below it, `recent` holds copies a fold
+//! pass has made and not yet deleted, see `fold.rs`); `recent` is scanned,
+//! which its bounded size keeps cheap.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -61,14 +63,34 @@ fn decode_entry(item: Result<Entry<'_>, StorageError>) -> Result<StoredMessage, 
     decode_message(room, ts, value.value())
 }
 
-// A room's messages in `recent` with ts in `lo..=hi`, oldest first; only
-// the room's own records are decoded.
+// The last ts `room` has in `messages`: its `recent` entries up to there
+// are copies (see the module doc).
+pub(crate) fn folded_upto(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    room: &str,
+) -> Result<Option<u64>, StoreError> {
+    let last = table
+        .range((room, 0)..=(room, u64::MAX))
+        .ctx("reading history")?
+        .next_back()
+        .transpose()
+        .ctx("reading history")?;
+    Ok(last.map(|(key, _)| key.value().1))
+}
+
+// A room's messages in `recent` with ts in `lo..=hi` and above `folded`,
+// oldest first; only the room's own records are decoded.
 fn recent_in_room<'t>(
     recent: &'t RecentTable,
     room: &'t str,
+    folded: Option<u64>,
     lo: u64,
     hi: u64,
 ) -> Result<impl DoubleEndedIterator<Item = Result<StoredMessage, StoreError>> + 't, StoreError> {
+    let lo = match folded {
+        Some(upto) => lo.max(upto.saturating_add(1)),
+        None => lo,
+    };
     let range = recent.range(lo..=hi).ctx("reading recent messages")?;
     Ok(range.filter_map(move |item| {
         let (ts, value) = match item.ctx("reading recent messages") {
@@ -98,6 +120,31 @@ fn recent_by_room(
         }
     }
     Ok(rooms)
+}
+
+// Emits, and takes out of `newer`, the `recent` messages of every room
+// before `until` (of every room if None); in `folded`'s room only those
+// above its last ts in `messages`.
+fn emit_recent_before<E>(
+    newer: &mut BTreeMap<String, Vec<StoredMessage>>,
+    until: Option<&str>,
+    folded: Option<&(String, u64)>,
+    emit: &mut impl FnMut(&StoredMessage) -> Result<(), E>,
+) -> Result<(), E> {
+    while let Some(entry) = newer.first_entry() {
+        if until.is_some_and(|room| entry.key().as_str() >= room) {
+            break;
+        }
+        let floor = folded
+            .filter(|(room, _)| room == entry.key())
+            .map(|&(_, ts)| ts);
+        for m in entry.remove() {
+            if floor.is_none_or(|upto| m.ts > upto) {
+                emit(&m)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 // Decodes a record, naming its key if it is corrupt.
@@ -154,7 +201,7 @@ impl Store {
         let range = table
             .range((room, lo)..=(room, hi))
             .ctx("reading history")?;
-        let newer = recent_in_room(&recent, room, lo, hi)?;
+        let newer = recent_in_room(&recent, room, folded_upto(&table, room)?, lo, hi)?;
         // Cap the up-front allocation: limit comes from a client.
         let mut out = Vec::with_capacity(q.limit.min(256));
         if q.after.is_some() {
@@ -193,7 +240,7 @@ impl Store {
         let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
         let recent = txn.open_table(RECENT).ctx("opening recent table")?;
         let range = table.range((room, lo)..=(room, hi)).ctx("exporting room")?;
-        let newer = recent_in_room(&recent, room, lo, hi)?;
+        let newer = recent_in_room(&recent, room, folded_upto(&table, room)?, lo, hi)?;
         let mut count = 0;
         for item in range.map(decode_entry).chain(newer) {
             f(&item?)?;
@@ -217,21 +264,22 @@ impl Store {
             count += 1;
             Ok(())
         };
+        // The room being read from `messages`, and its last ts so far.
+        let mut last: Option<(String, u64)> = None;
         for item in table.iter().ctx("exporting all rooms")? {
             let m = decode_entry(item)?;
-            // A new room: every room before it is complete in `messages`,
-            // so their `recent` messages come now.
-            while let Some(entry) = newer.first_entry() {
-                if entry.key().as_str() >= m.room.as_str() {
-                    break;
+            match &mut last {
+                Some((room, ts)) if *room == m.room => *ts = m.ts,
+                _ => {
+                    // A new room: the rooms before it are complete in
+                    // `messages`, so their `recent` messages come now.
+                    emit_recent_before(&mut newer, Some(&m.room), last.as_ref(), &mut emit)?;
+                    last = Some((m.room.clone(), m.ts));
                 }
-                entry.remove().iter().try_for_each(&mut emit)?;
             }
             emit(&m)?;
         }
-        for messages in newer.values() {
-            messages.iter().try_for_each(&mut emit)?;
-        }
+        emit_recent_before(&mut newer, None, last.as_ref(), &mut emit)?;
         Ok(count)
     }
 
@@ -275,33 +323,68 @@ mod tests {
 
     const ROOM: &str = "dm:A_B";
 
-    // Every layout the store can be in: all folded, folded up to ts 55, and
-    // nothing folded yet. Each read test runs on all three.
-    const LAYOUTS: [u64; 3] = [u64::MAX, 55, 0];
+    // Where the fixture's messages are, as the writer and fold passes leave
+    // them: from `recent_from` on in `recent`, before it in `messages`,
+    // and with `copies` also in `recent` (a pass copied, not yet deleted).
+    #[derive(Debug, Clone, Copy)]
+    struct Layout {
+        recent_from: u64,
+        copies: bool,
+    }
 
-    // Stores bytes under (room, ts) where the writer would have left them:
-    // in `recent` from `recent_from` on, folded into `messages` before it.
-    fn put_at(store: &Store, room: &str, ts: u64, bytes: &[u8], recent_from: u64) {
-        if ts >= recent_from {
+    // All folded, folded up to ts 55, nothing folded, and copied up to 55
+    // but not yet deleted. Each read test runs on all four.
+    const LAYOUTS: [Layout; 4] = [
+        Layout {
+            recent_from: u64::MAX,
+            copies: false,
+        },
+        Layout {
+            recent_from: 55,
+            copies: false,
+        },
+        Layout {
+            recent_from: 0,
+            copies: false,
+        },
+        Layout {
+            recent_from: 55,
+            copies: true,
+        },
+    ];
+
+    fn put_at(store: &Store, room: &str, ts: u64, bytes: &[u8], layout: Layout) {
+        if ts >= layout.recent_from || layout.copies {
             put_recent_raw(store, room, ts, bytes);
-        } else {
+        }
+        if ts < layout.recent_from {
             put_raw(store, room, ts, bytes);
         }
     }
 
     // ROOM holds ts 10, 20, ..., 100; neighbouring rooms must never leak in.
-    fn fixture(recent_from: u64) -> (tempfile::TempDir, Store) {
+    fn fixture(layout: Layout) -> (tempfile::TempDir, Store) {
         let (dir, store) = tmp_store();
-        for ts in (10..=100).step_by(10) {
-            let bytes = encode_record(&record(&format!("m{ts}"))).unwrap();
-            put_at(&store, ROOM, ts, &bytes, recent_from);
-        }
-        let mut others = Vec::new();
         // ts is unique across rooms, as the writer assigns it.
-        for (i, room) in (1..).zip(["dm:A_", "dm:A_B0", "dm:A_A"]) {
-            others.extend([(room, 5 + i), (room, 55 + i), (room, 500 + i)]);
+        let others = (1..).zip(["dm:A_", "dm:A_B0", "dm:A_A"]);
+        let mut keys: Vec<(&str, u64)> = (10..=100).step_by(10).map(|ts| (ROOM, ts)).collect();
+        for (i, room) in others {
+            keys.extend([(room, 5 + i), (room, 55 + i), (room, 500 + i)]);
         }
-        put_many_split(&store, &others, recent_from);
+        for (room, ts) in keys {
+            let text = if room == ROOM {
+                format!("m{ts}")
+            } else {
+                "x".into()
+            };
+            put_at(
+                &store,
+                room,
+                ts,
+                &encode_record(&record(&text)).unwrap(),
+                layout,
+            );
+        }
         (dir, store)
     }
 
@@ -328,8 +411,8 @@ mod tests {
 
     #[test]
     fn history_paging() {
-        for recent_from in LAYOUTS {
-            let (_dir, s) = fixture(recent_from);
+        for layout in LAYOUTS {
+            let (_dir, s) = fixture(layout);
             // neither: the newest `limit`
             assert_eq!(ts(&s, None, None, 3, None), [80, 90, 100]);
             assert_eq!(ts(&s, None, None, 50, None).len(), 10);
@@ -361,8 +444,8 @@ mod tests {
 
     #[test]
     fn history_returns_full_messages_and_unknown_room_is_empty() {
-        for recent_from in LAYOUTS {
-            let (_dir, s) = fixture(recent_from);
+        for layout in LAYOUTS {
+            let (_dir, s) = fixture(layout);
             let q = HistoryQuery {
                 limit: 1,
                 ..Default::default()
@@ -378,8 +461,8 @@ mod tests {
 
     #[test]
     fn export_room_streams_in_order_with_inclusive_bounds() {
-        for recent_from in LAYOUTS {
-            let (_dir, s) = fixture(recent_from);
+        for layout in LAYOUTS {
+            let (_dir, s) = fixture(layout);
             let mut seen = Vec::new();
             let n = s
                 .export_room::<StoreError>(ROOM, Some(20), Some(40), |m| {
@@ -417,8 +500,8 @@ mod tests {
 
     #[test]
     fn export_callback_error_stops_the_stream() {
-        for recent_from in LAYOUTS {
-            let (_dir, s) = fixture(recent_from);
+        for layout in LAYOUTS {
+            let (_dir, s) = fixture(layout);
             let mut calls = 0;
             let r = s.export_room(ROOM, None, None, |_| {
                 calls += 1;
@@ -435,8 +518,8 @@ mod tests {
 
     #[test]
     fn export_all_is_in_room_then_ts_order() {
-        for recent_from in LAYOUTS {
-            let (_dir, s) = fixture(recent_from);
+        for layout in LAYOUTS {
+            let (_dir, s) = fixture(layout);
             let mut keys = Vec::new();
             let n = s
                 .export_all::<StoreError>(|m| {
@@ -454,8 +537,8 @@ mod tests {
 
     #[test]
     fn rooms_lists_each_room_once() {
-        for recent_from in LAYOUTS {
-            let (_dir, s) = fixture(recent_from);
+        for layout in LAYOUTS {
+            let (_dir, s) = fixture(layout);
             assert_eq!(s.rooms().unwrap(), ["dm:A_", "dm:A_A", "dm:A_B", "dm:A_B0"]);
             let (_dir2, empty) = tmp_store();
             assert!(empty.rooms().unwrap().is_empty());
@@ -464,14 +547,14 @@ mod tests {
 
     #[test]
     fn corrupt_record_is_an_error_not_a_panic() {
-        for recent_from in LAYOUTS {
-            let (_dir, s) = fixture(recent_from);
+        for layout in LAYOUTS {
+            let (_dir, s) = fixture(layout);
             put_at(
                 &s,
                 ROOM,
                 55,
                 &[RECORD_VERSION_FOR_TEST, 0xFD, 0xFF, 0xFF],
-                recent_from,
+                layout,
             );
             let q = HistoryQuery {
                 limit: 50,

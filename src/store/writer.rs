@@ -5,7 +5,9 @@
 //! The thread takes the first queued message, then whatever else is already
 //! queued (after a gather window, `LINGER`, when few are queued), and
 //! commits them all in one transaction: under load, many messages share one
-//! fsync; when idle, a lone message waits at most the gather window.
+//! fsync; when idle, a lone message waits at most the gather window. A
+//! commit appends to the `recent` table; between commits the thread folds
+//! `recent` into the per-room table a step at a time (see `fold.rs`).
 //!
 //! Being the only writer of messages is also what makes `ts` unique and
 //! strictly increasing: each batch reads `last_ts` from `meta` inside its own
@@ -20,16 +22,13 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use tokio::sync::mpsc;
 
 use super::error::DbContext;
-use super::fold::{FOLD_AT, fold};
+use super::fold::{FOLD_AT, FoldPass};
 use super::record::encode_fields;
 use super::schema::{LAST_TS_KEY, META, RECENT};
 use super::{NewMessage, Store, StoreError, StoredMessage};
 use crate::metrics::METRICS;
 
-/// Most messages committed in one transaction; bounds a batch's latency
-/// (about 60 ms at full speed). Every commit rewrites one page per room it
-/// touches, so fuller commits write less per message: `chatd bench store`
-/// (1,000 rooms) went from 172k to 284k inserts/s raising this from 4,096.
+/// Most messages committed in one transaction; bounds a batch's latency.
 pub const MAX_BATCH: usize = 16384;
 
 /// How long a batch that starts small waits for more messages to join it.
@@ -122,9 +121,17 @@ fn run<T>(
     stamp: impl Fn(u64) -> String,
 ) {
     let mut out_open = true;
-    while let Some(first) = rx.blocking_recv() {
-        // A commit costs about the same for a few messages as for hundreds
-        // (it writes one page per room touched, then fsyncs). When a batch
+    let mut folding: Option<FoldPass> = None;
+    loop {
+        // A pass under way goes on while no message waits.
+        while folding.is_some() && rx.is_empty() {
+            folding = advance_fold(&store, folding, 0);
+        }
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        // A commit's fsync costs the same for one message as for hundreds.
+        // When a batch
         // starts small, give the messages already on their way a moment to
         // join it: fewer, fuller commits for at most LINGER more latency.
         if rx.len() < LINGER_BELOW {
@@ -157,13 +164,34 @@ fn run<T>(
             tracing::warn!("committed-batch receiver dropped; acks are being discarded");
             out_open = false;
         }
-        // After the acks are on their way: only messages still queued wait for it.
-        if recent >= FOLD_AT
-            && let Err(e) = fold(&store)
-        {
-            // Nothing is lost: the messages stay in `recent` and the next
-            // commit tries again.
+        // After the acks are on their way, so a fold step delays only
+        // messages still queued.
+        folding = advance_fold(&store, folding, recent);
+    }
+}
+
+// One step of the fold pass under way, or of a new one once `recent` holds
+// FOLD_AT messages; returns the pass if it is not finished. A failed step
+// drops its pass: nothing is lost, the messages are still in `recent` and
+// a later pass copies them again.
+fn advance_fold(store: &Store, pass: Option<FoldPass>, recent: u64) -> Option<FoldPass> {
+    let mut pass = match pass {
+        Some(pass) => pass,
+        None if recent >= FOLD_AT => match FoldPass::start(store) {
+            Ok(pass) => pass,
+            Err(e) => {
+                tracing::error!(error = %e, "planning a fold of recent messages failed");
+                return None;
+            }
+        },
+        None => return None,
+    };
+    match pass.step(store) {
+        Ok(true) => None,
+        Ok(false) => Some(pass),
+        Err(e) => {
             tracing::error!(error = %e, "folding recent messages failed");
+            None
         }
     }
 }
