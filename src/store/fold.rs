@@ -17,11 +17,10 @@
 //! (a crash) leaves only such copies behind; the next pass copies them
 //! again, to the same keys.
 
-use std::collections::BTreeMap;
-
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::error::DbContext;
+use super::read::recent_by_room;
 use super::schema::{MESSAGES, RECENT};
 use super::{Store, StoreError};
 
@@ -30,8 +29,11 @@ use super::{Store, StoreError};
 /// scan (about a millisecond at most).
 pub(crate) const FOLD_AT: u64 = 16384;
 
-/// About how many messages one step of a pass copies or deletes: a few
-/// milliseconds of work, which is all a new message may wait behind it.
+/// About how many messages one step of a pass copies or deletes at least:
+/// a few milliseconds of work, which is all a new message may wait behind
+/// it. After a commit of n messages a step does at least 2n (each message
+/// is copied once and deleted once), so passes keep up with any inflow
+/// and `recent` stays near [`FOLD_AT`].
 pub(crate) const STEP: usize = 1024;
 
 /// A fold in progress: the rooms still to copy and where the copied
@@ -49,30 +51,22 @@ impl FoldPass {
     pub(crate) fn start(store: &Store) -> Result<FoldPass, StoreError> {
         let txn = store.db.begin_read().ctx("starting fold")?;
         let recent = txn.open_table(RECENT).ctx("opening recent table")?;
-        let mut rooms: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        let mut upto = 0;
-        for item in recent.iter().ctx("reading recent messages")? {
-            let (ts, value) = item.ctx("reading recent messages")?;
-            let (room, _) = value.value();
-            upto = ts.value();
-            match rooms.get_mut(room) {
-                Some(list) => list.push(upto),
-                None => {
-                    rooms.insert(room.to_owned(), vec![upto]);
-                }
-            }
-        }
+        let rooms = recent_by_room(&recent)?;
+        let upto = rooms.values().filter_map(|list| list.last().copied()).max();
         // Popped from the end: the rooms go in key order.
         let mut rooms: Vec<_> = rooms.into_iter().collect();
         rooms.reverse();
-        Ok(FoldPass { upto, rooms })
+        Ok(FoldPass {
+            upto: upto.unwrap_or(0),
+            rooms,
+        })
     }
 
     /// Does one step in its own durable transaction: copies the next rooms
-    /// (about [`STEP`] messages), or once all are copied deletes up to
-    /// [`STEP`] copied messages from `recent`. Returns true when the pass
+    /// (about `budget` messages), or once all are copied deletes up to
+    /// `budget` copied messages from `recent`. Returns true when the pass
     /// is complete.
-    pub(crate) fn step(&mut self, store: &Store) -> Result<bool, StoreError> {
+    pub(crate) fn step(&mut self, store: &Store, budget: usize) -> Result<bool, StoreError> {
         let txn = store.db.begin_write().ctx("starting fold step")?;
         let done = {
             let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
@@ -80,14 +74,14 @@ impl FoldPass {
                 let deleted = recent
                     .extract_from_if(..=self.upto, |_, _| true)
                     .ctx("deleting folded messages")?
-                    .take(STEP)
+                    .take(budget)
                     .try_fold(0, |n, item| item.map(|_| n + 1))
                     .ctx("deleting folded messages")?;
-                deleted < STEP
+                deleted < budget
             } else {
                 let mut messages = txn.open_table(MESSAGES).ctx("opening messages table")?;
                 let mut copied = 0;
-                while copied < STEP
+                while copied < budget
                     && let Some((room, list)) = self.rooms.pop()
                 {
                     for ts in list {
@@ -151,7 +145,7 @@ mod tests {
         let mut pass = FoldPass::start(&store).unwrap();
         let mut steps = 0;
         loop {
-            let done = pass.step(&store).unwrap();
+            let done = pass.step(&store, STEP).unwrap();
             steps += 1;
             assert_eq!(everything(&store), before, "after step {steps}");
             if done {
@@ -166,7 +160,7 @@ mod tests {
         put_many_split(&store, &[("dm:A_B", 5000)], 0);
         let mut pass = FoldPass::start(&store).unwrap();
         put_many_split(&store, &[("dm:A_B", 5001)], 0);
-        while !pass.step(&store).unwrap() {}
+        while !pass.step(&store, STEP).unwrap() {}
         assert_eq!(recent_len(&store), 1);
         assert_eq!(everything(&store).len(), 3002);
     }
@@ -177,7 +171,7 @@ mod tests {
         put_many_split(&store, &rows(), 0);
         let mut pass = FoldPass::start(&store).unwrap();
         store.purge_room("dm:B_C", None).unwrap();
-        while !pass.step(&store).unwrap() {}
+        while !pass.step(&store, STEP).unwrap() {}
         assert_eq!(store.rooms().unwrap(), ["dm:A_B", "dm:A_C"]);
         assert_eq!(everything(&store).len(), 1200);
     }
@@ -188,11 +182,11 @@ mod tests {
         put_many_split(&store, &rows(), 0);
         let before = everything(&store);
         let mut cut = FoldPass::start(&store).unwrap();
-        cut.step(&store).unwrap();
+        cut.step(&store, STEP).unwrap();
         drop(cut);
         assert_eq!(everything(&store), before);
         let mut pass = FoldPass::start(&store).unwrap();
-        while !pass.step(&store).unwrap() {}
+        while !pass.step(&store, STEP).unwrap() {}
         assert_eq!(recent_len(&store), 0);
         assert_eq!(everything(&store), before);
     }

@@ -102,20 +102,20 @@ fn recent_in_room<'t>(
     }))
 }
 
-// Every message in `recent`, by room, each room's oldest first. Bounded by
-// the fold threshold, so an export holds at most that many at once.
-fn recent_by_room(
-    recent: &RecentTable,
-) -> Result<BTreeMap<String, Vec<StoredMessage>>, StoreError> {
-    let mut rooms: BTreeMap<String, Vec<StoredMessage>> = BTreeMap::new();
+/// The ts of every entry in `recent`, by room, each room's in ts order:
+/// what an export or a fold pass walks, a few bytes per message rather
+/// than the messages themselves.
+pub(crate) fn recent_by_room(
+    recent: &impl ReadableTable<u64, (&'static str, &'static [u8])>,
+) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
+    let mut rooms: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for item in recent.iter().ctx("reading recent messages")? {
         let (ts, value) = item.ctx("reading recent messages")?;
-        let (room, bytes) = value.value();
-        let message = decode_message(room, ts.value(), bytes)?;
+        let (room, _) = value.value();
         match rooms.get_mut(room) {
-            Some(messages) => messages.push(message),
+            Some(list) => list.push(ts.value()),
             None => {
-                rooms.insert(room.to_owned(), vec![message]);
+                rooms.insert(room.to_owned(), vec![ts.value()]);
             }
         }
     }
@@ -125,8 +125,9 @@ fn recent_by_room(
 // Emits, and takes out of `newer`, the `recent` messages of every room
 // before `until` (of every room if None); in `folded`'s room only those
 // above its last ts in `messages`.
-fn emit_recent_before<E>(
-    newer: &mut BTreeMap<String, Vec<StoredMessage>>,
+fn emit_recent_before<E: From<StoreError>>(
+    recent: &RecentTable,
+    newer: &mut BTreeMap<String, Vec<u64>>,
     until: Option<&str>,
     folded: Option<&(String, u64)>,
     emit: &mut impl FnMut(&StoredMessage) -> Result<(), E>,
@@ -138,9 +139,15 @@ fn emit_recent_before<E>(
         let floor = folded
             .filter(|(room, _)| room == entry.key())
             .map(|&(_, ts)| ts);
-        for m in entry.remove() {
-            if floor.is_none_or(|upto| m.ts > upto) {
-                emit(&m)?;
+        let (room, list) = entry.remove_entry();
+        for ts in list {
+            if floor.is_some_and(|upto| ts <= upto) {
+                continue;
+            }
+            let value = recent.get(ts).ctx("reading recent messages")?;
+            // Present: the index and this lookup read one snapshot.
+            if let Some(value) = value {
+                emit(&decode_message(&room, ts, value.value().1)?)?;
             }
         }
     }
@@ -273,13 +280,19 @@ impl Store {
                 _ => {
                     // A new room: the rooms before it are complete in
                     // `messages`, so their `recent` messages come now.
-                    emit_recent_before(&mut newer, Some(&m.room), last.as_ref(), &mut emit)?;
+                    emit_recent_before(
+                        &recent,
+                        &mut newer,
+                        Some(&m.room),
+                        last.as_ref(),
+                        &mut emit,
+                    )?;
                     last = Some((m.room.clone(), m.ts));
                 }
             }
             emit(&m)?;
         }
-        emit_recent_before(&mut newer, None, last.as_ref(), &mut emit)?;
+        emit_recent_before(&recent, &mut newer, None, last.as_ref(), &mut emit)?;
         Ok(count)
     }
 
