@@ -21,7 +21,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use super::error::DbContext;
 use super::read::recent_by_room;
-use super::schema::{MESSAGES, RECENT};
+use super::schema::{BUCKETS, MESSAGES, RECENT, bucket};
 use super::{Store, StoreError};
 
 /// How many messages `recent` collects before a pass folds them. Readers
@@ -71,12 +71,19 @@ impl FoldPass {
         let done = {
             let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
             if self.rooms.is_empty() {
-                let deleted = recent
-                    .extract_from_if(..=self.upto, |_, _| true)
-                    .ctx("deleting folded messages")?
-                    .take(budget)
-                    .try_fold(0, |n, item| item.map(|_| n + 1))
-                    .ctx("deleting folded messages")?;
+                // The copied messages: each bucket's entries up to `upto`.
+                let mut deleted = 0;
+                for b in 0..BUCKETS {
+                    deleted += recent
+                        .extract_from_if((b, 0)..=(b, self.upto), |_, _| true)
+                        .ctx("deleting folded messages")?
+                        .take(budget - deleted)
+                        .try_fold(0, |n, item| item.map(|_| n + 1))
+                        .ctx("deleting folded messages")?;
+                    if deleted == budget {
+                        break;
+                    }
+                }
                 deleted < budget
             } else {
                 let mut messages = txn.open_table(MESSAGES).ctx("opening messages table")?;
@@ -84,9 +91,10 @@ impl FoldPass {
                 while copied < budget
                     && let Some((room, list)) = self.rooms.pop()
                 {
+                    let b = bucket(&room);
                     for ts in list {
                         // Gone if purged since the pass began: not brought back.
-                        let Some(value) = recent.get(ts).ctx("reading recent message")? else {
+                        let Some(value) = recent.get((b, ts)).ctx("reading recent message")? else {
                             continue;
                         };
                         let (_, bytes) = value.value();

@@ -141,7 +141,7 @@ impl Store {
 pub(crate) mod testutil {
     //! Helpers that write straight into the tables, so tests control ts exactly.
 
-    use super::schema::{MESSAGES, META, RECENT};
+    use super::schema::{MESSAGES, META, RECENT, bucket};
     use super::{Record, Store, encode_record};
 
     /// A store in a fresh temporary directory (kept alive by the `TempDir`).
@@ -183,7 +183,7 @@ pub(crate) mod testutil {
         let txn = store.db.begin_write().unwrap();
         txn.open_table(RECENT)
             .unwrap()
-            .insert(ts, (room, bytes))
+            .insert((bucket(room), ts), (room, bytes))
             .unwrap();
         txn.commit().unwrap();
     }
@@ -199,7 +199,9 @@ pub(crate) mod testutil {
             let mut recent = txn.open_table(RECENT).unwrap();
             for &(room, ts) in keys {
                 if ts >= recent_from {
-                    recent.insert(ts, (room, bytes.as_slice())).unwrap();
+                    recent
+                        .insert((bucket(room), ts), (room, bytes.as_slice()))
+                        .unwrap();
                 } else {
                     folded.insert((room, ts), bytes.as_slice()).unwrap();
                 }

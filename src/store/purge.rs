@@ -9,7 +9,7 @@ use redb::Table;
 
 use super::error::DbContext;
 use super::read::{folded_upto, next_room};
-use super::schema::{MESSAGES, RECENT};
+use super::schema::{BUCKETS, MESSAGES, RECENT, RecentKey, bucket};
 use super::{Store, StoreError};
 
 // Removes up to `max` messages of `room` with ts < `before` (all if None);
@@ -41,33 +41,40 @@ fn delete_in_room(
 // those were not copies of messages in `folded` (see `fold.rs`), so each
 // message counts once; run it before deleting from `folded`.
 fn delete_recent(
-    recent: &mut Table<'_, u64, (&'static str, &'static [u8])>,
+    recent: &mut Table<'_, RecentKey, (&'static str, &'static [u8])>,
     folded: &Table<'_, (&'static str, u64), &'static [u8]>,
     room: Option<&str>,
     before: Option<u64>,
     max: usize,
 ) -> Result<(usize, usize), StoreError> {
-    let extracted = recent
-        .extract_from_if(..before.unwrap_or(u64::MAX), |_, (entry_room, _)| {
-            room.is_none_or(|r| r == entry_room)
-        })
-        .ctx("deleting messages")?;
+    let buckets = match room {
+        Some(room) => bucket(room)..=bucket(room),
+        None => 0..=BUCKETS - 1,
+    };
+    let end = before.unwrap_or(u64::MAX);
     let mut floors: HashMap<String, Option<u64>> = HashMap::new();
     let (mut removed, mut messages) = (0, 0);
-    for item in extracted.take(max) {
-        let (ts, value) = item.ctx("deleting messages")?;
-        let (entry_room, _) = value.value();
-        let floor = match floors.get(entry_room) {
-            Some(&floor) => floor,
-            None => {
-                let floor = folded_upto(folded, entry_room)?;
-                floors.insert(entry_room.to_owned(), floor);
-                floor
+    for b in buckets {
+        let extracted = recent
+            .extract_from_if((b, 0)..(b, end), |_, (entry_room, _)| {
+                room.is_none_or(|r| r == entry_room)
+            })
+            .ctx("deleting messages")?;
+        for item in extracted.take(max - removed) {
+            let (key, value) = item.ctx("deleting messages")?;
+            let ((_, ts), (entry_room, _)) = (key.value(), value.value());
+            let floor = match floors.get(entry_room) {
+                Some(&floor) => floor,
+                None => {
+                    let floor = folded_upto(folded, entry_room)?;
+                    floors.insert(entry_room.to_owned(), floor);
+                    floor
+                }
+            };
+            removed += 1;
+            if floor.is_none_or(|upto| ts > upto) {
+                messages += 1;
             }
-        };
-        removed += 1;
-        if floor.is_none_or(|upto| ts.value() > upto) {
-            messages += 1;
         }
     }
     Ok((removed, messages))

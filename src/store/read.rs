@@ -13,7 +13,7 @@ use std::ops::Bound;
 use redb::{AccessGuard, ReadOnlyTable, ReadableDatabase, ReadableTable, StorageError};
 
 use super::error::DbContext;
-use super::schema::{LAST_TS_KEY, MESSAGES, META, RECENT};
+use super::schema::{LAST_TS_KEY, MESSAGES, META, RECENT, RecentKey, bucket};
 use super::{Store, StoreError, StoredMessage, decode_record};
 
 /// A history page request; see [`Store::history`].
@@ -54,7 +54,7 @@ type Entry<'a> = (
     AccessGuard<'a, &'static [u8]>,
 );
 
-type RecentTable = ReadOnlyTable<u64, (&'static str, &'static [u8])>;
+type RecentTable = ReadOnlyTable<RecentKey, (&'static str, &'static [u8])>;
 
 // Decodes one `messages` entry.
 fn decode_entry(item: Result<Entry<'_>, StorageError>) -> Result<StoredMessage, StoreError> {
@@ -91,14 +91,17 @@ fn recent_in_room<'t>(
         Some(upto) => lo.max(upto.saturating_add(1)),
         None => lo,
     };
-    let range = recent.range(lo..=hi).ctx("reading recent messages")?;
+    let b = bucket(room);
+    let range = recent
+        .range((b, lo)..=(b, hi))
+        .ctx("reading recent messages")?;
     Ok(range.filter_map(move |item| {
         let (ts, value) = match item.ctx("reading recent messages") {
             Ok(entry) => entry,
             Err(e) => return Some(Err(e)),
         };
         let (entry_room, bytes) = value.value();
-        (entry_room == room).then(|| decode_message(room, ts.value(), bytes))
+        (entry_room == room).then(|| decode_message(room, ts.value().1, bytes))
     }))
 }
 
@@ -106,16 +109,17 @@ fn recent_in_room<'t>(
 /// what an export or a fold pass walks, a few bytes per message rather
 /// than the messages themselves.
 pub(crate) fn recent_by_room(
-    recent: &impl ReadableTable<u64, (&'static str, &'static [u8])>,
+    recent: &impl ReadableTable<RecentKey, (&'static str, &'static [u8])>,
 ) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
     let mut rooms: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    // A room's messages are all in one bucket, so each list is in ts order.
     for item in recent.iter().ctx("reading recent messages")? {
-        let (ts, value) = item.ctx("reading recent messages")?;
-        let (room, _) = value.value();
+        let (key, value) = item.ctx("reading recent messages")?;
+        let ((_, ts), (room, _)) = (key.value(), value.value());
         match rooms.get_mut(room) {
-            Some(list) => list.push(ts.value()),
+            Some(list) => list.push(ts),
             None => {
-                rooms.insert(room.to_owned(), vec![ts.value()]);
+                rooms.insert(room.to_owned(), vec![ts]);
             }
         }
     }
@@ -140,11 +144,12 @@ fn emit_recent_before<E: From<StoreError>>(
             .filter(|(room, _)| room == entry.key())
             .map(|&(_, ts)| ts);
         let (room, list) = entry.remove_entry();
+        let b = bucket(&room);
         for ts in list {
             if floor.is_some_and(|upto| ts <= upto) {
                 continue;
             }
-            let value = recent.get(ts).ctx("reading recent messages")?;
+            let value = recent.get((b, ts)).ctx("reading recent messages")?;
             // Present: the index and this lookup read one snapshot.
             if let Some(value) = value {
                 emit(&decode_message(&room, ts, value.value().1)?)?;

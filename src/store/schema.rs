@@ -2,7 +2,7 @@
 //!
 //! `messages` is keyed by `(room, ts)` so one room's history is one
 //! contiguous, ts-ordered key range. New messages first go to `recent`,
-//! keyed by ts alone, and are folded into `messages` in large batches (see
+//! keyed by ts within a few buckets of rooms, and are folded into `messages` in large batches (see
 //! `fold.rs`). Every ts in `recent` is above every ts in `messages`: the
 //! writer assigns increasing ts and a fold moves all of `recent` at once,
 //! so a room's history is its `messages` range followed by its `recent`
@@ -18,10 +18,30 @@ use super::error::DbContext;
 /// Messages: `(room, ts)` -> record bytes (see `record.rs`).
 pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 
-/// Messages not yet folded: `ts` -> `(room, record bytes)`. Appending by ts
-/// keeps a commit's writes on the table's last pages, however many rooms
-/// the commit touches.
-pub(crate) const RECENT: TableDefinition<u64, (&str, &[u8])> = TableDefinition::new("recent");
+/// Messages not yet folded: `(bucket, ts)` -> `(room, record bytes)`.
+/// Appending by ts keeps a commit's writes on the last page of each of
+/// [`BUCKETS`] tails however many rooms the commit touches, and a reader
+/// looking for one room's messages scans only its room's bucket.
+pub(crate) const RECENT: TableDefinition<RecentKey, (&str, &[u8])> = TableDefinition::new("recent");
+
+/// A `recent` key: the room's [`bucket`] and the message's ts.
+pub(crate) type RecentKey = (u8, u64);
+
+const BUCKET_BITS: u32 = 4;
+
+/// How many buckets `recent` is split into: a commit writes at most this
+/// many tail pages, and a history read scans 1/BUCKETS of the table.
+pub(crate) const BUCKETS: u8 = 1 << BUCKET_BITS;
+
+/// The bucket of a room's messages in `recent`. Part of the file format:
+/// FNV-1a, which never changes, rather than std's hasher, which may. Its
+/// top bits, since its low bits hardly mix similar names.
+pub(crate) fn bucket(room: &str) -> u8 {
+    let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash >> (64 - BUCKET_BITS)) as u8
+}
 
 /// Named u64 values: [`SCHEMA_VERSION_KEY`] and [`LAST_TS_KEY`].
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -103,5 +123,24 @@ pub(crate) fn check_or_init(txn: &WriteTransaction, path: &Path) -> Result<(), S
             Err(not_chatd(e.to_string()))
         }
         Err(e) => Err(e).ctx("opening message tables"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_fixed_and_spread_similar_room_names() {
+        // Stored on disk: these must never change.
+        assert_eq!(bucket("dm:Dummy-1_Dummy-2"), 8);
+        assert_eq!(bucket("dm:A_B"), 6);
+        assert_eq!(bucket(""), 12);
+        let mut counts = [0u32; BUCKETS as usize];
+        for i in 0..1600 {
+            counts[usize::from(bucket(&format!("dm:Dummy-{i}_Dummy-{}", i + 1)))] += 1;
+        }
+        // 100 each on average; a weak hash put everything in 4 buckets.
+        assert!(counts.iter().all(|&n| (50..200).contains(&n)), "{counts:?}");
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use super::error::DbContext;
 use super::fold::{FOLD_AT, FoldPass, STEP};
 use super::record::encode_fields;
-use super::schema::{LAST_TS_KEY, META, RECENT};
+use super::schema::{LAST_TS_KEY, META, RECENT, bucket};
 use super::{NewMessage, Store, StoreError, StoredMessage};
 use crate::metrics::METRICS;
 
@@ -278,7 +278,7 @@ fn insert_all(
     for m in stored {
         let bytes = encode_fields(&m.id, &m.from, &m.to, &m.text, &m.time)?;
         recent
-            .insert(m.ts, (m.room.as_str(), bytes.as_slice()))
+            .insert((bucket(&m.room), m.ts), (m.room.as_str(), bytes.as_slice()))
             .ctx("inserting message")?;
     }
     let mut meta = txn.open_table(META).ctx("opening meta table")?;
