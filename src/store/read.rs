@@ -4,8 +4,8 @@
 //! the writer, and a page is consistent with itself. A room's history is
 //! its range of `messages` followed by its entries in `recent` above the
 //! last ts it has in `messages` (below it, `recent` holds copies a fold
-//! pass has made and not yet deleted, see `fold.rs`); `recent` is scanned,
-//! which its bounded size keeps cheap.
+//! pass has made and not yet deleted, see `fold.rs`). They are found by
+//! scanning the room's bucket of `recent`, which the fold keeps small.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -92,16 +92,18 @@ fn recent_in_room<'t>(
         None => lo,
     };
     let b = bucket(room);
+    // Above `folded`, lo may pass hi; the range stays well-formed and the
+    // filter drops the one entry it can then hold.
     let range = recent
-        .range((b, lo)..=(b, hi))
+        .range((b, lo)..=(b, hi.max(lo)))
         .ctx("reading recent messages")?;
     Ok(range.filter_map(move |item| {
-        let (ts, value) = match item.ctx("reading recent messages") {
+        let (key, value) = match item.ctx("reading recent messages") {
             Ok(entry) => entry,
             Err(e) => return Some(Err(e)),
         };
-        let (entry_room, bytes) = value.value();
-        (entry_room == room).then(|| decode_message(room, ts.value().1, bytes))
+        let ((_, ts), (entry_room, bytes)) = (key.value(), value.value());
+        (entry_room == room && ts <= hi).then(|| decode_message(room, ts, bytes))
     }))
 }
 
