@@ -65,6 +65,7 @@ pub struct Metrics {
     handshakes_refused: [AtomicU64; HandshakeRefusal::ALL.len()],
     outbound_drops: AtomicU64,
     tls_reloads: [AtomicU64; 2],
+    recent: AtomicU64,
     batch_size: Histogram<{ BATCH_BUCKETS.len() }>,
     commit_latency: Histogram<{ LATENCY_BUCKETS.len() }>,
 }
@@ -79,6 +80,7 @@ impl Metrics {
             handshakes_refused: [const { AtomicU64::new(0) }; HandshakeRefusal::ALL.len()],
             outbound_drops: AtomicU64::new(0),
             tls_reloads: [const { AtomicU64::new(0) }; 2],
+            recent: AtomicU64::new(0),
             batch_size: Histogram::new(&BATCH_BUCKETS),
             commit_latency: Histogram::new(&LATENCY_BUCKETS),
         }
@@ -127,6 +129,11 @@ impl Metrics {
         self.batch_size.observe(messages as u64);
         self.commit_latency
             .observe(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// Records how many messages wait in the store's `recent` table for a fold.
+    pub fn set_recent(&self, messages: u64) {
+        self.recent.store(messages, Relaxed);
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.
@@ -180,6 +187,12 @@ impl Metrics {
             "TLS certificate reloads on SIGHUP, by result.",
             "result",
             ["error", "ok"].into_iter().zip(&self.tls_reloads),
+        );
+        gauge(
+            &mut out,
+            "chatd_store_recent_messages",
+            "Messages in the store's recent table, waiting to be folded into per-room history.",
+            get(&self.recent),
         );
         self.batch_size.render(
             &mut out,

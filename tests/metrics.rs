@@ -70,6 +70,7 @@ async fn a_scrape_shows_the_traffic() {
         "chatd_commit_batch_messages_bucket{le=\"1\"} 1",
         "chatd_commit_batch_messages_count 1",
         "chatd_commit_duration_seconds_count 1",
+        "chatd_store_recent_messages 1",
     ] {
         assert!(
             body.lines().any(|line| line == sample),

@@ -18,7 +18,7 @@
 //! (a crash) leaves only such copies behind; the next pass copies them
 //! again, to the same keys.
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::error::DbContext;
 use super::read::recent_by_room;
@@ -36,6 +36,15 @@ pub(crate) const FOLD_AT: u64 = 16384;
 /// is copied once and deleted once), so passes keep up with any inflow
 /// and `recent` stays near [`FOLD_AT`].
 pub(crate) const STEP: usize = 1024;
+
+/// What one step of a pass left behind.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Step {
+    /// The pass is complete.
+    pub done: bool,
+    /// Messages left in `recent`, copies included.
+    pub recent: u64,
+}
 
 /// A fold in progress: the rooms still to copy and where the copied
 /// messages end.
@@ -65,13 +74,12 @@ impl FoldPass {
 
     /// Does one step in its own durable transaction: copies the next rooms
     /// (about `budget` messages), or once all are copied deletes up to
-    /// `budget` copied messages from `recent`. Returns true when the pass
-    /// is complete.
-    pub(crate) fn step(&mut self, store: &Store, budget: usize) -> Result<bool, StoreError> {
+    /// `budget` copied messages from `recent`.
+    pub(crate) fn step(&mut self, store: &Store, budget: usize) -> Result<Step, StoreError> {
         let txn = store.db.begin_write().ctx("starting fold step")?;
-        let done = {
+        let step = {
             let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
-            if self.rooms.is_empty() {
+            let done = if self.rooms.is_empty() {
                 // The copied messages: each bucket's entries up to `upto`.
                 let mut deleted = 0;
                 for b in 0..BUCKETS {
@@ -106,10 +114,14 @@ impl FoldPass {
                     }
                 }
                 false
+            };
+            Step {
+                done,
+                recent: recent.len().ctx("counting recent messages")?,
             }
         };
         txn.commit().ctx("committing fold step")?;
-        Ok(done)
+        Ok(step)
     }
 }
 
@@ -154,7 +166,7 @@ mod tests {
         let mut pass = FoldPass::start(&store).unwrap();
         let mut steps = 0;
         loop {
-            let done = pass.step(&store, STEP).unwrap();
+            let done = pass.step(&store, STEP).unwrap().done;
             steps += 1;
             assert_eq!(everything(&store), before, "after step {steps}");
             if done {
@@ -169,7 +181,7 @@ mod tests {
         put_many_split(&store, &[("dm:A_B", 5000)], 0);
         let mut pass = FoldPass::start(&store).unwrap();
         put_many_split(&store, &[("dm:A_B", 5001)], 0);
-        while !pass.step(&store, STEP).unwrap() {}
+        while !pass.step(&store, STEP).unwrap().done {}
         assert_eq!(recent_len(&store), 1);
         assert_eq!(everything(&store).len(), 3002);
     }
@@ -180,7 +192,7 @@ mod tests {
         put_many_split(&store, &rows(), 0);
         let mut pass = FoldPass::start(&store).unwrap();
         store.purge_room("dm:B_C", None).unwrap();
-        while !pass.step(&store, STEP).unwrap() {}
+        while !pass.step(&store, STEP).unwrap().done {}
         assert_eq!(store.rooms().unwrap(), ["dm:A_B", "dm:A_C"]);
         assert_eq!(everything(&store).len(), 1200);
     }
@@ -195,7 +207,7 @@ mod tests {
         drop(cut);
         assert_eq!(everything(&store), before);
         let mut pass = FoldPass::start(&store).unwrap();
-        while !pass.step(&store, STEP).unwrap() {}
+        while !pass.step(&store, STEP).unwrap().done {}
         assert_eq!(recent_len(&store), 0);
         assert_eq!(everything(&store), before);
     }

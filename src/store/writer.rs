@@ -150,6 +150,7 @@ fn run<T>(
         let result = match commit_batch(&store, msgs, &stamp) {
             Ok((stored, in_recent)) => {
                 METRICS.commit(stored.len(), started.elapsed());
+                METRICS.set_recent(in_recent);
                 (recent, committed) = (in_recent, stored.len());
                 Ok(stored.into_iter().zip(tickets).collect())
             }
@@ -193,8 +194,10 @@ fn advance_fold(
         None => return None,
     };
     match pass.step(store, STEP.max(2 * committed)) {
-        Ok(true) => None,
-        Ok(false) => Some(pass),
+        Ok(step) => {
+            METRICS.set_recent(step.recent);
+            (!step.done).then_some(pass)
+        }
         Err(e) => {
             tracing::error!(error = %e, "folding recent messages failed");
             None
