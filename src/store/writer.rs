@@ -131,9 +131,9 @@ fn run<T>(
             break;
         };
         // A commit's fsync costs the same for one message as for hundreds.
-        // When a batch
-        // starts small, give the messages already on their way a moment to
-        // join it: fewer, fuller commits for at most LINGER more latency.
+        // When a batch starts small, give the messages already on their way
+        // a moment to join it: fewer, fuller commits for at most LINGER
+        // more latency.
         if rx.len() < LINGER_BELOW {
             std::thread::sleep(LINGER);
         }
