@@ -1,6 +1,7 @@
 //! Deleting history: one room at once, or every room in bounded batches.
 //! Both tables are purged (see `schema.rs`): `messages` by room range,
-//! `recent` by scanning it, which the fold threshold keeps small.
+//! `recent` by scanning a room's bucket (every bucket for `--all`), which
+//! the fold keeps small.
 
 use std::collections::HashMap;
 use std::ops::Bound;

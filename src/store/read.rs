@@ -317,20 +317,13 @@ impl Store {
         let txn = self.db.begin_read().ctx("starting read transaction")?;
         let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
         let recent = txn.open_table(RECENT).ctx("opening recent table")?;
-        let mut rooms = BTreeSet::new();
-        let mut last: Option<String> = None;
+        let mut listed = Vec::new();
         // One seek per room rather than a scan of every message.
-        while let Some(room) = next_room(&table, last.as_deref())? {
-            rooms.insert(room.clone());
-            last = Some(room);
+        while let Some(room) = next_room(&table, listed.last().map(String::as_str))? {
+            listed.push(room);
         }
-        for item in recent.iter().ctx("reading recent messages")? {
-            let (_, value) = item.ctx("reading recent messages")?;
-            let (room, _) = value.value();
-            if !rooms.contains(room) {
-                rooms.insert(room.to_owned());
-            }
-        }
+        let mut rooms: BTreeSet<String> = recent_by_room(&recent)?.into_keys().collect();
+        rooms.extend(listed);
         Ok(rooms.into_iter().collect())
     }
 }
