@@ -44,23 +44,28 @@ struct RecordRef<'a> {
 
 /// Encodes a record (version byte + bincode).
 pub fn encode_record(record: &Record) -> Result<Vec<u8>, StoreError> {
-    encode_fields(
+    let mut out = Vec::new();
+    encode_fields_into(
+        &mut out,
         &record.id,
         &record.from,
         &record.to,
         &record.text,
         &record.time,
-    )
+    )?;
+    Ok(out)
 }
 
-// Lets the writer encode straight from a NewMessage without cloning strings.
-pub(crate) fn encode_fields(
+// Lets the writer encode straight from a message without cloning strings,
+// into one buffer it reuses for a whole batch (`out` is cleared first).
+pub(crate) fn encode_fields_into(
+    out: &mut Vec<u8>,
     id: &str,
     from: &str,
     to: &str,
     text: &str,
     time: &str,
-) -> Result<Vec<u8>, StoreError> {
+) -> Result<(), StoreError> {
     let body = RecordRef {
         id,
         from,
@@ -68,10 +73,11 @@ pub(crate) fn encode_fields(
         text,
         time,
     };
-    let mut out = vec![RECORD_VERSION];
-    bincode::serde::encode_into_std_write(&body, &mut out, bincode::config::standard())
+    out.clear();
+    out.push(RECORD_VERSION);
+    bincode::serde::encode_into_std_write(&body, out, bincode::config::standard())
         .map_err(|e| StoreError::Encode(e.to_string()))?;
-    Ok(out)
+    Ok(())
 }
 
 /// Decodes record bytes; any malformed input is an error, never a panic.

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::error::DbContext;
 use super::fold::{FOLD_AT, FoldPass, STEP};
-use super::record::encode_fields;
+use super::record::encode_fields_into;
 use super::schema::{LAST_TS_KEY, META, RECENT, bucket};
 use super::{NewMessage, Store, StoreError, StoredMessage};
 use crate::metrics::METRICS;
@@ -278,8 +278,9 @@ fn insert_all(
     last_ts: u64,
 ) -> Result<u64, StoreError> {
     let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
+    let mut bytes = Vec::new();
     for m in stored {
-        let bytes = encode_fields(&m.id, &m.from, &m.to, &m.text, &m.time)?;
+        encode_fields_into(&mut bytes, &m.id, &m.from, &m.to, &m.text, &m.time)?;
         recent
             .insert((bucket(&m.room), m.ts), (m.room.as_str(), bytes.as_slice()))
             .ctx("inserting message")?;
