@@ -17,6 +17,14 @@
 //! and its newer messages are above everything copied. A pass cut short
 //! (a crash) leaves only such copies behind; the next pass copies them
 //! again, to the same keys.
+//!
+//! A room with [`DIRECT_AT`] or more messages in one commit and none
+//! waiting in `recent` skips it: the commit rewrites the room's tail page
+//! of `messages` once for all of them, cheaper than appending, copying
+//! and deleting each. [`RecentRooms`] is how the writer knows which rooms
+//! have messages waiting.
+
+use std::collections::{HashMap, HashSet};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -36,6 +44,73 @@ pub(crate) const FOLD_AT: u64 = 16384;
 /// is copied once and deleted once), so passes keep up with any inflow
 /// and `recent` stays near [`FOLD_AT`].
 pub(crate) const STEP: usize = 1024;
+
+/// How many messages a room needs in one commit to go straight to
+/// `messages` (if it has none in `recent`). Live chat brings a room one or
+/// two per commit; bulk inflow (a busy room, an import) brings dozens.
+pub(crate) const DIRECT_AT: usize = 8;
+
+/// The rooms with messages in `recent`, each with the newest ts it has
+/// there, kept by the writer, which appends all of them. Such a room keeps
+/// appending to `recent` until a pass has folded it, since readers take a
+/// room's `recent` entries only above its last ts in `messages`. Purges
+/// only remove messages, so a room listed may have none left (it then
+/// merely misses a shortcut); a room with messages in `recent` is never
+/// missing.
+#[derive(Debug, Default)]
+pub(crate) struct RecentRooms {
+    newest: HashMap<String, u64>,
+}
+
+impl RecentRooms {
+    /// The rooms of everything in `recent` now, copies a cut-short pass
+    /// left included.
+    pub(crate) fn load(store: &Store) -> Result<RecentRooms, StoreError> {
+        let txn = store.db.begin_read().ctx("reading recent rooms")?;
+        let recent = txn.open_table(RECENT).ctx("opening recent table")?;
+        let newest = recent_by_room(&recent)?
+            .into_iter()
+            .filter_map(|(room, list)| Some((room, *list.last()?)))
+            .collect();
+        Ok(RecentRooms { newest })
+    }
+
+    /// The rooms of `batch` that go straight to `messages`: at least
+    /// [`DIRECT_AT`] messages in it, none in `recent`.
+    pub(crate) fn direct<'b>(
+        &self,
+        batch: impl ExactSizeIterator<Item = &'b str>,
+    ) -> HashSet<&'b str> {
+        if batch.len() < DIRECT_AT {
+            return HashSet::new();
+        }
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for room in batch {
+            *counts.entry(room).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .filter(|&(room, n)| n >= DIRECT_AT && !self.newest.contains_key(room))
+            .map(|(room, _)| room)
+            .collect()
+    }
+
+    /// Notes a message of `room` appended to `recent` with `ts`.
+    pub(crate) fn appended(&mut self, room: &str, ts: u64) {
+        match self.newest.get_mut(room) {
+            Some(newest) => *newest = ts,
+            None => {
+                self.newest.insert(room.to_owned(), ts);
+            }
+        }
+    }
+
+    /// Forgets the rooms a finished pass has emptied: all their messages in
+    /// `recent` were at or below `upto`, and are folded and deleted.
+    pub(crate) fn folded(&mut self, upto: u64) {
+        self.newest.retain(|_, newest| *newest > upto);
+    }
+}
 
 /// What one step of a pass left behind.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +145,12 @@ impl FoldPass {
             upto: upto.unwrap_or(0),
             rooms,
         })
+    }
+
+    /// The newest ts this pass copies: after it, every message up to here
+    /// is out of `recent`.
+    pub(crate) fn upto(&self) -> u64 {
+        self.upto
     }
 
     /// Does one step in its own durable transaction: copies the next rooms
@@ -184,6 +265,32 @@ mod tests {
         while !pass.step(&store, STEP).unwrap().done {}
         assert_eq!(recent_len(&store), 1);
         assert_eq!(everything(&store).len(), 3002);
+    }
+
+    #[test]
+    fn a_room_may_skip_recent_once_a_pass_has_emptied_it() {
+        let (_dir, store) = tmp_store();
+        put_many_split(&store, &rows(), 1001);
+        let mut rooms = RecentRooms::load(&store).unwrap();
+        let busy = ["dm:A_B", "dm:new"].repeat(DIRECT_AT);
+        let direct = |rooms: &RecentRooms| {
+            let mut direct: Vec<_> = rooms.direct(busy.iter().copied()).into_iter().collect();
+            direct.sort();
+            direct
+        };
+        assert_eq!(direct(&rooms), ["dm:new"]);
+        // Too few of a room's messages in a commit to skip `recent`.
+        assert!(rooms.direct(busy[..DIRECT_AT].iter().copied()).is_empty());
+
+        let mut pass = FoldPass::start(&store).unwrap();
+        // Appended during the pass, so above what it copies: still waiting.
+        put_many_split(&store, &[("dm:A_C", 5000)], 0);
+        rooms.appended("dm:A_C", 5000);
+        while !pass.step(&store, STEP).unwrap().done {}
+        rooms.folded(pass.upto());
+        assert_eq!(direct(&rooms), ["dm:A_B", "dm:new"]);
+        let waiting = ["dm:A_C"; DIRECT_AT];
+        assert!(rooms.direct(waiting.iter().copied()).is_empty());
     }
 
     #[test]

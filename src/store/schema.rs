@@ -1,12 +1,14 @@
 //! Table layout and the schema-version check done at open.
 //!
 //! `messages` is keyed by `(room, ts)` so one room's history is one
-//! contiguous, ts-ordered key range. New messages first go to `recent`,
-//! keyed by ts within a few buckets of rooms, and are folded into `messages` in large batches (see
-//! `fold.rs`). Every ts in `recent` is above every ts in `messages`: the
-//! writer assigns increasing ts and a fold moves all of `recent` at once,
-//! so a room's history is its `messages` range followed by its `recent`
-//! entries. `meta` holds small named counters.
+//! contiguous, ts-ordered key range. New messages mostly go to `recent`
+//! first, keyed by ts within a few buckets of rooms, and are folded into
+//! `messages` in large batches (see `fold.rs`). A room's ts in `recent` are above its ts in `messages`
+//! (apart from copies a fold has not yet deleted): the writer assigns
+//! increasing ts, lets a room skip `recent` only while it has nothing
+//! there, and a fold moves a room whole, so a room's history is its
+//! `messages` range followed by its `recent` entries. `meta` holds small
+//! named counters.
 
 use std::path::Path;
 

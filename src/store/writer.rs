@@ -6,7 +6,8 @@
 //! queued (after a gather window, `LINGER`, when few are queued), and
 //! commits them all in one transaction: under load, many messages share one
 //! fsync; when idle, a lone message waits at most the gather window. A
-//! commit appends to the `recent` table; between commits the thread folds
+//! commit appends to the `recent` table (a room with many messages in it
+//! may go straight to `messages`); between commits the thread folds
 //! `recent` into the per-room table a step at a time (see `fold.rs`).
 //!
 //! Being the only writer of messages is also what makes `ts` unique and
@@ -22,9 +23,9 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use tokio::sync::mpsc;
 
 use super::error::DbContext;
-use super::fold::{FOLD_AT, FoldPass, STEP};
+use super::fold::{FOLD_AT, FoldPass, RecentRooms, STEP};
 use super::record::encode_fields_into;
-use super::schema::{LAST_TS_KEY, META, RECENT, bucket};
+use super::schema::{LAST_TS_KEY, MESSAGES, META, RECENT, bucket};
 use super::{NewMessage, Store, StoreError, StoredMessage};
 use crate::metrics::METRICS;
 
@@ -99,11 +100,12 @@ impl<T: Send + 'static> Writer<T> {
         queue_capacity: usize,
         stamp: impl Fn(u64) -> String + Send + 'static,
     ) -> Result<Writer<T>, StoreError> {
+        let recent_rooms = RecentRooms::load(&store)?;
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         let (out_tx, out_rx) = mpsc::channel(OUTPUT_BATCHES);
         let thread = std::thread::Builder::new()
             .name("chatd-writer".into())
-            .spawn(move || run(store, rx, out_tx, stamp))
+            .spawn(move || run(store, recent_rooms, rx, out_tx, stamp))
             .map_err(StoreError::Spawn)?;
         Ok(Writer {
             handle: WriterHandle { tx },
@@ -116,6 +118,7 @@ impl<T: Send + 'static> Writer<T> {
 // The thread body. Returns (dropping `out`) when the queue is closed and empty.
 fn run<T>(
     store: Store,
+    mut recent_rooms: RecentRooms,
     mut rx: mpsc::Receiver<(NewMessage, T)>,
     out: mpsc::Sender<CommittedBatch<T>>,
     stamp: impl Fn(u64) -> String,
@@ -125,7 +128,7 @@ fn run<T>(
     loop {
         // A pass under way goes on while no message waits.
         while folding.is_some() && rx.is_empty() {
-            folding = advance_fold(&store, folding, 0, 0);
+            folding = advance_fold(&store, &mut recent_rooms, folding, 0, 0);
         }
         let Some(first) = rx.blocking_recv() else {
             break;
@@ -147,7 +150,7 @@ fn run<T>(
         }
         let started = Instant::now();
         let (mut recent, mut committed) = (0, 0);
-        let result = match commit_batch(&store, msgs, &stamp) {
+        let result = match commit_batch(&store, &mut recent_rooms, msgs, &stamp) {
             Ok((stored, in_recent)) => {
                 METRICS.commit(stored.len(), started.elapsed());
                 METRICS.set_recent(in_recent);
@@ -167,7 +170,7 @@ fn run<T>(
         }
         // After the acks are on their way, so a fold step delays only
         // messages still queued.
-        folding = advance_fold(&store, folding, recent, committed);
+        folding = advance_fold(&store, &mut recent_rooms, folding, recent, committed);
     }
 }
 
@@ -178,6 +181,7 @@ fn run<T>(
 // a later pass copies them again.
 fn advance_fold(
     store: &Store,
+    recent_rooms: &mut RecentRooms,
     pass: Option<FoldPass>,
     recent: u64,
     committed: usize,
@@ -196,7 +200,11 @@ fn advance_fold(
     match pass.step(store, STEP.max(2 * committed)) {
         Ok(step) => {
             METRICS.set_recent(step.recent);
-            (!step.done).then_some(pass)
+            if step.done {
+                recent_rooms.folded(pass.upto());
+                return None;
+            }
+            Some(pass)
         }
         Err(e) => {
             tracing::error!(error = %e, "folding recent messages failed");
@@ -224,6 +232,7 @@ pub fn now_us() -> u64 {
 )]
 fn commit_batch(
     store: &Store,
+    recent_rooms: &mut RecentRooms,
     msgs: Vec<NewMessage>,
     stamp: &impl Fn(u64) -> String,
 ) -> Result<(Vec<StoredMessage>, u64), (StoreError, Vec<NewMessage>)> {
@@ -256,7 +265,7 @@ fn commit_batch(
             }
         })
         .collect();
-    let committed = insert_all(&txn, &stored, last)
+    let committed = insert_all(&txn, recent_rooms, &stored, last)
         .and_then(|recent| txn.commit().ctx("committing messages").map(|()| recent));
     match committed {
         Ok(recent) => Ok((stored, recent)),
@@ -270,20 +279,38 @@ fn read_last_ts(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
     Ok(last.map(|v| v.value()).unwrap_or(0))
 }
 
-// Appends the batch to `recent` and records `last_ts`; returns how many
-// messages `recent` holds now.
+// Stores the batch (in `recent`, or in `messages` for the rooms
+// `recent_rooms` sends there) and records `last_ts`; returns how many
+// messages `recent` holds now. If the commit then fails, `recent_rooms`
+// may list rooms with nothing in `recent`, which is harmless.
 fn insert_all(
     txn: &redb::WriteTransaction,
+    recent_rooms: &mut RecentRooms,
     stored: &[StoredMessage],
     last_ts: u64,
 ) -> Result<u64, StoreError> {
     let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
+    let direct = recent_rooms.direct(stored.iter().map(|m| m.room.as_str()));
+    let mut messages = match direct.is_empty() {
+        true => None,
+        false => Some(txn.open_table(MESSAGES).ctx("opening messages table")?),
+    };
     let mut bytes = Vec::new();
     for m in stored {
         encode_fields_into(&mut bytes, &m.id, &m.from, &m.to, &m.text, &m.time)?;
-        recent
-            .insert((bucket(&m.room), m.ts), (m.room.as_str(), bytes.as_slice()))
-            .ctx("inserting message")?;
+        if let Some(messages) = messages
+            .as_mut()
+            .filter(|_| direct.contains(m.room.as_str()))
+        {
+            messages
+                .insert((m.room.as_str(), m.ts), bytes.as_slice())
+                .ctx("inserting message")?;
+        } else {
+            recent
+                .insert((bucket(&m.room), m.ts), (m.room.as_str(), bytes.as_slice()))
+                .ctx("inserting message")?;
+            recent_rooms.appended(&m.room, m.ts);
+        }
     }
     let mut meta = txn.open_table(META).ctx("opening meta table")?;
     meta.insert(LAST_TS_KEY, last_ts).ctx("writing last_ts")?;
@@ -414,6 +441,52 @@ mod tests {
             let want: Vec<_> = acked.iter().filter(|m| m.room == room).cloned().collect();
             assert_eq!(store.history(room, &q).unwrap(), want, "{room}");
         }
+    }
+
+    // Commits one message per entry of `rooms`, in order, in one batch.
+    fn commit(store: &Store, recent_rooms: &mut RecentRooms, rooms: &[&str]) -> Vec<StoredMessage> {
+        let msgs = rooms
+            .iter()
+            .enumerate()
+            .map(|(i, room)| msg(room, i))
+            .collect();
+        commit_batch(store, recent_rooms, msgs, &stamp)
+            .map_err(|(e, _)| e)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn a_busy_room_skips_recent_unless_it_has_messages_there() {
+        let (_dir, store) = tmp_store();
+        let mut recent_rooms = RecentRooms::load(&store).unwrap();
+        let mixed: Vec<&str> = (0..30)
+            .map(|i| if i % 10 == 0 { "dm:quiet" } else { "dm:busy" })
+            .collect();
+        let mut acked = commit(&store, &mut recent_rooms, &mixed);
+        // 27 for dm:busy went straight to `messages`, 3 for dm:quiet did not.
+        assert_eq!(recent_len(&store), 3);
+
+        // dm:quiet now has messages in `recent`: its next ones follow them
+        // there, however many, or they would hide behind the newer ones.
+        acked.extend(commit(&store, &mut recent_rooms, &["dm:quiet"; 20]));
+        assert_eq!(recent_len(&store), 23);
+        acked.extend(commit(&store, &mut recent_rooms, &["dm:busy"; 20]));
+        assert_eq!(recent_len(&store), 23);
+
+        let q = HistoryQuery {
+            limit: 100,
+            ..Default::default()
+        };
+        for room in ["dm:busy", "dm:quiet"] {
+            let want: Vec<_> = acked.iter().filter(|m| m.room == room).cloned().collect();
+            assert_eq!(store.history(room, &q).unwrap(), want, "{room}");
+        }
+
+        // A restarted writer knows which rooms have messages in `recent`.
+        let mut restarted = RecentRooms::load(&store).unwrap();
+        commit(&store, &mut restarted, &["dm:quiet"; 10]);
+        assert_eq!(recent_len(&store), 33);
     }
 
     #[tokio::test]
