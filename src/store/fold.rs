@@ -26,7 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::error::DbContext;
 use super::read::recent_by_room;
@@ -153,11 +153,16 @@ impl FoldPass {
         self.upto
     }
 
-    /// Does one step in its own durable transaction: copies the next rooms
+    /// Does one step in its own transaction: copies the next rooms
     /// (about `budget` messages), or once all are copied deletes up to
     /// `budget` copied messages from `recent`.
     pub(crate) fn step(&mut self, store: &Store, budget: usize) -> Result<Step, StoreError> {
-        let txn = store.db.begin_write().ctx("starting fold step")?;
+        let mut txn = store.db.begin_write().ctx("starting fold step")?;
+        // No fsync of its own: the writer's next commit makes it durable.
+        // A crash before that loses only moves that had not happened yet:
+        // the file is as after the last commit, messages still in `recent`.
+        txn.set_durability(Durability::None)
+            .ctx("making the fold step non-durable")?;
         let step = {
             let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
             let done = if self.rooms.is_empty() {
