@@ -14,9 +14,11 @@
 //! pass. Until a pass ends, a folded message is in both tables; readers
 //! take a room's `recent` entries only above its last ts in `messages`
 //! (see `read.rs`), which is exact at every step: a room is copied whole,
-//! and its newer messages are above everything copied. A pass cut short
-//! (a crash) leaves only such copies behind; the next pass copies them
-//! again, to the same keys.
+//! and its newer messages are above everything copied. Steps skip the
+//! fsync: the writer's next commit makes them durable, and a crash before
+//! it returns the file to that of the last commit, itself a state between
+//! two steps. A pass cut short leaves only copies behind; the next pass
+//! copies them again, to the same keys.
 //!
 //! A room with [`DIRECT_AT`] or more messages in one commit and none
 //! waiting in `recent` skips it: the commit rewrites the room's tail page
@@ -296,6 +298,73 @@ mod tests {
         assert_eq!(direct(&rooms), ["dm:A_B", "dm:new"]);
         let waiting = ["dm:A_C"; DIRECT_AT];
         assert!(rooms.direct(waiting.iter().copied()).is_empty());
+    }
+
+    const CRASH_DIR_ENV: &str = "CHATD_FOLD_CRASH_DIR";
+
+    // The last ts `room` has in `messages`.
+    fn folded_last(store: &Store, room: &str) -> Option<u64> {
+        let txn = store.db.begin_read().unwrap();
+        let messages = txn.open_table(MESSAGES).unwrap();
+        crate::store::read::folded_upto(&messages, room).unwrap()
+    }
+
+    #[test]
+    #[ignore = "helper: run by a_crash_loses_only_fold_steps_after_the_last_commit in a child process"]
+    fn fold_then_crash_child() {
+        let Ok(dir) = std::env::var(CRASH_DIR_ENV) else {
+            return;
+        };
+        let store = Store::open(std::path::Path::new(&dir)).unwrap();
+        put_many_split(&store, &rows(), 0);
+        let mut pass = FoldPass::start(&store).unwrap();
+        // Copies dm:A_B and dm:A_C; the commit after it makes that durable.
+        pass.step(&store, STEP).unwrap();
+        put_many_split(&store, &[("dm:A_B", 5000)], 0);
+        // Copies dm:B_C and deletes every copy: never followed by a commit.
+        while !pass.step(&store, STEP).unwrap().done {}
+        assert_eq!(recent_len(&store), 1);
+        // Exit runs no destructor: the file is left as a crash leaves it.
+        std::process::exit(0);
+    }
+
+    #[test]
+    fn a_crash_loses_only_fold_steps_after_the_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "store::fold::tests::fold_then_crash_child",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(CRASH_DIR_ENV, dir.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+
+        let store = Store::open(dir.path()).unwrap();
+        // The steps after the last commit are gone, their messages still
+        // in `recent`; the step before it stayed.
+        assert_eq!(recent_len(&store), 3001);
+        assert_eq!(folded_last(&store, "dm:A_C"), Some(2993));
+        assert_eq!(folded_last(&store, "dm:B_C"), None);
+        // Every message reads once, in order, before and after another pass.
+        let mut want: Vec<(String, u64)> = rows().iter().map(|&(r, ts)| (r.into(), ts)).collect();
+        want.push(("dm:A_B".into(), 5000));
+        want.sort();
+        let keys = |store: &Store| -> Vec<(String, u64)> {
+            everything(store)
+                .into_iter()
+                .map(|m| (m.room, m.ts))
+                .collect()
+        };
+        assert_eq!(keys(&store), want);
+        let mut pass = FoldPass::start(&store).unwrap();
+        while !pass.step(&store, STEP).unwrap().done {}
+        assert_eq!(recent_len(&store), 0);
+        assert_eq!(keys(&store), want);
     }
 
     #[test]
