@@ -9,18 +9,19 @@ pub mod metrics;
 pub mod notify;
 pub mod signals;
 pub mod tls;
+pub mod tls_stream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engineio::{Engine, EngineConfig, EngineHandler};
 use crate::metrics::{HandshakeRefusal, METRICS};
 use limits::{ConnectionLimits, Gate};
+use tls_stream::TlsAcceptor;
 
 /// A listener's settings and shared state.
 pub struct Server<H: EngineHandler> {
