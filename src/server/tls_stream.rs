@@ -393,8 +393,16 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// A server stream and the client's end of it, handshaken.
+    /// A server stream and the client's end of it, handshaken with TLS 1.3.
     async fn pair() -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
+        pair_with(rustls::DEFAULT_VERSIONS).await
+    }
+
+    /// A server stream and the client's end of it, handshaken with the
+    /// newest of `versions`.
+    async fn pair_with(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
         let tmp = tempfile::tempdir().unwrap();
         let (cert, key) = self_signed(tmp.path()).unwrap();
         let acceptor = CertFiles::load(&cert, &key).unwrap().acceptor().unwrap();
@@ -410,7 +418,7 @@ mod tests {
             .unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -472,6 +480,23 @@ mod tests {
         server.shutdown().await.unwrap();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_tls_1_2_client_chats_both_ways() {
+        let (mut server, mut client) = pair_with(&[&rustls::version::TLS12]).await;
+        assert_eq!(
+            client.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        server.write_all(b"pong").await.unwrap();
+        server.flush().await.unwrap();
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
     }
 
     #[tokio::test]
