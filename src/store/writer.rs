@@ -34,8 +34,6 @@ pub const MAX_BATCH: usize = 16384;
 
 /// How long a batch that starts small waits for more messages to join it.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(1000);
-/// A batch starting with at least this many queued messages does not wait.
-const LINGER_BELOW: usize = 256;
 
 // Committed batches waiting for the chat layer. Each holds up to MAX_BATCH
 // messages; when full, the writer waits, the queue fills, submit() waits.
@@ -130,16 +128,21 @@ fn run<T>(
         while folding.is_some() && rx.is_empty() {
             folding = advance_fold(&store, &mut recent_rooms, folding, 0, 0);
         }
-        let Some(first) = rx.blocking_recv() else {
-            break;
+        // Messages that queued during the last commit make the next batch
+        // at once. A commit's fsync costs the same for one message as for
+        // hundreds: when the writer was idle, give the messages already on
+        // their way a moment to join the first: fewer, fuller commits for
+        // at most LINGER more latency.
+        let first = match rx.try_recv() {
+            Ok(first) => first,
+            Err(_) => {
+                let Some(first) = rx.blocking_recv() else {
+                    break;
+                };
+                std::thread::sleep(LINGER);
+                first
+            }
         };
-        // A commit's fsync costs the same for one message as for hundreds.
-        // When a batch starts small, give the messages already on their way
-        // a moment to join it: fewer, fuller commits for at most LINGER
-        // more latency.
-        if rx.len() < LINGER_BELOW {
-            std::thread::sleep(LINGER);
-        }
         let mut msgs = vec![first.0];
         let mut tickets = vec![first.1];
         // Whatever queued up during the previous commit shares this one.
