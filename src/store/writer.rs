@@ -2,10 +2,11 @@
 //!
 //! A redb commit with `Durability::Immediate` (redb's default) blocks on
 //! fsync, so it runs on a dedicated `std::thread` rather than a tokio worker.
-//! The thread takes the first queued message, then whatever else is already
-//! queued (after a gather window, `LINGER`, when few are queued), and
-//! commits them all in one transaction: under load, many messages share one
-//! fsync; when idle, a lone message waits at most the gather window. A
+//! The thread takes every message queued while it committed the last
+//! batch (or, after the queue ran empty, the next message and whatever
+//! joins it within a gather window, `LINGER`) and commits them all in one
+//! transaction: under load, many messages share one fsync; when idle, a
+//! lone message waits at most the gather window. A
 //! commit appends to the `recent` table (a room with many messages in it
 //! may go straight to `messages`); between commits the thread folds
 //! `recent` into the per-room table a step at a time (see `fold.rs`).
@@ -32,7 +33,7 @@ use crate::metrics::METRICS;
 /// Most messages committed in one transaction; bounds a batch's latency.
 pub const MAX_BATCH: usize = 16384;
 
-/// How long a batch that starts small waits for more messages to join it.
+/// How long a batch begun on an empty queue waits for more messages to join it.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(1000);
 
 // Committed batches waiting for the chat layer. Each holds up to MAX_BATCH
