@@ -6,10 +6,10 @@
 //! batch (or, after the queue ran empty, the next message and whatever
 //! joins it within a gather window, `LINGER`) and commits them all in one
 //! transaction: under load, many messages share one fsync; when idle, a
-//! lone message waits at most the gather window. A
-//! commit appends to the `recent` table (a room with many messages in it
-//! may go straight to `messages`); between commits the thread folds
-//! `recent` into the per-room table a step at a time (see `fold.rs`).
+//! lone message waits at most the gather window. A commit appends to the
+//! `recent` table (a room with many messages in it may go straight to
+//! `messages`); between commits the thread folds `recent` into the
+//! per-room table a step at a time (see `fold.rs`).
 //!
 //! Being the only writer of messages is also what makes `ts` unique and
 //! strictly increasing: each batch reads `last_ts` from `meta` inside its own
