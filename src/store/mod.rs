@@ -5,6 +5,7 @@
 //! snapshots; new messages are written only by the group-commit writer
 //! ([`Writer::spawn`]), which is what makes `ts` unique and increasing.
 
+pub mod change;
 mod error;
 mod fold;
 mod purge;
