@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::chat::validate::Refusal;
+use crate::refusal::RefusalReason;
 
 /// The metrics of this process.
 pub static METRICS: Metrics = Metrics::new();
@@ -61,7 +61,7 @@ pub struct Metrics {
     connections: AtomicU64,
     users: AtomicU64,
     accepted: AtomicU64,
-    refused: [AtomicU64; Refusal::ALL.len()],
+    refused: [AtomicU64; RefusalReason::ALL.len()],
     handshakes_refused: [AtomicU64; HandshakeRefusal::ALL.len()],
     outbound_drops: AtomicU64,
     tls_reloads: [AtomicU64; 2],
@@ -76,7 +76,7 @@ impl Metrics {
             connections: AtomicU64::new(0),
             users: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
-            refused: [const { AtomicU64::new(0) }; Refusal::ALL.len()],
+            refused: [const { AtomicU64::new(0) }; RefusalReason::ALL.len()],
             handshakes_refused: [const { AtomicU64::new(0) }; HandshakeRefusal::ALL.len()],
             outbound_drops: AtomicU64::new(0),
             tls_reloads: [const { AtomicU64::new(0) }; 2],
@@ -99,8 +99,8 @@ impl Metrics {
     }
 
     /// Counts one refused `chat message`.
-    pub fn message_refused(&self, reason: Refusal) {
-        let slot = Refusal::ALL.iter().position(|r| *r == reason);
+    pub fn message_refused(&self, reason: RefusalReason) {
+        let slot = RefusalReason::ALL.iter().position(|r| *r == reason);
         if let Some(counter) = slot.and_then(|slot| self.refused.get(slot)) {
             counter.fetch_add(1, Relaxed);
         }
@@ -163,7 +163,10 @@ impl Metrics {
             "chatd_messages_refused_total",
             "Chat messages refused, by the reason the client was given.",
             "reason",
-            Refusal::ALL.iter().map(|r| r.as_str()).zip(&self.refused),
+            RefusalReason::ALL
+                .iter()
+                .map(|r| r.as_str())
+                .zip(&self.refused),
         );
         counters_by(
             &mut out,
@@ -327,8 +330,8 @@ t_seconds_count 4
     #[test]
     fn every_reason_has_a_sample() {
         let metrics = Metrics::new();
-        metrics.message_refused(Refusal::RateLimited);
-        metrics.message_refused(Refusal::RateLimited);
+        metrics.message_refused(RefusalReason::RateLimited);
+        metrics.message_refused(RefusalReason::RateLimited);
         metrics.handshake_refused(HandshakeRefusal::Unauthorized);
         metrics.tls_reload(false);
         metrics.commit(3, Duration::from_millis(2));
@@ -339,7 +342,7 @@ t_seconds_count 4
         assert!(text.contains("chatd_tls_reloads_total{result=\"error\"} 1\n"));
         assert!(text.contains("chatd_commit_batch_messages_bucket{le=\"4\"} 1\n"));
         assert!(text.contains("chatd_commit_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
-        for reason in Refusal::ALL {
+        for reason in RefusalReason::ALL {
             assert!(text.contains(&format!("{{reason=\"{}\"}}", reason.as_str())));
         }
     }

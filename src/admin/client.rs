@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
 use super::{ExportScope, PurgeScope, SOCKET_FILE, exported_count};
-use crate::chat::hub::Presence;
+use crate::presence::UserPresence;
 use crate::store::{DB_FILE_NAME, Store, StoreError};
 
 /// Why a request to the server failed.
@@ -100,7 +100,7 @@ impl AdminClient {
     }
 
     /// Who is online now.
-    pub fn online(&self) -> Result<Vec<Presence>, AdminError> {
+    pub fn online(&self) -> Result<Vec<UserPresence>, AdminError> {
         self.runtime.block_on(async {
             let response = self.request(Method::GET, "/online").await?;
             let body = collect(response).await?;

@@ -32,8 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{ExportError, ExportScope, PurgeScope, SOCKET_FILE, write_export};
-use crate::chat::handler::Chat;
+use crate::chat::service::{Chat, Ticket};
 use crate::datadir::temp_sibling;
+use crate::log::Log;
 
 /// Bytes gathered before an export chunk is sent.
 pub const CHUNK_BYTES: usize = 64 * 1024;
@@ -58,7 +59,10 @@ impl AdminServer {
     /// [`shutdown`](Self::shutdown). A socket file nobody answers on (left by
     /// a crash) is replaced; one a live server answers on is an error. Must
     /// be called inside the tokio runtime.
-    pub fn start(data_dir: &Path, chat: Arc<Chat>) -> anyhow::Result<AdminServer> {
+    pub fn start<L: Log<Ticket>>(
+        data_dir: &Path,
+        chat: Arc<Chat<L>>,
+    ) -> anyhow::Result<AdminServer> {
         let path = data_dir.join(SOCKET_FILE);
         let listener = bind(&path)?;
         let stop = CancellationToken::new();
@@ -145,9 +149,9 @@ fn remove_stale(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-async fn accept_loop(
+async fn accept_loop<L: Log<Ticket>>(
     listener: UnixListener,
-    chat: Arc<Chat>,
+    chat: Arc<Chat<L>>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -174,7 +178,7 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection(chat: Arc<Chat>, stream: UnixStream) {
+async fn serve_connection<L: Log<Ticket>>(chat: Arc<Chat<L>>, stream: UnixStream) {
     let service = hyper::service::service_fn(move |request| {
         let chat = chat.clone();
         async move { Ok::<_, Infallible>(route(&chat, request).await) }
@@ -188,10 +192,13 @@ async fn serve_connection(chat: Arc<Chat>, stream: UnixStream) {
     }
 }
 
-async fn route(chat: &Arc<Chat>, request: Request<Incoming>) -> Response<AdminBody> {
+async fn route<L: Log<Ticket>>(
+    chat: &Arc<Chat<L>>,
+    request: Request<Incoming>,
+) -> Response<AdminBody> {
     let query = request.uri().query().unwrap_or("");
     match (request.method(), request.uri().path()) {
-        (&Method::GET, "/online") => match serde_json::to_vec(&chat.hub().presence()) {
+        (&Method::GET, "/online") => match serde_json::to_vec(&chat.presence().list()) {
             Ok(json) => whole(StatusCode::OK, "application/json", json),
             Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
         },
@@ -213,7 +220,7 @@ async fn route(chat: &Arc<Chat>, request: Request<Incoming>) -> Response<AdminBo
     }
 }
 
-fn export(chat: &Chat, scope: ExportScope) -> Response<AdminBody> {
+fn export<L: Log<Ticket>>(chat: &Chat<L>, scope: ExportScope) -> Response<AdminBody> {
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let store = chat.store().clone();
     tokio::task::spawn_blocking(move || {
@@ -243,7 +250,7 @@ fn export(chat: &Chat, scope: ExportScope) -> Response<AdminBody> {
     response
 }
 
-async fn purge(chat: &Chat, scope: PurgeScope) -> Response<AdminBody> {
+async fn purge<L: Log<Ticket>>(chat: &Chat<L>, scope: PurgeScope) -> Response<AdminBody> {
     let store = chat.store().clone();
     let described = scope.describe().to_owned();
     match tokio::task::spawn_blocking(move || scope.run(&store)).await {

@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 
 use super::{Report, proc, ratio};
 use crate::admin::{ExportScope, write_export};
-use crate::chat::handler::WRITER_QUEUE;
 use crate::chat::message::format_time;
+use crate::chat::service::LOG_QUEUE;
 use crate::store::{NewMessage, Store, Writer};
 
 /// Tasks submitting messages at once: enough that the queue fills while
@@ -45,7 +45,7 @@ pub async fn fill(store: Store, messages: u64, rooms: u64) -> anyhow::Result<Fil
         handle,
         mut batches,
         thread,
-    } = Writer::<()>::spawn(store, WRITER_QUEUE, format_time)?;
+    } = Writer::<()>::spawn(store, LOG_QUEUE, format_time)?;
     let mut submitters = tokio::task::JoinSet::new();
     for first in 0..SUBMITTERS {
         let handle = handle.clone();

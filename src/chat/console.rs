@@ -10,7 +10,7 @@
 
 use std::io::Write as _;
 
-use super::hub::OnlineSample;
+use crate::presence::{OnlineSample, SAMPLE_NAMES};
 
 /// Writes the console lines; each call writes its lines together.
 #[derive(Debug, Clone, Copy)]
@@ -41,9 +41,8 @@ impl Console {
 }
 
 /// How many items Node's `console.log` shows of an array before
-/// `... N more items`; also what keeps a console line's cost bounded when
-/// thousands are online.
-pub const NODE_MAX_ITEMS: usize = 100;
+/// `... N more items`: as many as an [`OnlineSample`] carries.
+pub const NODE_MAX_ITEMS: usize = SAMPLE_NAMES;
 
 /// `Online :  [ 'A', 'B' ]` as Node's console.log prints the array, or
 /// `No one is Online`. `first` holds the first names in order (only

@@ -59,11 +59,8 @@ pub fn format_time(ts_micros: u64) -> String {
     use chrono::format::{Item, StrftimeItems};
     // Parsed once: the format string is the same for every message.
     static FORMAT: std::sync::OnceLock<Vec<Item<'static>>> = std::sync::OnceLock::new();
-    static USE_TZ: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let format = FORMAT.get_or_init(|| StrftimeItems::new("%d/%m/%Y, %-I:%M:%S %P").collect());
-    // chrono's Local falls back to /etc/localtime; the contract says UTC
-    // when TZ is unset, so only a set TZ selects local time.
-    let use_tz = *USE_TZ.get_or_init(|| std::env::var_os("TZ").is_some_and(|tz| !tz.is_empty()));
+    let use_tz = tz_is_set();
     let secs = (ts_micros / 1_000_000) as i64;
     let Some(utc) = chrono::DateTime::from_timestamp(secs, 0) else {
         return String::new();
@@ -76,6 +73,31 @@ pub fn format_time(ts_micros: u64) -> String {
     } else {
         utc.format_with_items(items).to_string()
     }
+}
+
+/// The server's UTC offset at `time_us`, in seconds: that of TZ's zone
+/// when TZ is set, else 0 (the contract's `time` is UTC when TZ is unset).
+pub fn utc_offset_at(time_us: u64) -> i32 {
+    use chrono::Offset;
+    if !tz_is_set() {
+        return 0;
+    }
+    let secs = i64::try_from(time_us / 1_000_000).unwrap_or(i64::MAX);
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|utc| {
+            utc.with_timezone(&chrono::Local)
+                .offset()
+                .fix()
+                .local_minus_utc()
+        })
+        .unwrap_or(0)
+}
+
+// chrono's Local falls back to /etc/localtime; the contract says UTC when
+// TZ is unset, so only a set TZ selects local time.
+fn tz_is_set() -> bool {
+    static USE_TZ: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USE_TZ.get_or_init(|| std::env::var_os("TZ").is_some_and(|tz| !tz.is_empty()))
 }
 
 #[cfg(test)]

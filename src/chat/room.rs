@@ -14,6 +14,16 @@ pub fn dm_room(a: &str, b: &str) -> String {
     room
 }
 
+/// The other user of room `room` (`dm:A_B`) for `user`, if `user` is one of its two.
+pub fn peer_in<'r>(room: &'r str, user: &str) -> Option<&'r str> {
+    let (first, second) = room.strip_prefix("dm:")?.split_once('_')?;
+    match user {
+        u if u == first => Some(second),
+        u if u == second => Some(first),
+        _ => None,
+    }
+}
+
 /// Reads an operator's room argument: `dm:A_B`, or the legacy `A,B`.
 /// Returns the canonical `dm:` form.
 pub fn parse_room(arg: &str) -> Result<String, String> {
@@ -43,6 +53,14 @@ mod tests {
         assert_eq!(dm_room("Dummy-2", "Dummy-1"), "dm:Dummy-1_Dummy-2");
         assert_eq!(dm_room("Dummy-1", "Dummy-2"), "dm:Dummy-1_Dummy-2");
         assert_eq!(dm_room("b", "B"), "dm:B_b");
+    }
+
+    #[test]
+    fn finds_the_peer_of_either_user() {
+        assert_eq!(peer_in("dm:Dummy-1_Dummy-2", "Dummy-1"), Some("Dummy-2"));
+        assert_eq!(peer_in("dm:Dummy-1_Dummy-2", "Dummy-2"), Some("Dummy-1"));
+        assert_eq!(peer_in("dm:Dummy-1_Dummy-2", "Dummy-3"), None);
+        assert_eq!(peer_in("Dummy-1,Dummy-2", "Dummy-1"), None);
     }
 
     #[test]

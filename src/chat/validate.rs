@@ -3,51 +3,7 @@
 use serde_json::Value;
 
 use super::names::valid_user_name;
-
-/// Why a message was refused, as the `reason` clients see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// No text, or only white space.
-    Empty,
-    /// Longer than the configured limit in UTF-8 bytes.
-    TooLong,
-    /// No `to` and no peer from the handshake.
-    NoPeer,
-    /// `to` is not a valid name, or is the sender.
-    InvalidPeer,
-    /// Over the sender's message rate.
-    RateLimited,
-    /// Any other shape: number, array, null, binary, missing `text`.
-    BadPayload,
-    /// The server is shutting down or the store failed; nothing was kept.
-    Unavailable,
-}
-
-impl Refusal {
-    /// Every reason, for reporting (the metrics list each one, even at 0).
-    pub const ALL: [Refusal; 7] = [
-        Refusal::Empty,
-        Refusal::TooLong,
-        Refusal::NoPeer,
-        Refusal::InvalidPeer,
-        Refusal::RateLimited,
-        Refusal::BadPayload,
-        Refusal::Unavailable,
-    ];
-
-    /// The `reason` string of the contract.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::Empty => "empty",
-            Refusal::TooLong => "too_long",
-            Refusal::NoPeer => "no_peer",
-            Refusal::InvalidPeer => "invalid_peer",
-            Refusal::RateLimited => "rate_limited",
-            Refusal::BadPayload => "bad_payload",
-            Refusal::Unavailable => "unavailable",
-        }
-    }
-}
+use crate::refusal::RefusalReason;
 
 /// A message that passed validation.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,6 +12,19 @@ pub struct Draft<'a> {
     pub text: &'a str,
     /// The recipient.
     pub to: &'a str,
+    /// The client's id for exactly-once send.
+    pub cid: Option<&'a str>,
+}
+
+/// Longest `cid`, in characters.
+pub const CID_MAX: usize = 64;
+
+/// True for a well-formed `cid`: 1–64 characters of `A–Z a–z 0–9 . _ : -`.
+pub fn valid_cid(cid: &str) -> bool {
+    (1..=CID_MAX).contains(&cid.len())
+        && cid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// Checks a `chat message` payload from `user`, whose handshake named
@@ -66,37 +35,42 @@ pub fn validate<'a>(
     user: &str,
     peer: Option<&'a str>,
     max_bytes: usize,
-) -> Result<Draft<'a>, Refusal> {
+) -> Result<Draft<'a>, RefusalReason> {
     if has_attachments {
-        return Err(Refusal::BadPayload);
+        return Err(RefusalReason::BadPayload);
     }
-    let (text, to) = match payload {
-        Some(Value::String(text)) => (text.as_str(), None),
+    let (text, to, cid) = match payload {
+        Some(Value::String(text)) => (text.as_str(), None, None),
         Some(Value::Object(fields)) => {
             let text = fields
                 .get("text")
                 .and_then(Value::as_str)
-                .ok_or(Refusal::BadPayload)?;
+                .ok_or(RefusalReason::BadPayload)?;
             let to = match fields.get("to") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(to)) => Some(to.as_str()),
-                Some(_) => return Err(Refusal::InvalidPeer),
+                Some(_) => return Err(RefusalReason::InvalidPeer),
             };
-            (text, to)
+            let cid = match fields.get("cid") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(cid)) if valid_cid(cid) => Some(cid.as_str()),
+                Some(_) => return Err(RefusalReason::BadPayload),
+            };
+            (text, to, cid)
         }
-        _ => return Err(Refusal::BadPayload),
+        _ => return Err(RefusalReason::BadPayload),
     };
     if text.trim().is_empty() {
-        return Err(Refusal::Empty);
+        return Err(RefusalReason::Empty);
     }
     if text.len() > max_bytes {
-        return Err(Refusal::TooLong);
+        return Err(RefusalReason::TooLong);
     }
-    let to = to.or(peer).ok_or(Refusal::NoPeer)?;
+    let to = to.or(peer).ok_or(RefusalReason::NoPeer)?;
     if !valid_user_name(to) || to == user {
-        return Err(Refusal::InvalidPeer);
+        return Err(RefusalReason::InvalidPeer);
     }
-    Ok(Draft { text, to })
+    Ok(Draft { text, to, cid })
 }
 
 #[cfg(test)]
@@ -104,7 +78,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn check(payload: Value, peer: Option<&str>) -> Result<(String, String), Refusal> {
+    fn check(payload: Value, peer: Option<&str>) -> Result<(String, String), RefusalReason> {
         validate(Some(&payload), false, "Dummy-1", peer, 8)
             .map(|d| (d.text.to_owned(), d.to.to_owned()))
     }
@@ -126,23 +100,62 @@ mod tests {
     }
 
     #[test]
+    fn takes_a_well_formed_cid_and_refuses_a_malformed_one() {
+        let ok = json!({"text": "hi", "cid": "web:1.a_b-C"});
+        let draft = validate(Some(&ok), false, "A", Some("B"), 8).unwrap();
+        assert_eq!(draft.cid, Some("web:1.a_b-C"));
+        let longest = "x".repeat(CID_MAX);
+        let ok = json!({"text": "hi", "cid": longest});
+        assert!(validate(Some(&ok), false, "A", Some("B"), 8).is_ok());
+        for bad in [
+            json!(""),
+            json!("a b"),
+            json!("é"),
+            json!("x".repeat(CID_MAX + 1)),
+            json!(5),
+            json!(["a"]),
+        ] {
+            let payload = json!({"text": "hi", "cid": bad});
+            assert_eq!(
+                validate(Some(&payload), false, "A", Some("B"), 8),
+                Err(RefusalReason::BadPayload),
+                "{bad}"
+            );
+        }
+        let null = json!({"text": "hi", "cid": null});
+        assert_eq!(
+            validate(Some(&null), false, "A", Some("B"), 8).unwrap().cid,
+            None
+        );
+    }
+
+    #[test]
     fn gives_every_documented_reason() {
-        assert_eq!(check(json!(" \n\t"), Some("B")), Err(Refusal::Empty));
-        assert_eq!(check(json!({"text": ""}), Some("B")), Err(Refusal::Empty));
-        assert_eq!(check(json!("123456789"), Some("B")), Err(Refusal::TooLong));
-        assert_eq!(check(json!("ééééé"), Some("B")), Err(Refusal::TooLong));
-        assert_eq!(check(json!("hi"), None), Err(Refusal::NoPeer));
+        assert_eq!(check(json!(" \n\t"), Some("B")), Err(RefusalReason::Empty));
+        assert_eq!(
+            check(json!({"text": ""}), Some("B")),
+            Err(RefusalReason::Empty)
+        );
+        assert_eq!(
+            check(json!("123456789"), Some("B")),
+            Err(RefusalReason::TooLong)
+        );
+        assert_eq!(
+            check(json!("ééééé"), Some("B")),
+            Err(RefusalReason::TooLong)
+        );
+        assert_eq!(check(json!("hi"), None), Err(RefusalReason::NoPeer));
         assert_eq!(
             check(json!({"text": "hi", "to": "bad name"}), None),
-            Err(Refusal::InvalidPeer)
+            Err(RefusalReason::InvalidPeer)
         );
         assert_eq!(
             check(json!({"text": "hi", "to": "Dummy-1"}), None),
-            Err(Refusal::InvalidPeer)
+            Err(RefusalReason::InvalidPeer)
         );
         assert_eq!(
             check(json!({"text": "hi", "to": 5}), None),
-            Err(Refusal::InvalidPeer)
+            Err(RefusalReason::InvalidPeer)
         );
         for bad in [
             json!(5),
@@ -153,18 +166,18 @@ mod tests {
         ] {
             assert_eq!(
                 check(bad.clone(), Some("B")),
-                Err(Refusal::BadPayload),
+                Err(RefusalReason::BadPayload),
                 "{bad}"
             );
         }
         assert_eq!(
             validate(None, false, "A", Some("B"), 8),
-            Err(Refusal::BadPayload)
+            Err(RefusalReason::BadPayload)
         );
         let text = json!("hi");
         assert_eq!(
             validate(Some(&text), true, "A", Some("B"), 8),
-            Err(Refusal::BadPayload)
+            Err(RefusalReason::BadPayload)
         );
     }
 }

@@ -21,7 +21,7 @@ use redb::Database;
 
 use self::error::DbContext;
 pub use self::error::StoreError;
-pub use self::read::HistoryQuery;
+pub use self::read::{HistoryPage, HistoryQuery};
 pub use self::record::{RECORD_VERSION, Record, decode_record, encode_record};
 pub use self::schema::SCHEMA_VERSION;
 pub use self::writer::{

@@ -47,6 +47,16 @@ impl HistoryQuery {
     }
 }
 
+/// A history page and the log position of the snapshot it was read from:
+/// every change up to `applied_seq` is in it, none after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The messages, oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// The snapshot's log position.
+    pub applied_seq: u64,
+}
+
 type KeyBounds<'a> = (Bound<(&'a str, u64)>, Bound<(&'a str, u64)>);
 
 type Entry<'a> = (
@@ -203,13 +213,32 @@ impl Store {
     /// between; neither: the newest `limit`. With `max_ts`, messages with
     /// ts > max_ts are ignored.
     pub fn history(&self, room: &str, q: &HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        self.history_page(room, q).map(|page| page.messages)
+    }
+
+    /// [`Store::history`] with the log position of the snapshot it read.
+    pub fn history_page(&self, room: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let txn = self.db.begin_read().ctx("starting read transaction")?;
+        let meta = txn.open_table(META).ctx("opening meta table")?;
+        // Today's ts is unique across rooms and increases in commit order:
+        // the highest one committed is the snapshot's log position.
+        let applied_seq = meta
+            .get(LAST_TS_KEY)
+            .ctx("reading last_ts")?
+            .map(|v| v.value())
+            .unwrap_or(0);
         let Some((lo, hi)) = q.inclusive_bounds() else {
-            return Ok(Vec::new());
+            return Ok(HistoryPage {
+                messages: Vec::new(),
+                applied_seq,
+            });
         };
         if q.limit == 0 {
-            return Ok(Vec::new());
+            return Ok(HistoryPage {
+                messages: Vec::new(),
+                applied_seq,
+            });
         }
-        let txn = self.db.begin_read().ctx("starting read transaction")?;
         let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
         let recent = txn.open_table(RECENT).ctx("opening recent table")?;
         let range = table
@@ -233,7 +262,10 @@ impl Store {
             }
             out.reverse();
         }
-        Ok(out)
+        Ok(HistoryPage {
+            messages: out,
+            applied_seq,
+        })
     }
 
     /// Streams messages of one room (ts in `since..=until` when given),

@@ -1,0 +1,205 @@
+//! What the log settled, answered and fanned out in log order: acks to the
+//! senders on this node, then the events to every connection concerned.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::fanout::Delivery;
+use super::message::MessageView;
+use super::service::{Chat, ClientTicket, Ticket};
+use super::submit::unavailable;
+use crate::log::{Log, Settled};
+use crate::metrics::METRICS;
+use crate::socketio::event_packet;
+use crate::store::StoredMessage;
+use crate::store::change::{Applied, Outcome};
+
+/// The answer to an accepted `chat message`; `duplicate` when its `cid`
+/// was known and this is the original.
+#[derive(Serialize)]
+struct Accepted<'a> {
+    ok: bool,
+    message: &'a RawValue,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+/// The `read` event: a user's cursor in a room moved.
+#[derive(Serialize)]
+struct ReadEvent<'a> {
+    #[serde(rename = "roomId")]
+    room_id: &'a str,
+    user: &'a str,
+    ts: u64,
+}
+
+/// Answers and fans out each settled batch, in log order, until the log ends.
+pub(super) async fn dispatch<L: Log<Ticket>>(
+    chat: Arc<Chat<L>>,
+    mut settled: mpsc::Receiver<Settled<Ticket>>,
+) {
+    while let Some(batch) = settled.recv().await {
+        match batch {
+            Settled::Applied(applied) => {
+                // Every ticket entered the in-flight count when it was submitted.
+                let answered = applied.iter().filter(|a| a.ticket.is_some()).count();
+                let mut deliveries = Vec::with_capacity(applied.len());
+                // Frames are built first and kept alive for the deliveries
+                // that borrow their rooms and users.
+                let events: Vec<Event> = applied.into_iter().filter_map(answer).collect();
+                for event in &events {
+                    deliveries.push(event.delivery());
+                }
+                chat.fanout.deliver(&deliveries);
+                chat.in_flight.settle(answered);
+            }
+            Settled::Dropped { error, tickets } => {
+                tracing::error!(%error, count = tickets.len(), "changes not applied: refused");
+                let count = tickets.len();
+                for ticket in tickets {
+                    unavailable(ticket);
+                }
+                chat.in_flight.settle(count);
+            }
+        }
+    }
+}
+
+/// A settled change's event for the fan-out.
+struct Event {
+    room: String,
+    users: [String; 2],
+    seq: u64,
+    ts: Option<u64>,
+    frame: Bytes,
+    sender: Option<u64>,
+}
+
+impl Event {
+    fn delivery(&self) -> Delivery<'_> {
+        Delivery {
+            room: &self.room,
+            users: [&self.users[0], &self.users[1]],
+            seq: self.seq,
+            ts: self.ts,
+            frame: self.frame.clone(),
+            sender: self.sender,
+        }
+    }
+}
+
+/// Answers one applied change's sender (if on this node) and returns the
+/// event its outcome fans out, if any.
+fn answer(applied: Applied<Ticket>) -> Option<Event> {
+    let Applied {
+        seq,
+        outcome,
+        ticket,
+    } = applied;
+    let client = match ticket {
+        Some(Ticket::Client(client)) => Some(client),
+        Some(Ticket::Operator(reply)) => {
+            let _ = reply.send(Ok(outcome));
+            return None;
+        }
+        None => None,
+    };
+    let sender = client.as_ref().map(|c| c.sender);
+    match outcome {
+        Outcome::Stored(message) => {
+            // Counted before the ack goes out, so a client that saw its ack
+            // also sees it counted.
+            METRICS.messages_accepted(1);
+            let json = raw_view(&message)?;
+            if let Some(client) = &client {
+                ack_message(client, &json, false);
+            }
+            Some(Event {
+                frame: event_packet("/", "chat message", &json),
+                users: [message.from, message.to],
+                room: message.room,
+                seq,
+                ts: Some(message.ts),
+                sender,
+            })
+        }
+        Outcome::Duplicate(message) => {
+            if let (Some(client), Some(json)) = (&client, raw_view(&message)) {
+                ack_message(client, &json, true);
+            }
+            None
+        }
+        Outcome::ReadMoved { room, user, ts } => {
+            if let Some(ClientTicket {
+                ack: Some(id),
+                socket,
+                ..
+            }) = &client
+            {
+                socket.ack(*id, &json!({"ok": true, "read": ts}));
+            }
+            let frame = event_packet(
+                "/",
+                "read",
+                &ReadEvent {
+                    room_id: &room,
+                    user: &user,
+                    ts,
+                },
+            );
+            let peer = super::room::peer_in(&room, &user)
+                .unwrap_or(&user)
+                .to_owned();
+            Some(Event {
+                room,
+                users: [user, peer],
+                seq,
+                ts: None,
+                frame,
+                sender,
+            })
+        }
+        Outcome::ReadUnchanged { ts, known, .. } => {
+            if let Some(ClientTicket {
+                ack: Some(id),
+                socket,
+                ..
+            }) = &client
+            {
+                let answer = match known {
+                    true => json!({"ok": true, "read": ts}),
+                    false => {
+                        json!({"ok": false, "error": "unknown peer: no conversation with them"})
+                    }
+                };
+                socket.ack(*id, &answer);
+            }
+            None
+        }
+        Outcome::Purged { .. } => None,
+    }
+}
+
+/// A stored message as one serialized object, shared by the ack and the
+/// fan-out frame.
+fn raw_view(message: &StoredMessage) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(&MessageView::of(message)).ok()
+}
+
+fn ack_message(client: &ClientTicket, json: &RawValue, duplicate: bool) {
+    if let Some(id) = client.ack {
+        client.socket.ack(
+            id,
+            &Accepted {
+                ok: true,
+                message: json,
+                duplicate,
+            },
+        );
+    }
+}

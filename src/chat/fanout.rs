@@ -1,0 +1,381 @@
+//! This node's chat connections, and getting frames to them: every
+//! connection of a user, every connection in a room.
+//!
+//! One mutex guards the maps; it is never held across I/O: sending only
+//! queues an encoded frame on a connection's bounded outbox. A connection
+//! that has just joined holds back what it should receive until its history
+//! is sent (see [`Fanout::ready`]), so history and live frames meet without
+//! a gap or a repeat.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::presence::{Announce, ConnKey, OnlineList};
+use crate::socketio::{Socket, event_packet};
+
+/// Frames a connection may have waiting while its history is read; past
+/// that it is disconnected (it would never catch up).
+const MAX_BACKLOG: usize = 1024;
+
+/// This node's connections.
+#[derive(Default)]
+pub struct Fanout {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    conns: HashMap<ConnKey, Conn>,
+    users: HashMap<Arc<str>, Vec<ConnKey>>,
+    rooms: HashMap<Arc<str>, Vec<ConnKey>>,
+}
+
+struct Conn {
+    user: Arc<str>,
+    room: Option<Arc<str>>,
+    socket: Socket,
+    /// Frames held back, with their log positions, while the connection's
+    /// history is being read.
+    backlog: Option<Vec<(u64, Bytes)>>,
+    /// The newest `online` list version the connection was sent.
+    online_version: u64,
+    /// Messages of its room up to this `ts` the client already has (its
+    /// handshake's `since`): never sent live. A node whose copy lags learns
+    /// of them after the client did.
+    since: u64,
+}
+
+impl Conn {
+    fn send(&mut self, seq: u64, frame: &Bytes) {
+        match &mut self.backlog {
+            Some(backlog) if backlog.len() >= MAX_BACKLOG => self.socket.disconnect(),
+            Some(backlog) => backlog.push((seq, frame.clone())),
+            None => {
+                self.socket.send_encoded(frame.clone());
+            }
+        }
+    }
+
+    fn send_online(&mut self, list: &OnlineList, frame: &Bytes) {
+        // `online` never waits behind history: it is the first thing a
+        // joining client is told, and a newer list replaces an older one.
+        if list.version > self.online_version {
+            self.online_version = list.version;
+            self.socket.send_encoded(frame.clone());
+        }
+    }
+}
+
+/// A frame for every connection of two users (a message's sender and
+/// recipient, a reader and the peer), but one.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    /// The room it belongs to.
+    pub room: &'a str,
+    /// The two users whose connections get it.
+    pub users: [&'a str; 2],
+    /// Its log position.
+    pub seq: u64,
+    /// For a message: its `ts` (connections whose client has it already, by
+    /// `since`, skip it).
+    pub ts: Option<u64>,
+    /// The encoded event.
+    pub frame: Bytes,
+    /// The connection it came from, which does not get it back.
+    pub sender: Option<ConnKey>,
+}
+
+/// A connection joining the fan-out.
+pub struct Joining {
+    /// Its key.
+    pub key: ConnKey,
+    /// Its user.
+    pub user: Arc<str>,
+    /// Its room, when it has a peer.
+    pub room: Option<Arc<str>>,
+    /// Its socket.
+    pub socket: Socket,
+    /// Its handshake's `since` (0 without).
+    pub since: u64,
+}
+
+impl Fanout {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves plain maps behind,
+        // still consistent enough to keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a connection. Until [`Fanout::ready`], what it should receive
+    /// is held back, so it arrives after the history the caller sends.
+    pub fn join(&self, joining: Joining) {
+        let mut state = self.lock();
+        let Joining {
+            key,
+            user,
+            room,
+            socket,
+            since,
+        } = joining;
+        state.users.entry(user.clone()).or_default().push(key);
+        if let Some(room) = &room {
+            state.rooms.entry(room.clone()).or_default().push(key);
+        }
+        state.conns.insert(
+            key,
+            Conn {
+                user,
+                room,
+                socket,
+                backlog: Some(Vec::new()),
+                online_version: 0,
+                since,
+            },
+        );
+    }
+
+    /// Sends a joining connection its own `online` list.
+    pub fn send_online(&self, key: ConnKey, list: &OnlineList) {
+        let frame = event_packet("/", "online", &list.users);
+        if let Some(conn) = self.lock().conns.get_mut(&key) {
+            conn.send_online(list, &frame);
+        }
+    }
+
+    /// Releases what was held back for `key` since it joined, but what its
+    /// history (read at log position `history_seq`) already holds.
+    pub fn ready(&self, key: ConnKey, history_seq: u64) {
+        let mut state = self.lock();
+        if let Some(conn) = state.conns.get_mut(&key) {
+            for (seq, frame) in conn.backlog.take().unwrap_or_default() {
+                if seq > history_seq {
+                    conn.socket.send_encoded(frame);
+                }
+            }
+        }
+    }
+
+    /// Removes a connection; true if it was its user's last on this node.
+    pub fn leave(&self, key: ConnKey) -> bool {
+        let mut state = self.lock();
+        let Some(conn) = state.conns.remove(&key) else {
+            return false;
+        };
+        if let Some(room) = &conn.room {
+            remove_key(&mut state.rooms, room, key);
+        }
+        remove_key(&mut state.users, &conn.user, key)
+    }
+
+    /// Queues each delivery, in order, on every connection of its two users
+    /// but its sender.
+    pub fn deliver(&self, deliveries: &[Delivery<'_>]) {
+        let mut state = self.lock();
+        // Borrowed apart, so a user's connection list is read in place
+        // while its connections are written to: no copy per delivery.
+        let State { users, conns, .. } = &mut *state;
+        for delivery in deliveries {
+            let [first, second] = delivery.users;
+            let second = (second != first).then_some(second);
+            for user in std::iter::once(first).chain(second) {
+                let Some(keys) = users.get(user) else {
+                    continue;
+                };
+                for key in keys {
+                    if Some(*key) == delivery.sender {
+                        continue;
+                    }
+                    let Some(conn) = conns.get_mut(key) else {
+                        continue;
+                    };
+                    let known = delivery.ts.is_some_and(|ts| {
+                        ts <= conn.since && conn.room.as_deref() == Some(delivery.room)
+                    });
+                    if !known {
+                        conn.send(delivery.seq, &delivery.frame);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `frame` at once to every connection of `user`, but `skip`:
+    /// for what is not part of the log (`typing`), which never waits
+    /// behind history.
+    pub fn send_to_user(&self, user: &str, frame: &Bytes, skip: Option<ConnKey>) {
+        let state = self.lock();
+        for key in state.users.get(user).into_iter().flatten() {
+            if Some(*key) == skip {
+                continue;
+            }
+            if let Some(conn) = state.conns.get(key) {
+                conn.socket.send_encoded(frame.clone());
+            }
+        }
+    }
+
+    /// True if `user` has a connection on this node.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.lock().users.contains_key(user)
+    }
+
+    /// Disconnects every connection (server shutdown).
+    pub fn disconnect_all(&self) {
+        for conn in self.lock().conns.values() {
+            conn.socket.disconnect();
+        }
+    }
+}
+
+impl Announce for Fanout {
+    fn online(&self, room: &str, list: &OnlineList, skip: Option<ConnKey>) {
+        let frame = event_packet("/", "online", &list.users);
+        let mut state = self.lock();
+        let State { rooms, conns, .. } = &mut *state;
+        for key in rooms.get(room).into_iter().flatten() {
+            if Some(*key) == skip {
+                continue;
+            }
+            if let Some(conn) = conns.get_mut(key) {
+                conn.send_online(list, &frame);
+            }
+        }
+    }
+}
+
+/// Removes `key` from `name`'s list; true if that emptied (and dropped) it.
+fn remove_key(lists: &mut HashMap<Arc<str>, Vec<ConnKey>>, name: &str, key: ConnKey) -> bool {
+    let Some(keys) = lists.get_mut(name) else {
+        return false;
+    };
+    keys.retain(|k| *k != key);
+    if keys.is_empty() {
+        lists.remove(name);
+        return true;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engineio::outbox::OutboxReceiver;
+    use crate::engineio::{Outbound, Outbox};
+
+    fn socket() -> (Socket, OutboxReceiver) {
+        let (outbox, receiver) = Outbox::new(64);
+        (Socket::new("/", outbox), receiver)
+    }
+
+    fn drain(receiver: &mut OutboxReceiver) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(Outbound::Text(bytes)) = receiver.try_recv() {
+            out.push(String::from_utf8(bytes.to_vec()).unwrap());
+        }
+        out
+    }
+
+    fn join(fanout: &Fanout, key: ConnKey, user: &str, room: Option<&str>) -> OutboxReceiver {
+        let (socket, receiver) = socket();
+        fanout.join(Joining {
+            key,
+            user: user.into(),
+            room: room.map(Into::into),
+            socket,
+            since: 0,
+        });
+        receiver
+    }
+
+    fn message(seq: u64, sender: ConnKey) -> Delivery<'static> {
+        Delivery {
+            room: "dm:A_B",
+            users: ["A", "B"],
+            seq,
+            ts: Some(seq * 10),
+            frame: Bytes::from(format!("42[\"chat message\",{seq}]")),
+            sender: Some(sender),
+        }
+    }
+
+    #[test]
+    fn delivers_to_both_users_except_the_sender() {
+        let fanout = Fanout::default();
+        let mut a1 = join(&fanout, 1, "A", Some("dm:A_B"));
+        let mut a2 = join(&fanout, 2, "A", Some("dm:A_C"));
+        let mut b = join(&fanout, 3, "B", Some("dm:A_B"));
+        let mut c = join(&fanout, 4, "C", Some("dm:A_C"));
+        for key in 1..=4 {
+            fanout.ready(key, 0);
+        }
+        fanout.deliver(&[message(5, 1)]);
+        assert!(drain(&mut a1).is_empty(), "not back to its sender");
+        assert_eq!(drain(&mut a2), [r#"42["chat message",5]"#]);
+        assert_eq!(drain(&mut b), [r#"42["chat message",5]"#]);
+        assert!(drain(&mut c).is_empty());
+    }
+
+    #[test]
+    fn a_joining_connection_gets_only_what_its_history_lacks_after_it() {
+        let fanout = Fanout::default();
+        let mut b = join(&fanout, 1, "B", Some("dm:A_B"));
+        fanout.deliver(&[message(5, 9), message(6, 9), message(7, 9)]);
+        assert!(drain(&mut b).is_empty(), "held back until ready");
+        // Its history was read at position 6: it holds 5 and 6 already.
+        fanout.ready(1, 6);
+        assert_eq!(drain(&mut b), [r#"42["chat message",7]"#]);
+        fanout.deliver(&[message(8, 9)]);
+        assert_eq!(drain(&mut b), [r#"42["chat message",8]"#]);
+    }
+
+    #[test]
+    fn a_client_that_has_messages_by_since_is_not_sent_them_live() {
+        let fanout = Fanout::default();
+        let (socket, mut b) = socket();
+        fanout.join(Joining {
+            key: 1,
+            user: "B".into(),
+            room: Some("dm:A_B".into()),
+            socket,
+            since: 60,
+        });
+        fanout.ready(1, 0);
+        // A lagging node applies, after the join, messages the client saw elsewhere.
+        fanout.deliver(&[message(5, 9), message(6, 9), message(7, 9)]);
+        assert_eq!(drain(&mut b), [r#"42["chat message",7]"#]);
+    }
+
+    #[test]
+    fn a_stale_online_list_never_follows_a_newer_one() {
+        let fanout = Fanout::default();
+        let mut a = join(&fanout, 1, "A", Some("dm:A_B"));
+        let newer = OnlineList {
+            users: vec!["A".into(), "B".into()],
+            version: 7,
+        };
+        let older = OnlineList {
+            users: vec!["A".into()],
+            version: 6,
+        };
+        fanout.online("dm:A_B", &newer, None);
+        fanout.send_online(1, &older);
+        fanout.online("dm:A_B", &newer, Some(1));
+        assert_eq!(drain(&mut a), [r#"42["online",["A","B"]]"#]);
+    }
+
+    #[test]
+    fn leave_tells_when_a_users_last_connection_went() {
+        let fanout = Fanout::default();
+        let _a1 = join(&fanout, 1, "A", None);
+        let _a2 = join(&fanout, 2, "A", Some("dm:A_B"));
+        assert!(!fanout.leave(1));
+        assert!(fanout.has_user("A"));
+        assert!(fanout.leave(2));
+        assert!(!fanout.has_user("A"));
+        assert!(!fanout.leave(2), "twice is harmless");
+    }
+}

@@ -1,0 +1,131 @@
+//! What a client changes: a `chat message` is checked (shape, size, peer,
+//! rate) and appended to the log; its answer comes once the log settles it
+//! (see `dispatch.rs`).
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::handshake::Session;
+use super::message::utc_offset_at;
+use super::room::dm_room;
+use super::service::{Chat, ClientTicket, Submitted, Ticket};
+use super::validate::validate;
+use crate::log::Log;
+use crate::metrics::METRICS;
+use crate::refusal::RefusalReason;
+use crate::socketio::{Event, Socket};
+use crate::store::change::{Change, NewMessage, Outcome};
+use crate::store::now_us;
+
+impl<L: Log<Ticket>> Chat<L> {
+    /// `chat message`: checked, then appended; refused at once if it fails
+    /// a rule or the log cannot take it.
+    pub(super) async fn on_chat_message(&self, session: &Session, socket: &Socket, event: &Event) {
+        let draft = match validate(
+            event.args.get(1),
+            !event.attachments.is_empty(),
+            &session.user,
+            session.peer.as_deref(),
+            self.config.max_message_bytes,
+        ) {
+            Ok(draft) => draft,
+            Err(reason) => return refuse(socket, event.ack, reason),
+        };
+        if !self.rates.take(&session.user, Instant::now()) {
+            return refuse(socket, event.ack, RefusalReason::RateLimited);
+        }
+        // The semaphore is never closed, so this only waits.
+        let Ok(unacked) = session.unacked.clone().acquire_owned().await else {
+            return refuse(socket, event.ack, RefusalReason::Unavailable);
+        };
+        if !self.in_flight.enter() {
+            return refuse(socket, event.ack, RefusalReason::Unavailable);
+        }
+        let time_us = now_us();
+        let change = Change::Message(NewMessage {
+            room: dm_room(&session.user, draft.to),
+            sid: socket.id().to_owned(),
+            from: session.user.to_string(),
+            to: draft.to.to_owned(),
+            text: draft.text.to_owned(),
+            cid: draft.cid.map(str::to_owned),
+            time_us,
+            utc_offset_s: utc_offset_at(time_us),
+            eid: None,
+        });
+        let ticket = Ticket::Client(ClientTicket {
+            sender: session.key,
+            socket: socket.clone(),
+            ack: event.ack,
+            kind: Submitted::Message,
+            unacked,
+        });
+        if let Err((_, ticket)) = self.log.append(change, ticket).await {
+            self.in_flight.settle(1);
+            unavailable(ticket);
+        }
+    }
+}
+
+/// The answer to a refused `chat message`: by ack, or as a `chat error`.
+#[derive(Serialize)]
+struct Refused {
+    ok: bool,
+    error: &'static str,
+    reason: &'static str,
+}
+
+/// Refuses a `chat message` with `reason`.
+pub(super) fn refuse(socket: &Socket, ack: Option<u64>, reason: RefusalReason) {
+    METRICS.message_refused(reason);
+    let answer = Refused {
+        ok: false,
+        error: "Message is not accepted",
+        reason: reason.as_str(),
+    };
+    match ack {
+        Some(id) => socket.ack(id, &answer),
+        None => socket.emit("chat error", &answer),
+    };
+}
+
+/// Tells whoever submitted a change that it was not applied: nothing was
+/// kept, they may retry.
+pub(super) fn unavailable(ticket: Ticket) {
+    match ticket {
+        Ticket::Client(ticket) => match ticket.kind {
+            Submitted::Message => refuse(&ticket.socket, ticket.ack, RefusalReason::Unavailable),
+            Submitted::Read => {
+                if let Some(id) = ticket.ack {
+                    ticket.socket.ack(
+                        id,
+                        &serde_json::json!({"ok": false, "error": "unavailable: try again"}),
+                    );
+                }
+            }
+        },
+        Ticket::Operator(reply) => {
+            let _ = reply.send(Err("the change could not be applied now".into()));
+        }
+    }
+}
+
+impl<L: Log<Ticket>> Chat<L> {
+    /// Applies an operator's change (a purge from the admin socket) through
+    /// the log, in order with everything else; answers its outcome.
+    pub async fn apply(&self, change: Change) -> Result<Outcome, String> {
+        if !self.in_flight.enter() {
+            return Err("the server is shutting down".into());
+        }
+        let (reply, outcome) = oneshot::channel();
+        if let Err((_, ticket)) = self.log.append(change, Ticket::Operator(reply)).await {
+            self.in_flight.settle(1);
+            unavailable(ticket);
+        }
+        outcome
+            .await
+            .unwrap_or_else(|_| Err("the server stopped before applying it".into()))
+    }
+}
