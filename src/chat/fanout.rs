@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::presence::{Announce, ConnKey, OnlineList};
+use serde::Serialize;
+
+use crate::presence::{Announce, ConnKey, OnlineList, Typing};
 use crate::socketio::{Socket, event_packet};
 
 /// Frames a connection may have waiting while its history is read; past
@@ -203,15 +205,11 @@ impl Fanout {
         }
     }
 
-    /// Sends `frame` at once to every connection of `user`, but `skip`:
-    /// for what is not part of the log (`typing`), which never waits
-    /// behind history.
-    pub fn send_to_user(&self, user: &str, frame: &Bytes, skip: Option<ConnKey>) {
+    /// Sends `frame` at once to every connection of `user`: for what is not
+    /// part of the log (`typing`), which never waits behind history.
+    fn send_to_user(&self, user: &str, frame: &Bytes) {
         let state = self.lock();
         for key in state.users.get(user).into_iter().flatten() {
-            if Some(*key) == skip {
-                continue;
-            }
             if let Some(conn) = state.conns.get(key) {
                 conn.socket.send_encoded(frame.clone());
             }
@@ -245,6 +243,27 @@ impl Announce for Fanout {
             }
         }
     }
+
+    fn typing(&self, typing: &Typing) {
+        if !self.has_user(&typing.peer) {
+            return;
+        }
+        let event = TypingEvent {
+            room_id: &typing.room,
+            user: &typing.user,
+            typing: typing.typing,
+        };
+        self.send_to_user(&typing.peer, &event_packet("/", "typing", &event));
+    }
+}
+
+/// The `typing` event.
+#[derive(Serialize)]
+struct TypingEvent<'a> {
+    #[serde(rename = "roomId")]
+    room_id: &'a str,
+    user: &'a str,
+    typing: bool,
 }
 
 /// Removes `key` from `name`'s list; true if that emptied (and dropped) it.
@@ -365,6 +384,24 @@ mod tests {
         fanout.send_online(1, &older);
         fanout.online("dm:A_B", &newer, Some(1));
         assert_eq!(drain(&mut a), [r#"42["online",["A","B"]]"#]);
+    }
+
+    #[test]
+    fn typing_goes_to_every_connection_of_the_peer_only() {
+        let fanout = Fanout::default();
+        let mut a = join(&fanout, 1, "A", Some("dm:A_B"));
+        let mut b1 = join(&fanout, 2, "B", Some("dm:A_B"));
+        let mut b2 = join(&fanout, 3, "B", None);
+        fanout.typing(&Typing {
+            room: "dm:A_B".into(),
+            user: "A".into(),
+            peer: "B".into(),
+            typing: true,
+        });
+        let event = r#"42["typing",{"roomId":"dm:A_B","user":"A","typing":true}]"#;
+        assert_eq!(drain(&mut b1), [event], "not held back behind history");
+        assert_eq!(drain(&mut b2), [event]);
+        assert!(drain(&mut a).is_empty());
     }
 
     #[test]

@@ -85,12 +85,15 @@ impl<L: Log<Ticket>> Handler for Chat<L> {
         match event.name() {
             Some("chat message") => self.on_chat_message(session, socket, &event).await,
             Some("history") => self.on_history(session, socket, &event).await,
+            Some("typing") => self.on_typing(session, &event),
             _ => {}
         }
     }
 
     async fn disconnect(&self, session: Session, socket: &Socket, reason: &'static str) {
-        self.fanout.leave(session.key);
+        if self.fanout.leave(session.key) {
+            self.typist_left(&session.user);
+        }
         self.presence.leave(session.key);
         tracing::debug!(user = %session.user, sid = socket.id(), reason, "disconnected");
         if self.config.console {

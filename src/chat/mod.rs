@@ -18,4 +18,5 @@ pub mod requests;
 pub mod room;
 pub mod service;
 pub mod submit;
+pub mod typing;
 pub mod validate;

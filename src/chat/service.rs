@@ -13,6 +13,7 @@ use super::drain::InFlight;
 use super::fanout::Fanout;
 use super::message::format_time;
 use super::rate::{RateBuckets, RateLimit};
+use super::typing::{TYPING_RATE, Typists};
 use crate::log::{LocalLog, Log, Settled};
 use crate::presence::{ConnKey, LocalPresence, Presence};
 use crate::socketio::Socket;
@@ -80,6 +81,8 @@ pub struct Chat<L> {
     pub(super) store: Store,
     pub(super) config: ChatConfig,
     pub(super) rates: RateBuckets,
+    pub(super) typing_rates: RateBuckets,
+    pub(super) typists: Typists,
     pub(super) in_flight: InFlight,
     next_key: AtomicU64,
 }
@@ -113,6 +116,8 @@ impl<L: Log<Ticket>> Chat<L> {
             fanout,
             store,
             rates: RateBuckets::new(config.rate),
+            typing_rates: RateBuckets::new(TYPING_RATE),
+            typists: Typists::default(),
             config,
             in_flight: InFlight::default(),
             next_key: AtomicU64::new(1),

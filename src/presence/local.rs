@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Announce, ConnKey, OnlineList, OnlineSample, Presence, SAMPLE_NAMES, UserPresence};
+use super::{
+    Announce, ConnKey, OnlineList, OnlineSample, Presence, SAMPLE_NAMES, Typing, UserPresence,
+};
 use crate::metrics::METRICS;
 
 /// Presence kept in this process's memory.
@@ -162,6 +164,8 @@ impl Presence for LocalPresence {
             })
             .collect()
     }
+
+    fn relay_typing(&self, _typing: &Typing) {}
 }
 
 #[cfg(test)]
@@ -182,6 +186,8 @@ mod tests {
                 .unwrap()
                 .push((room.into(), list.users.clone(), skip));
         }
+
+        fn typing(&self, _typing: &Typing) {}
     }
 
     impl Recorder {

@@ -54,12 +54,27 @@ pub struct UserPresence {
     pub rooms: Vec<String>,
 }
 
-/// Where a presence sends a room's changed `online` list: to this node's
-/// connections in that room, except `skip` (a joining connection, which is
-/// sent the list itself).
+/// A user started or stopped typing to a peer: relayed, never stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Typing {
+    /// Their room.
+    pub room: String,
+    /// Who types.
+    pub user: String,
+    /// Who is told.
+    pub peer: String,
+    /// Started (true) or stopped (false).
+    pub typing: bool,
+}
+
+/// Where presence news goes: this node's connections.
 pub trait Announce: Send + Sync + 'static {
-    /// `room`'s list changed to `list`.
+    /// `room`'s list changed to `list`: to the room's connections but `skip`
+    /// (a joining connection, which is sent the list itself).
     fn online(&self, room: &str, list: &OnlineList, skip: Option<ConnKey>);
+
+    /// `typing.peer`'s connections are told `typing`.
+    fn typing(&self, typing: &Typing);
 }
 
 /// Presence as the chat uses it.
@@ -78,4 +93,8 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Every user online with connections and rooms, for operators.
     fn list(&self) -> Vec<UserPresence>;
+
+    /// Tells the other nodes' connections of `typing.peer` (this node's
+    /// were told already). Nothing to do on a node that runs alone.
+    fn relay_typing(&self, typing: &Typing);
 }
