@@ -4,7 +4,6 @@
 
 use serde_json::Value;
 
-use super::console::Console;
 use super::fanout::Joining;
 use super::handshake::{self, Session};
 use super::requests::{HISTORY_MAX, HISTORY_PAGE, view_json};
@@ -49,12 +48,8 @@ impl<L: Log<Ticket>> Handler for Chat<L> {
             .presence
             .join(session.key, &session.user, session.room.as_ref());
         self.fanout.send_online(session.key, &online);
-        if self.config.console {
-            Console::connected(
-                &self.presence.everyone(),
-                &session.user,
-                session.room.as_deref(),
-            );
+        if let Some(console) = &self.console {
+            console.connected(&session.user, session.room.as_deref());
         }
         let mut history_seq = 0;
         if let Some(room) = &session.room {
@@ -96,8 +91,8 @@ impl<L: Log<Ticket>> Handler for Chat<L> {
         }
         self.presence.leave(session.key);
         tracing::debug!(user = %session.user, sid = socket.id(), reason, "disconnected");
-        if self.config.console {
-            Console::disconnected(socket.id(), &self.presence.everyone());
+        if let Some(console) = &self.console {
+            console.disconnected(socket.id());
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::auth::TokenKey;
+use super::console::Console;
 use super::dispatch::dispatch;
 use super::drain::InFlight;
 use super::fanout::Fanout;
@@ -84,6 +85,7 @@ pub struct Chat<L> {
     pub(super) typing_rates: RateBuckets,
     pub(super) typists: Typists,
     pub(super) in_flight: InFlight,
+    pub(super) console: Option<Arc<Console>>,
     next_key: AtomicU64,
 }
 
@@ -110,8 +112,10 @@ impl<L: Log<Ticket>> Chat<L> {
         store: Store,
         config: ChatConfig,
     ) -> Arc<Self> {
+        let console = config.console.then(|| Console::start(presence.clone()));
         let chat = Arc::new(Chat {
             log,
+            console,
             presence,
             fanout,
             store,
@@ -141,6 +145,14 @@ impl<L: Log<Ticket>> Chat<L> {
     pub async fn shutdown(&self) {
         self.in_flight.close().await;
         self.fanout.disconnect_all();
+    }
+
+    /// Every connection has closed (the end of a shutdown): the console
+    /// sums up what it left out.
+    pub fn closed(&self) {
+        if let Some(console) = &self.console {
+            console.flush();
+        }
     }
 
     /// A key for a new connection.

@@ -286,6 +286,7 @@ impl RunCommand {
         {
             tracing::warn!("some connections did not close in time");
         }
+        chat.closed();
         Ok(())
     }
 }

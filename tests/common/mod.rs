@@ -117,6 +117,11 @@ impl Lines {
         panic!("no {what:?} within {TIMEOUT:?}; seen: {:#?}", self.seen)
     }
 
+    /// How many lines were taken so far.
+    pub fn taken(&self) -> usize {
+        self.seen.len()
+    }
+
     /// Every remaining line, up to the end of the output.
     pub fn rest(&mut self) -> Vec<String> {
         std::iter::from_fn(|| self.next_line()).collect()
@@ -236,6 +241,11 @@ impl Server {
     /// Skips console lines until one equal to `expected`.
     pub fn wait_for_line(&mut self, expected: &str) {
         self.console.wait_for_line(expected);
+    }
+
+    /// The console (stdout) lines read so far, `Listening at` included.
+    pub fn console_lines_taken(&self) -> usize {
+        self.console.taken()
     }
 
     /// The loopback address it listens on.
