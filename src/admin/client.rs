@@ -115,12 +115,23 @@ impl AdminClient {
             let path = format!("/export?{}", scope.to_query());
             let mut body = self.request(Method::GET, &path).await?.into_body();
             let mut newlines = 0u64;
+            let mut tail = [0u8; 2];
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| AdminError::CutShort(e.to_string()))?;
                 if let Ok(data) = frame.into_data() {
                     newlines += data.iter().filter(|&&b| b == b'\n').count() as u64;
+                    for &byte in data.iter().rev().take(2).rev() {
+                        tail = [tail[1], byte];
+                    }
                     out.write_all(&data).map_err(AdminError::Write)?;
                 }
+            }
+            // Every export ends with `]` and a newline: anything else was
+            // cut short, whatever the transport said.
+            if tail != *b"]\n" {
+                return Err(AdminError::CutShort(
+                    "it does not end with the closing bracket".into(),
+                ));
             }
             out.flush().map_err(AdminError::Write)?;
             Ok(exported_count(newlines))

@@ -228,26 +228,45 @@ fn export<L: Log<Ticket>>(chat: &Chat<L>, scope: ExportScope) -> Response<AdminB
             buf: Vec::with_capacity(CHUNK_BYTES),
             tx,
         };
-        match write_export(&store, &scope, &mut out) {
-            Ok(count) => tracing::info!(count, scope = scope.describe(), "exported"),
-            Err(ExportError::Write(error)) => {
+        // A panic inside the store (a damaged file) must end the export
+        // as a failure the client sees, not as a short, well-formed one.
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write_export(&store, &scope, &mut out)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(ExportError::Write(io::Error::other(format!(
+                "the store panicked while reading: {}",
+                panic_message(&*panic)
+            ))))
+        });
+        match written {
+            Ok(count) => {
+                tracing::info!(count, scope = scope.describe(), "exported");
+                let _ = out.tx.blocking_send(Chunk::End);
+            }
+            Err(ExportError::Write(error)) if out.tx.is_closed() => {
                 tracing::info!(%error, scope = scope.describe(), "export abandoned by the client");
             }
             Err(error) => {
                 tracing::error!(%error, scope = scope.describe(), "export failed");
-                // An error frame makes hyper abort the body: the client sees
-                // the export cut short rather than a well-formed partial one.
-                let _ = out
-                    .tx
-                    .blocking_send(Err(io::Error::other(error.to_string())));
+                let _ = out.tx.blocking_send(Chunk::Failed(error.to_string()));
             }
         }
     });
-    let mut response = Response::new(ChannelBody(rx).boxed());
+    let mut response = Response::new(ChannelBody { rx, ended: false }.boxed());
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// What a panic carried, for the log.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(message), _) => (*message).to_owned(),
+        (_, Some(message)) => message.clone(),
+        _ => "no message".to_owned(),
+    }
 }
 
 async fn purge<L: Log<Ticket>>(chat: &Chat<L>, scope: PurgeScope) -> Response<AdminBody> {
@@ -290,11 +309,21 @@ fn text(status: StatusCode, mut message: String) -> Response<AdminBody> {
     whole(status, "text/plain; charset=utf-8", message.into_bytes())
 }
 
+/// One message down an export's body channel.
+enum Chunk {
+    /// The next bytes of the export.
+    Data(Bytes),
+    /// The export is complete.
+    End,
+    /// The export failed; the body ends with an error.
+    Failed(String),
+}
+
 /// An `io::Write` that hands [`CHUNK_BYTES`]-sized chunks to a body channel,
 /// waiting (it runs on the blocking pool) while the channel is full.
 struct ChunkWriter {
     buf: Vec<u8>,
-    tx: mpsc::Sender<Result<Bytes, io::Error>>,
+    tx: mpsc::Sender<Chunk>,
 }
 
 impl ChunkWriter {
@@ -304,7 +333,7 @@ impl ChunkWriter {
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
         self.tx
-            .blocking_send(Ok(Bytes::from(chunk)))
+            .blocking_send(Chunk::Data(Bytes::from(chunk)))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the admin client went away"))
     }
 }
@@ -323,8 +352,15 @@ impl Write for ChunkWriter {
     }
 }
 
-/// A response body fed by a channel; ends when every sender is gone.
-struct ChannelBody(mpsc::Receiver<Result<Bytes, io::Error>>);
+/// A response body fed by a channel. It ends well only after
+/// [`Chunk::End`]: a failure, or a channel closed without it (the task
+/// that fed it died), ends it with an error, so hyper aborts the response
+/// and the client sees the export cut short rather than a well-formed
+/// partial one.
+struct ChannelBody {
+    rx: mpsc::Receiver<Chunk>,
+    ended: bool,
+}
 
 impl Body for ChannelBody {
     type Data = Bytes;
@@ -334,9 +370,28 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|chunk| chunk.map(Frame::data)))
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let next = match self.rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(next) => next,
+        };
+        Poll::Ready(match next {
+            Some(Chunk::Data(data)) => Some(Ok(Frame::data(data))),
+            Some(Chunk::End) => {
+                self.ended = true;
+                None
+            }
+            Some(Chunk::Failed(why)) => {
+                self.ended = true;
+                Some(Err(io::Error::other(why)))
+            }
+            None => {
+                self.ended = true;
+                Some(Err(io::Error::other("the export stopped before its end")))
+            }
+        })
     }
 }
 
@@ -379,13 +434,38 @@ mod tests {
             out.flush().unwrap();
         });
         let mut total = 0;
-        while let Some(chunk) = rx.recv().await {
-            let chunk = chunk.unwrap();
+        while let Some(Chunk::Data(chunk)) = rx.recv().await {
             assert!(chunk.len() < CHUNK_BYTES + 1000);
             total += chunk.len();
         }
         writer.await.unwrap();
         assert_eq!(total, 3 * CHUNK_BYTES / 1000 * 1000);
+    }
+
+    async fn body_of(chunks: Vec<Chunk>) -> Result<Vec<u8>, io::Error> {
+        let (tx, rx) = mpsc::channel(chunks.len().max(1));
+        for chunk in chunks {
+            tx.send(chunk).await.unwrap();
+        }
+        drop(tx);
+        let body = ChannelBody { rx, ended: false };
+        body.collect().await.map(|whole| whole.to_bytes().to_vec())
+    }
+
+    #[tokio::test]
+    async fn an_export_body_ends_well_only_after_its_end() {
+        let data = |s: &'static str| Chunk::Data(Bytes::from_static(s.as_bytes()));
+        assert_eq!(
+            body_of(vec![data("[\n"), data("]\n"), Chunk::End])
+                .await
+                .unwrap(),
+            b"[\n]\n"
+        );
+        let failed = body_of(vec![data("[\n"), Chunk::Failed("disk".into())]).await;
+        assert_eq!(failed.unwrap_err().to_string(), "disk");
+        // The feeding task died (a panic): no End, no Failed.
+        let died = body_of(vec![data("[\n")]).await;
+        assert!(died.unwrap_err().to_string().contains("before its end"));
     }
 
     #[test]

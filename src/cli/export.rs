@@ -99,7 +99,20 @@ impl ExportCommand {
 fn export(target: &Target, scope: &ExportScope, out: impl Write) -> anyhow::Result<u64> {
     let mut out = BufWriter::new(out);
     match target {
-        Target::Direct(store) => Ok(write_export(store, scope, &mut out)?),
+        Target::Direct(store) => {
+            // A panic inside the store (a damaged file) is an incomplete
+            // export like any other: an error, and `--out` left as it was.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                write_export(store, scope, &mut out)
+            }))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the export stopped: reading the store failed (see the message above); \
+                     `chatd check` tells what is damaged"
+                )
+            })?
+            .map_err(Into::into)
+        }
         Target::Server(client) => Ok(client.export(scope, &mut out)?),
     }
 }
