@@ -9,6 +9,8 @@ use tokio::sync::Semaphore;
 
 use super::auth::TokenKey;
 use super::names::valid_user_name;
+use super::rate::TokenBucket;
+use super::requests::REQUEST_RATE;
 use super::room::dm_room;
 use crate::engineio::RequestInfo;
 use crate::metrics::{HandshakeRefusal, METRICS};
@@ -29,6 +31,8 @@ pub struct Session {
     /// Places for changes awaiting their commit; see
     /// [`ChatConfig::unacked_per_connection`](super::service::ChatConfig).
     pub unacked: Arc<Semaphore>,
+    /// The connection's budget of `history` and `conversations` requests.
+    pub requests: TokenBucket,
 }
 
 /// What a handshake asks for, read from the auth payload and the query.
@@ -104,6 +108,7 @@ impl Session {
             room,
             since,
             unacked: Arc::new(Semaphore::new(unacked.max(1))),
+            requests: TokenBucket::new(REQUEST_RATE, std::time::Instant::now()),
         }
     }
 }

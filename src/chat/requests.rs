@@ -1,11 +1,15 @@
 //! What a client asks for: `history` pages. Reads run on the blocking pool
-//! against a store snapshot, never holding up the log.
+//! against a store snapshot, never holding up the log. Each connection may
+//! ask [`REQUEST_RATE`]: a store read and a page of up to 200 messages are
+//! the dearest thing a client can ask for, so one connection must not be
+//! able to take the server's time from everyone else.
 
 use serde_json::{Value, json};
 
 use super::handshake::Session;
 use super::message::MessageView;
 use super::names::valid_user_name;
+use super::rate::RateLimit;
 use super::room::dm_room;
 use super::service::{Chat, Ticket};
 use crate::log::Log;
@@ -17,10 +21,27 @@ pub const HISTORY_PAGE: usize = 50;
 /// Most messages in one `history` answer (and in a `since` replay).
 pub const HISTORY_MAX: usize = 200;
 
+/// `history` and `conversations` requests per second per connection,
+/// sustained, in bursts of up to 20; past it they are refused.
+pub const REQUEST_RATE: RateLimit = RateLimit {
+    rate: 10,
+    burst: 20,
+};
+
+/// The answer to a request over [`REQUEST_RATE`].
+const TOO_MANY: &str = "rate_limited: at most 10 history or conversations requests a second (bursts of 20) per connection";
+
 impl<L: Log<Ticket>> Chat<L> {
     /// `history {peer?, before?, after?, limit?}`, answered by ack.
-    pub(super) async fn on_history(&self, session: &Session, socket: &Socket, event: &Event) {
+    pub(super) async fn on_history(&self, session: &mut Session, socket: &Socket, event: &Event) {
         let Some(ack) = event.ack else { return };
+        if !session
+            .requests
+            .take(REQUEST_RATE, std::time::Instant::now())
+        {
+            socket.ack(ack, &json!({"ok": false, "error": TOO_MANY}));
+            return;
+        }
         match self.history_request(session, event.args.get(1)).await {
             Ok(messages) => socket.ack(ack, &json!({"ok": true, "messages": messages})),
             Err(error) => socket.ack(ack, &json!({"ok": false, "error": error})),
