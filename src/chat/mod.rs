@@ -5,6 +5,7 @@
 //! order ([`dispatch`], [`fanout`]). [`service::Chat`] holds what they share.
 
 pub mod auth;
+pub mod clock;
 pub mod console;
 pub mod dispatch;
 pub mod drain;

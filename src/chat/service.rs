@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::auth::TokenKey;
+use super::clock::watch_steps;
 use super::console::Console;
 use super::dispatch::dispatch;
 use super::drain::InFlight;
@@ -127,6 +128,7 @@ impl<L: Log<Ticket>> Chat<L> {
             next_key: AtomicU64::new(1),
         });
         tokio::spawn(dispatch(chat.clone(), settled));
+        tokio::spawn(watch_steps());
         chat
     }
 
