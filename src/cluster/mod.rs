@@ -17,8 +17,11 @@ pub mod consume;
 pub mod engine;
 pub mod entry;
 pub mod health;
+pub mod lease;
 pub mod publish;
+pub mod roster;
 pub mod stream;
+pub mod typing;
 
 pub use self::engine::Engine;
 

@@ -109,7 +109,7 @@ impl NatsCluster {
             _dir: dir,
         };
         for i in 0..cluster.servers.len() {
-            cluster.spawn(i);
+            cluster.start_again(i);
         }
         cluster.wait_ready();
         cluster
@@ -158,7 +158,7 @@ impl NatsCluster {
     /// Starts server `i` again on its ports and store, and waits until the
     /// cluster is whole again.
     pub fn restart(&mut self, i: usize) {
-        self.spawn(i);
+        self.start_again(i);
         self.wait_ready();
     }
 
@@ -167,7 +167,9 @@ impl NatsCluster {
         self.servers[i].child.is_some()
     }
 
-    fn spawn(&mut self, i: usize) {
+    /// Starts server `i` again without waiting for anything (to bring back
+    /// several at once; then [`wait_ready`](Self::wait_ready)).
+    pub fn start_again(&mut self, i: usize) {
         let server = &mut self.servers[i];
         assert!(server.child.is_none(), "{} already runs", server.name);
         let log = File::options()
@@ -204,10 +206,16 @@ impl NatsCluster {
         });
     }
 
-    /// The index of the server that leads stream `stream`, once one does
-    /// and every replica is current.
+    /// The index of the server that leads stream `stream`, once a running
+    /// server does and the replicas on the other running servers are current.
     pub fn stream_leader(&mut self, stream: &str) -> usize {
-        let leader = self.wait_for(&format!("a leader of stream {stream}"), |cluster| {
+        self.wait_for(&format!("a leader of stream {stream}"), |cluster| {
+            let running = |name: &str| {
+                cluster
+                    .servers
+                    .iter()
+                    .any(|server| server.name == name && server.child.is_some())
+            };
             (0..cluster.servers.len())
                 .filter(|&i| cluster.is_running(i))
                 .find_map(|i| {
@@ -220,11 +228,13 @@ impl NatsCluster {
                     let leader = detail["cluster"]["leader"].as_str()?;
                     let current = detail["cluster"]["replicas"]
                         .as_array()
-                        .is_none_or(|replicas| replicas.iter().all(|r| r["current"] == true));
-                    (!leader.is_empty() && current).then(|| leader.to_owned())
+                        .into_iter()
+                        .flatten()
+                        .filter(|replica| replica["name"].as_str().is_some_and(running))
+                        .all(|replica| replica["current"] == true);
+                    (running(leader) && current).then(|| cluster.index_of(leader))
                 })
-        });
-        self.index_of(&leader)
+        })
     }
 
     /// Polls `probe` until it answers, failing the test with the servers'
