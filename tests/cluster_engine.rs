@@ -69,14 +69,18 @@ async fn read_log(engine: &Engine, from: u64, to: u64) -> HashMap<EntryId, Vec<u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_are_replicated_read_back_in_order_and_a_retry_is_no_second_entry() {
     let mut cluster = NatsCluster::start();
-    let engine = Engine::connect(&urls(&cluster), "node-a").await.expect("connect");
+    let engine = Engine::connect(&urls(&cluster), "node-a")
+        .await
+        .expect("connect");
     let stream = ensure_log_stream(&engine, Replication::default())
         .await
         .expect("create the log stream");
     assert_eq!(stream.cached_info().config.num_replicas, 3);
     cluster.stream_leader(LOG_STREAM);
     // A second node ensuring the same stream changes nothing.
-    let other = Engine::connect(&urls(&cluster), "node-b").await.expect("connect");
+    let other = Engine::connect(&urls(&cluster), "node-b")
+        .await
+        .expect("connect");
     ensure_log_stream(&other, Replication::default())
         .await
         .expect("ensure again");
@@ -84,12 +88,23 @@ async fn entries_are_replicated_read_back_in_order_and_a_retry_is_no_second_entr
     let mut seqs = Vec::new();
     for n in 0..20 {
         let (eid, bytes) = change(1, n);
-        seqs.push(publish_entry(&engine, &eid, bytes).await.expect("published"));
+        seqs.push(
+            publish_entry(&engine, &eid, bytes)
+                .await
+                .expect("published")
+                .seq,
+        );
     }
     assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
     // Our own retry of a kept entry is answered with the original position.
     let (eid, bytes) = change(1, 7);
-    assert_eq!(publish_entry(&other, &eid, bytes).await.expect("retried"), 8);
+    assert_eq!(
+        publish_entry(&other, &eid, bytes)
+            .await
+            .expect("retried")
+            .seq,
+        8
+    );
     assert_eq!(log_tail(&stream).await.expect("tail"), 20);
 
     // Read from the middle: catch-up, then a live entry from the other node.
@@ -101,7 +116,9 @@ async fn entries_are_replicated_read_back_in_order_and_a_retry_is_no_second_entr
         assert_eq!(record.entry.expect("decodes").eid, change(1, seq - 1).0);
     }
     let (eid, bytes) = change(2, 0);
-    publish_entry(&engine, &eid, bytes).await.expect("published");
+    publish_entry(&engine, &eid, bytes)
+        .await
+        .expect("published");
     let live = within("a live entry", reader.next()).await;
     assert_eq!((live.seq, live.entry.expect("decodes").eid), (21, eid));
 }
@@ -109,7 +126,9 @@ async fn entries_are_replicated_read_back_in_order_and_a_retry_is_no_second_entr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_says_why_without_quorum_and_comes_back_by_itself() {
     let mut cluster = NatsCluster::start();
-    let engine = Engine::connect(&urls(&cluster), "node-a").await.expect("connect");
+    let engine = Engine::connect(&urls(&cluster), "node-a")
+        .await
+        .expect("connect");
     ensure_log_stream(&engine, Replication::default())
         .await
         .expect("stream");
@@ -129,7 +148,8 @@ async fn health_says_why_without_quorum_and_comes_back_by_itself() {
     // Nothing sent is refused outright or left in doubt: a publish now
     // either is refused at once or waits; never acknowledged.
     let (eid, bytes) = change(9, 0);
-    let attempt = tokio::time::timeout(Duration::from_secs(3), publish_entry(&engine, &eid, bytes)).await;
+    let attempt =
+        tokio::time::timeout(Duration::from_secs(3), publish_entry(&engine, &eid, bytes)).await;
     assert!(
         !matches!(attempt, Ok(Ok(_))),
         "a publish without quorum was acknowledged: {attempt:?}"
@@ -156,14 +176,21 @@ async fn health_says_why_without_quorum_and_comes_back_by_itself() {
         cluster.start_again(i);
     }
     cluster.wait_ready();
-    wait_health(&mut health, "engine up after a full restart", EngineHealth::is_up).await;
+    wait_health(
+        &mut health,
+        "engine up after a full restart",
+        EngineHealth::is_up,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_stream_leader_during_publishes_loses_nothing_acknowledged() {
     const PUBLISHERS: usize = 8;
     let mut cluster = NatsCluster::start();
-    let engine = Engine::connect(&urls(&cluster), "node-a").await.expect("connect");
+    let engine = Engine::connect(&urls(&cluster), "node-a")
+        .await
+        .expect("connect");
     let stream = ensure_log_stream(&engine, Replication::default())
         .await
         .expect("stream");
@@ -178,12 +205,16 @@ async fn kill_9_of_the_stream_leader_during_publishes_loses_nothing_acknowledged
         let stop = stop.clone();
         publishers.push(tokio::spawn(async move {
             let mut acked: Vec<(EntryId, u64)> = Vec::new();
+            let mut retried = 0;
             let mut refused: Vec<(EntryId, PublishRefused)> = Vec::new();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let (eid, bytes) = change(p, n);
                 match publish_entry(&engine, &eid, bytes).await {
-                    Ok(seq) => acked.push((eid, seq)),
+                    Ok(published) => {
+                        acked.push((eid, published.seq));
+                        retried += usize::from(published.attempts > 1);
+                    }
                     Err(refusal) => {
                         refused.push((eid, refusal));
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -191,7 +222,7 @@ async fn kill_9_of_the_stream_leader_during_publishes_loses_nothing_acknowledged
                 }
                 n += 1;
             }
-            (acked, refused)
+            (acked, refused, retried)
         }));
     }
     // Let some entries through, kill the leader, wait for a new one, let
@@ -207,25 +238,41 @@ async fn kill_9_of_the_stream_leader_during_publishes_loses_nothing_acknowledged
 
     let mut acked = HashMap::new();
     let mut refused = Vec::new();
+    let mut retried = 0;
     for publisher in publishers {
-        let (a, r) = within("publishers to finish", publisher).await.expect("publisher");
+        let (a, r, n) = within("publishers to finish", publisher)
+            .await
+            .expect("publisher");
         acked.extend(a);
         refused.extend(r);
+        retried += n;
     }
+    // The publishes in flight when the leader died were in doubt, and
+    // resolved by retrying them.
+    assert!(
+        retried > 0,
+        "no publish was in doubt: the kill came too late"
+    );
     let tail = log_tail(&stream).await.expect("tail");
     let log = read_log(&engine, 1, tail).await;
     for (eid, seq) in &acked {
         assert_eq!(log.get(eid), Some(&vec![*seq]), "acked entry {eid:?}");
     }
     for (eid, why) in &refused {
-        assert!(!log.contains_key(eid), "refused entry ({why}) is in the log");
+        assert!(
+            !log.contains_key(eid),
+            "refused entry ({why}) is in the log"
+        );
     }
     for (eid, seqs) in &log {
         assert_eq!(seqs.len(), 1, "entry {eid:?} twice in the log: {seqs:?}");
-        assert!(acked.contains_key(eid), "entry {eid:?} in the log was never acked");
+        assert!(
+            acked.contains_key(eid),
+            "entry {eid:?} in the log was never acked"
+        );
     }
     println!(
-        "{} entries acknowledged, {} refused; leader {} -> {}",
+        "{} entries acknowledged ({retried} after a retry), {} refused; leader {} -> {}",
         acked.len(),
         refused.len(),
         leader,

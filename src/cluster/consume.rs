@@ -90,7 +90,9 @@ impl LogReader {
             let (seq, pending) = match message.info() {
                 Ok(info) => (info.stream_sequence, info.pending),
                 Err(err) => {
-                    tracing::warn!("log reader: a delivery without its position ({err}); reopening");
+                    tracing::warn!(
+                        "log reader: a delivery without its position ({err}); reopening"
+                    );
                     self.messages = None;
                     continue;
                 }

@@ -49,7 +49,9 @@ pub struct LogEntry {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum EntryError {
     /// Written by a newer (or foreign) format.
-    #[error("log entry format version {0} is not supported (this chatd reads version {ENTRY_VERSION})")]
+    #[error(
+        "log entry format version {0} is not supported (this chatd reads version {ENTRY_VERSION})"
+    )]
     Version(u8),
     /// An unknown change kind.
     #[error("unknown change kind {0}")]
@@ -119,7 +121,10 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, EntryError> {
     if version != ENTRY_VERSION {
         return Err(EntryError::Version(version));
     }
-    let eid: EntryId = input.take(16)?.try_into().map_err(|_| EntryError::Truncated)?;
+    let eid: EntryId = input
+        .take(16)?
+        .try_into()
+        .map_err(|_| EntryError::Truncated)?;
     let change = match input.byte()? {
         KIND_MESSAGE => Change::Message(NewMessage {
             room: input.str()?,
@@ -127,7 +132,11 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, EntryError> {
             from: input.str()?,
             to: input.str()?,
             text: input.str()?,
-            cid: if input.flag()? { Some(input.str()?) } else { None },
+            cid: if input.flag()? {
+                Some(input.str()?)
+            } else {
+                None
+            },
             time_us: input.uvar()?,
             utc_offset_s: unzigzag(input.uvar()?)?,
             eid: Some(eid),
@@ -139,7 +148,11 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, EntryError> {
         }),
         KIND_PURGE_ROOM => Change::Purge(PurgeCommand::Room {
             room: input.str()?,
-            before: if input.flag()? { Some(input.uvar()?) } else { None },
+            before: if input.flag()? {
+                Some(input.uvar()?)
+            } else {
+                None
+            },
         }),
         KIND_PURGE_ALL => Change::Purge(PurgeCommand::All {
             before: input.uvar()?,
@@ -305,7 +318,19 @@ mod tests {
         assert_eq!(decode_entry(&trailing), Err(EntryError::Trailing(1)));
         let mut overlong = vec![ENTRY_VERSION];
         overlong.extend_from_slice(&EID);
-        overlong.extend_from_slice(&[KIND_PURGE_ALL, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+        overlong.extend_from_slice(&[
+            KIND_PURGE_ALL,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0x7f,
+        ]);
         assert_eq!(decode_entry(&overlong), Err(EntryError::Range));
         let mut huge_len = vec![ENTRY_VERSION];
         huge_len.extend_from_slice(&EID);
@@ -318,8 +343,31 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seeds_are_entries() {
+        for seed in [
+            &include_bytes!("../../fuzz/corpus/log_entry/seed-message")[..],
+            include_bytes!("../../fuzz/corpus/log_entry/seed-read"),
+            include_bytes!("../../fuzz/corpus/log_entry/seed-purge"),
+        ] {
+            let entry = decode_entry(seed).expect("a seed decodes");
+            let mut bytes = Vec::new();
+            encode_entry(&entry.eid, &entry.change, &mut bytes);
+            assert_eq!(bytes, seed);
+        }
+    }
+
+    #[test]
     fn varints_cover_the_whole_range() {
-        for n in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX - 1, u64::MAX] {
+        for n in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            u64::from(u32::MAX),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             put_uvar(&mut out, n);
             assert_eq!(Input(&out).uvar(), Ok(n));

@@ -153,6 +153,9 @@ async fn put_lease(
     match ack {
         Ok(ack) => Ok(ack.sequence),
         Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Err(LeaseError::Gone),
-        Err(err) => Err(LeaseError::Engine(ClusterError::engine("renew the lease", err))),
+        Err(err) => Err(LeaseError::Engine(ClusterError::engine(
+            "renew the lease",
+            err,
+        ))),
     }
 }

@@ -18,9 +18,9 @@ use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use thiserror::Error;
 
+use super::Engine;
 use super::entry::EntryId;
 use super::stream::LOG_SUBJECT;
-use super::Engine;
 
 /// Pause before retrying an in-doubt publish that failed at once (a lost
 /// connection): the client is reconnecting, and the leader may be elected.
@@ -32,7 +32,16 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 #[error("engine refused the entry: {0}")]
 pub struct PublishRefused(pub String);
 
-/// Publishes `payload` as entry `eid` and returns its stream sequence.
+/// An entry in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Its stream sequence (the original's, when a retry found it kept).
+    pub seq: u64,
+    /// How many attempts it took: more than one when one was in doubt.
+    pub attempts: u32,
+}
+
+/// Publishes `payload` as entry `eid`: where it is in the log.
 /// Retries an in-doubt attempt until the stream answers; fails only when
 /// the very first attempt was refused outright. Dropping the future stops
 /// retrying (the entry stays in doubt).
@@ -40,10 +49,10 @@ pub async fn publish_entry(
     engine: &Engine,
     eid: &EntryId,
     payload: Bytes,
-) -> Result<u64, PublishRefused> {
+) -> Result<Published, PublishRefused> {
     let msg_id = entry_id_hex(eid);
     let mut in_doubt = false;
-    let mut attempts = 0u64;
+    let mut attempts = 0u32;
     loop {
         attempts += 1;
         let publish = PublishMessage::build()
@@ -74,7 +83,10 @@ pub async fn publish_entry(
                         ack.sequence
                     );
                 }
-                return Ok(ack.sequence);
+                return Ok(Published {
+                    seq: ack.sequence,
+                    attempts,
+                });
             }
             Err((doubt, err)) => {
                 in_doubt |= doubt;

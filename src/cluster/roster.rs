@@ -18,8 +18,8 @@ use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
-use super::stream::PRESENCE_BUCKET;
 use super::ClusterError;
+use super::stream::PRESENCE_BUCKET;
 
 /// What a watcher of the bucket learns, in the bucket's order.
 #[derive(Debug, Clone, PartialEq, Eq)]

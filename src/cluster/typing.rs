@@ -62,7 +62,15 @@ pub fn decode_typing(wire: &[u8]) -> Option<(String, Typing)> {
     if fields.next().is_some() {
         return None;
     }
-    Some((origin, Typing { room, user, peer, typing }))
+    Some((
+        origin,
+        Typing {
+            room,
+            user,
+            peer,
+            typing,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -83,7 +91,13 @@ mod tests {
                 typing: true
             }
         );
-        for junk in [&b""[..], b"n1\ndm:a_b\na\nb\n2", b"n1\ndm:a_b\na\nb\n1\nx", b"n1\n\na\nb\n0", b"\xff"] {
+        for junk in [
+            &b""[..],
+            b"n1\ndm:a_b\na\nb\n2",
+            b"n1\ndm:a_b\na\nb\n1\nx",
+            b"n1\n\na\nb\n0",
+            b"\xff",
+        ] {
             assert_eq!(decode_typing(junk), None);
         }
     }

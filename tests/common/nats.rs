@@ -104,10 +104,7 @@ impl NatsCluster {
                 }
             })
             .collect();
-        let mut cluster = NatsCluster {
-            servers,
-            _dir: dir,
-        };
+        let mut cluster = NatsCluster { servers, _dir: dir };
         for i in 0..cluster.servers.len() {
             cluster.start_again(i);
         }
@@ -202,7 +199,9 @@ impl NatsCluster {
                 (healthy && !leader.is_empty()).then_some(leader)
             });
             let first = leaders.next()??;
-            leaders.all(|leader| leader.as_deref() == Some(&first)).then_some(())
+            leaders
+                .all(|leader| leader.as_deref() == Some(&first))
+                .then_some(())
         });
     }
 
@@ -223,7 +222,9 @@ impl NatsCluster {
                     let detail = jsz["account_details"]
                         .as_array()?
                         .iter()
-                        .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
+                        .flat_map(|account| {
+                            account["stream_detail"].as_array().into_iter().flatten()
+                        })
                         .find(|detail| detail["name"] == stream)?;
                     let leader = detail["cluster"]["leader"].as_str()?;
                     let current = detail["cluster"]["replicas"]
