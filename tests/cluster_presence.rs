@@ -207,3 +207,100 @@ async fn typing_is_relayed_to_the_other_nodes_only() {
         );
     }
 }
+
+/// Records what a presence announces to this node's connections.
+#[derive(Default)]
+struct Recorder {
+    online: std::sync::Mutex<Vec<(String, Vec<String>)>>,
+    typing: std::sync::Mutex<Vec<Typing>>,
+}
+
+impl chatd::presence::Announce for Recorder {
+    fn online(&self, room: &str, list: &chatd::presence::OnlineList, _skip: Option<u64>) {
+        self.online
+            .lock()
+            .unwrap()
+            .push((room.to_owned(), list.users.clone()));
+    }
+
+    fn typing(&self, typing: &Typing) {
+        self.typing.lock().unwrap().push(typing.clone());
+    }
+}
+
+/// Waits until `probe` holds, polling: presence crosses nodes through the engine.
+async fn eventually(what: &str, probe: impl Fn() -> bool) {
+    within(what, async {
+        while !probe() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_presence_shows_every_nodes_connections_and_announces_changes() {
+    use chatd::cluster::presence::ClusterPresence;
+    use chatd::presence::Presence;
+    use std::sync::Arc;
+
+    let cluster = NatsCluster::start();
+    let (engine_a, roster_a) = node(&cluster, "a").await;
+    let (engine_b, roster_b) = node(&cluster, "b").await;
+    let heard_a = Arc::new(Recorder::default());
+    let heard_b = Arc::new(Recorder::default());
+    let a = ClusterPresence::start(engine_a, roster_a, heard_a.clone());
+    let b = ClusterPresence::start(engine_b, roster_b, heard_b.clone());
+
+    let room: Arc<str> = Arc::from("dm:Dummy-1_Dummy-2");
+    // Dummy-1 on node a; node b sees it in the list and in the room.
+    let list = a.join(1, &Arc::from("Dummy-1"), Some(&room));
+    assert_eq!(list.users, ["Dummy-1"]);
+    eventually("Dummy-1 online at b", || {
+        b.list()
+            .iter()
+            .any(|p| p.user == "Dummy-1" && p.rooms == ["dm:Dummy-1_Dummy-2"])
+    })
+    .await;
+    // Dummy-2 joins on node b: its list holds both; node a announces the
+    // room's new list to its connections.
+    let list = b.join(1, &Arc::from("Dummy-2"), Some(&room));
+    assert_eq!(list.users, ["Dummy-1", "Dummy-2"]);
+    eventually("the room's new list announced at a", || {
+        heard_a
+            .online
+            .lock()
+            .unwrap()
+            .contains(&(room.to_string(), vec!["Dummy-1".into(), "Dummy-2".into()]))
+    })
+    .await;
+    assert_eq!(a.everyone().total, 2);
+
+    // Typing from a reaches b's connections (resent until interest has spread).
+    let typing = Typing {
+        room: room.to_string(),
+        user: "Dummy-1".into(),
+        peer: "Dummy-2".into(),
+        typing: true,
+    };
+    within("typing at b", async {
+        while heard_b.typing.lock().unwrap().is_empty() {
+            a.relay_typing(&typing);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(heard_b.typing.lock().unwrap()[0], typing);
+
+    // Dummy-1 leaves on a: b announces the room without it.
+    a.leave(1);
+    eventually("Dummy-1 gone at b", || {
+        heard_b
+            .online
+            .lock()
+            .unwrap()
+            .contains(&(room.to_string(), vec!["Dummy-2".into()]))
+    })
+    .await;
+    assert_eq!(b.everyone().first, ["Dummy-2"]);
+}

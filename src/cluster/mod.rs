@@ -11,6 +11,7 @@
 //! - [`health`]: whether the engine can take a publish now, with a reason.
 //! - [`lease`], [`roster`]: presence on the KV bucket: a lease per node,
 //!   a key per connection, a dead node's connections dropped everywhere.
+//! - [`presence`]: the chat's `Presence` for the whole service, on them.
 //! - [`typing`]: the typing relay between nodes, on a core NATS subject.
 
 pub mod consume;
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod entry;
 pub mod health;
 pub mod lease;
+pub mod presence;
 pub mod publish;
 pub mod roster;
 pub mod stream;
