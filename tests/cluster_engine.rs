@@ -229,6 +229,11 @@ async fn kill_9_of_the_stream_leader_during_publishes_loses_nothing_acknowledged
     // more through, then bring the old leader back.
     let before = wait_for_tail(&stream, 200).await;
     cluster.kill(leader);
+    let killed = std::time::Instant::now();
+    // The write stall: until entries beyond those in flight at the kill
+    // are committed by the new leader (for the report, not asserted).
+    wait_for_tail(&stream, before + PUBLISHERS as u64 + 1).await;
+    let stall = killed.elapsed();
     let new_leader = cluster.stream_leader(LOG_STREAM);
     assert_ne!(new_leader, leader);
     wait_for_tail(&stream, before + 200).await;
@@ -272,7 +277,7 @@ async fn kill_9_of_the_stream_leader_during_publishes_loses_nothing_acknowledged
         );
     }
     println!(
-        "{} entries acknowledged ({retried} after a retry), {} refused; leader {} -> {}",
+        "{} entries acknowledged ({retried} after a retry), {} refused; leader {} -> {}, write stall {stall:?}",
         acked.len(),
         refused.len(),
         leader,
