@@ -25,6 +25,20 @@ fn urls(cluster: &NatsCluster) -> Vec<String> {
     cluster.urls().split(',').map(str::to_owned).collect()
 }
 
+/// A node connected to `cluster`, with the log stream ensured.
+async fn log_node(
+    cluster: &NatsCluster,
+    name: &str,
+) -> (Engine, async_nats::jetstream::stream::Stream) {
+    let engine = Engine::connect(&urls(cluster), name)
+        .await
+        .expect("connect");
+    let stream = ensure_log_stream(&engine, Replication::default())
+        .await
+        .expect("ensure the log stream");
+    (engine, stream)
+}
+
 /// A change whose content says who published it and which one it was.
 fn change(publisher: usize, n: u64) -> (EntryId, Bytes) {
     let mut eid = [0u8; 16];
@@ -69,12 +83,7 @@ async fn read_log(engine: &Engine, from: u64, to: u64) -> HashMap<EntryId, Vec<u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_are_replicated_read_back_in_order_and_a_retry_is_no_second_entry() {
     let mut cluster = NatsCluster::start();
-    let engine = Engine::connect(&urls(&cluster), "node-a")
-        .await
-        .expect("connect");
-    let stream = ensure_log_stream(&engine, Replication::default())
-        .await
-        .expect("create the log stream");
+    let (engine, stream) = log_node(&cluster, "node-a").await;
     assert_eq!(stream.cached_info().config.num_replicas, 3);
     cluster.stream_leader(LOG_STREAM);
     // A second node ensuring the same stream changes nothing.
@@ -188,12 +197,7 @@ async fn health_says_why_without_quorum_and_comes_back_by_itself() {
 async fn kill_9_of_the_stream_leader_during_publishes_loses_nothing_acknowledged() {
     const PUBLISHERS: usize = 8;
     let mut cluster = NatsCluster::start();
-    let engine = Engine::connect(&urls(&cluster), "node-a")
-        .await
-        .expect("connect");
-    let stream = ensure_log_stream(&engine, Replication::default())
-        .await
-        .expect("stream");
+    let (engine, stream) = log_node(&cluster, "node-a").await;
     let leader = cluster.stream_leader(LOG_STREAM);
 
     // Publishers publish one entry after another until told to stop; each

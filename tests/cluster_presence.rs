@@ -163,34 +163,13 @@ async fn typing_is_relayed_to_the_other_nodes_only() {
         peer: peer.into(),
         typing,
     };
-    // Core NATS is at most once: until a subscription's interest has
-    // reached every server, events are dropped, so resend (as a typing
-    // client does) until one arrives.
-    let first_at_b = within("typing at b", async {
-        loop {
-            relay_typing(&engine_a, &typing("Dummy-1", "Dummy-2", true))
-                .await
-                .expect("relay");
-            if let Ok(got) = tokio::time::timeout(Duration::from_millis(100), at_b.next()).await {
-                return got;
-            }
-        }
-    })
-    .await;
-    assert_eq!(first_at_b, Some(typing("Dummy-1", "Dummy-2", true)));
+    let first_at_b =
+        relay_until_received(&engine_a, &typing("Dummy-1", "Dummy-2", true), &mut at_b).await;
+    assert_eq!(first_at_b, typing("Dummy-1", "Dummy-2", true));
     // Node a gets b's event, and never its own.
-    let first_at_a = within("typing at a", async {
-        loop {
-            relay_typing(&engine_b, &typing("Dummy-2", "Dummy-1", false))
-                .await
-                .expect("relay");
-            if let Ok(got) = tokio::time::timeout(Duration::from_millis(100), at_a.next()).await {
-                return got;
-            }
-        }
-    })
-    .await;
-    assert_eq!(first_at_a, Some(typing("Dummy-2", "Dummy-1", false)));
+    let first_at_a =
+        relay_until_received(&engine_b, &typing("Dummy-2", "Dummy-1", false), &mut at_a).await;
+    assert_eq!(first_at_a, typing("Dummy-2", "Dummy-1", false));
     relay_typing(&engine_a, &typing("Dummy-1", "Dummy-2", false))
         .await
         .expect("relay");
@@ -206,6 +185,26 @@ async fn typing_is_relayed_to_the_other_nodes_only() {
             "node a got its own typing back"
         );
     }
+}
+
+/// Relays `typing` from `engine` until `at` gets an event, and returns it.
+/// Core NATS is at most once: until a subscription's interest has reached
+/// every server, events are dropped, so resend (as a typing client does).
+async fn relay_until_received(
+    engine: &Engine,
+    typing: &Typing,
+    at: &mut (impl Stream<Item = Typing> + Unpin),
+) -> Typing {
+    within("a relayed typing event", async {
+        loop {
+            relay_typing(engine, typing).await.expect("relay");
+            if let Ok(Some(got)) = tokio::time::timeout(Duration::from_millis(100), at.next()).await
+            {
+                return got;
+            }
+        }
+    })
+    .await
 }
 
 /// Records what a presence announces to this node's connections.
