@@ -27,6 +27,11 @@ if [[ ! -x $venv/bin/python || tests/python/requirements.txt -nt $venv/installed
   touch "$venv/installed"
 fi
 
+# The pinned nats-server the cluster tests start (a 3-server JetStream cluster).
+echo "==> scripts/install-nats.sh"
+NATS_SERVER="$(bash scripts/install-nats.sh)"
+export NATS_SERVER
+
 echo "==> cargo test --all-targets"
 cargo test --all-targets
 

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod datadir;
 pub mod duration;
 pub mod engineio;

@@ -1,0 +1,247 @@
+//! Presence in the engine: who is connected to which node, in a KV bucket
+//! every node watches.
+//!
+//! Keys (bucket [`PRESENCE_BUCKET`](super::stream::PRESENCE_BUCKET)):
+//! - `node.<node>`: the node's lease, `<instance>` as value, renewed well
+//!   within its TTL (see [`super::lease`]). When a node dies its lease runs
+//!   out and the server writes a limit marker, which every watcher sees.
+//! - `conn.<node>.<conn>`: one per connection, `<user>\n<room>` as value
+//!   (room empty without a peer), deleted when it closes.
+//!
+//! A node's connections count only while its lease lives: a watcher drops
+//! them all when the lease goes ([`RosterEvent::NodeGone`]), and again when
+//! a new instance of the node takes the lease ([`RosterEvent::NodeUp`]),
+//! since a node clears its old keys before it takes its lease and puts its
+//! connections after, and the bucket keeps that order.
+
+use async_nats::jetstream::kv::{self, Operation};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use super::ClusterError;
+use super::stream::PRESENCE_BUCKET;
+
+/// What a watcher of the bucket learns, in the bucket's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RosterEvent {
+    /// A node took (or renewed) its lease; when `instance` is new, drop
+    /// every connection of that node known so far.
+    NodeUp {
+        /// The node.
+        node: String,
+        /// Its process instance (changes with every start).
+        instance: String,
+    },
+    /// A node's lease ended (ran out, or the node left): its connections
+    /// are gone.
+    NodeGone {
+        /// The node.
+        node: String,
+    },
+    /// A connection joined on a node.
+    Joined {
+        /// The node it is on.
+        node: String,
+        /// Its key on that node.
+        conn: u64,
+        /// Its user.
+        user: String,
+        /// Its room, when it has a peer.
+        room: Option<String>,
+    },
+    /// A connection closed.
+    Left {
+        /// The node it was on.
+        node: String,
+        /// Its key on that node.
+        conn: u64,
+    },
+}
+
+/// Whether `name` can name a node: 1 to 64 of `A–Z a–z 0–9 _ -` (it is a
+/// token of KV keys and subjects).
+pub fn is_valid_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The key of a node's lease.
+pub fn lease_key(node: &str) -> String {
+    format!("node.{node}")
+}
+
+fn conn_key(node: &str, conn: u64) -> String {
+    format!("conn.{node}.{conn}")
+}
+
+/// This node's writes to the presence bucket.
+#[derive(Clone, Debug)]
+pub struct Roster {
+    kv: kv::Store,
+    node: String,
+}
+
+impl Roster {
+    /// The roster of node `node` (a valid node name) in `kv`.
+    pub fn new(kv: kv::Store, node: &str) -> Roster {
+        Roster {
+            kv,
+            node: node.to_owned(),
+        }
+    }
+
+    /// The node it writes for.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &kv::Store {
+        &self.kv
+    }
+
+    /// Tells every node that `conn` of `user` joined here.
+    pub async fn announce(
+        &self,
+        conn: u64,
+        user: &str,
+        room: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        let value = format!("{user}\n{}", room.unwrap_or(""));
+        self.kv
+            .put(conn_key(&self.node, conn), Bytes::from(value))
+            .await
+            .map(drop)
+            .map_err(|err| ClusterError::engine("announce a connection", err))
+    }
+
+    /// Tells every node that `conn` closed.
+    pub async fn withdraw(&self, conn: u64) -> Result<(), ClusterError> {
+        self.kv
+            .delete(conn_key(&self.node, conn))
+            .await
+            .map_err(|err| ClusterError::engine("withdraw a connection", err))
+    }
+
+    /// Removes every connection key this node left behind (a crash, a lost
+    /// lease); done before the node takes its lease.
+    pub async fn clear_own(&self) -> Result<(), ClusterError> {
+        self.kv
+            .stream
+            .purge()
+            .filter(format!("$KV.{PRESENCE_BUCKET}.conn.{}.>", self.node))
+            .await
+            .map(drop)
+            .map_err(|err| ClusterError::engine("clear this node's connections", err))
+    }
+}
+
+/// Every node's presence as it is, then each change as it happens.
+pub async fn watch_roster(
+    kv: &kv::Store,
+) -> Result<impl Stream<Item = Result<RosterEvent, ClusterError>> + use<>, ClusterError> {
+    let watch = kv
+        .watch_with_history(">")
+        .await
+        .map_err(|err| ClusterError::engine("watch presence", err))?;
+    Ok(watch.filter_map(|entry| async move {
+        match entry {
+            Ok(entry) => roster_event(&entry.key, entry.operation, &entry.value).map(Ok),
+            Err(err) => Some(Err(ClusterError::engine("watch presence", err))),
+        }
+    }))
+}
+
+/// What one bucket entry means; `None` for keys that are not ours.
+pub fn roster_event(key: &str, operation: Operation, value: &[u8]) -> Option<RosterEvent> {
+    let put = operation == Operation::Put;
+    if let Some(node) = key.strip_prefix("node.") {
+        let node = node.to_owned();
+        return Some(if put {
+            RosterEvent::NodeUp {
+                node,
+                instance: String::from_utf8_lossy(value).into_owned(),
+            }
+        } else {
+            RosterEvent::NodeGone { node }
+        });
+    }
+    let (node, conn) = key.strip_prefix("conn.")?.split_once('.')?;
+    let conn = conn.parse().ok()?;
+    let node = node.to_owned();
+    if !put {
+        return Some(RosterEvent::Left { node, conn });
+    }
+    let (user, room) = std::str::from_utf8(value).ok()?.split_once('\n')?;
+    Some(RosterEvent::Joined {
+        node,
+        conn,
+        user: user.to_owned(),
+        room: (!room.is_empty()).then(|| room.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_entries_become_events() {
+        assert_eq!(
+            roster_event("node.a", Operation::Put, b"i1"),
+            Some(RosterEvent::NodeUp {
+                node: "a".into(),
+                instance: "i1".into()
+            })
+        );
+        assert_eq!(
+            roster_event("node.a", Operation::Purge, b""),
+            Some(RosterEvent::NodeGone { node: "a".into() })
+        );
+        assert_eq!(
+            roster_event("conn.a.7", Operation::Put, b"Dummy-1\ndm:Dummy-1_Dummy-2"),
+            Some(RosterEvent::Joined {
+                node: "a".into(),
+                conn: 7,
+                user: "Dummy-1".into(),
+                room: Some("dm:Dummy-1_Dummy-2".into())
+            })
+        );
+        assert_eq!(
+            roster_event("conn.a.7", Operation::Put, b"Dummy-1\n"),
+            Some(RosterEvent::Joined {
+                node: "a".into(),
+                conn: 7,
+                user: "Dummy-1".into(),
+                room: None
+            })
+        );
+        assert_eq!(
+            roster_event("conn.a.7", Operation::Delete, b""),
+            Some(RosterEvent::Left {
+                node: "a".into(),
+                conn: 7
+            })
+        );
+        for (key, value) in [
+            ("conn.a.x", &b"u\n"[..]),
+            ("conn.a", b"u\n"),
+            ("conn.a.7", b"no newline"),
+            ("conn.a.7", b"\xff\n"),
+            ("other", b""),
+        ] {
+            assert_eq!(roster_event(key, Operation::Put, value), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn node_names_are_key_tokens() {
+        assert!(is_valid_node_name("chat-1"));
+        assert!(is_valid_node_name("A_b-9"));
+        for bad in ["", "a.b", "a b", "a*", "a>", &"x".repeat(65)] {
+            assert!(!is_valid_node_name(bad), "{bad:?}");
+        }
+    }
+}
