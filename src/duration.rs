@@ -52,7 +52,7 @@ pub fn format_duration(duration: Duration) -> String {
     let secs = duration.as_secs();
     let unit = [(86_400, 'd'), (3_600, 'h'), (60, 'm')]
         .into_iter()
-        .find(|(unit, _)| secs > 0 && secs % unit == 0);
+        .find(|(unit, _)| secs > 0 && secs.is_multiple_of(*unit));
     match unit {
         Some((unit, name)) => format!("{}{name}", secs / unit),
         None => format!("{secs}s"),

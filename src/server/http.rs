@@ -97,6 +97,8 @@ async fn route<H: EngineHandler>(
         let client = server
             .trusted_proxies
             .client(peer, forwarded_for.iter().map(HeaderValue::as_bytes));
+        // An active connection is the last its address gives up.
+        place.touch();
         let connection = Connection { peer, place };
         engine_request(&server, request, client, mount, connection)
             .await

@@ -22,7 +22,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use tokio::sync::Notify;
@@ -126,7 +126,9 @@ pub struct Place {
     /// `None`: a connection from a trusted proxy, counted in the total only
     /// (the clients behind it get places of their own per request).
     key: Option<AddressKey>,
-    serial: u64,
+    /// Its position among the unjoined places (higher is newer); changed
+    /// under the gate's lock.
+    serial: AtomicU64,
     /// UNJOINED, JOINED or TAKEN_BACK; changed under the gate's lock.
     state: AtomicU8,
     taken_back: Notify,
@@ -192,13 +194,12 @@ impl Gate {
                 }
             }
         }
-        let serial = state.next_serial;
-        state.next_serial += 1;
+        let serial = state.new_serial();
         state.total += 1;
         let place = Arc::new(Place {
             gate: self.clone(),
             key,
-            serial,
+            serial: AtomicU64::new(serial),
             state: AtomicU8::new(UNJOINED),
             taken_back: Notify::new(),
         });
@@ -221,6 +222,11 @@ impl Gate {
 }
 
 impl State {
+    fn new_serial(&mut self) -> u64 {
+        self.next_serial += 1;
+        self.next_serial
+    }
+
     /// Takes the unjoined place `serial` back: it no longer counts, and its
     /// holder is told to close.
     fn take_back(&mut self, serial: u64) {
@@ -283,11 +289,37 @@ impl Place {
                 return false;
             }
             counts.joined += 1;
-            state.forget_unjoined(key, self.serial);
+            state.forget_unjoined(key, self.serial());
         }
-        state.unjoined.remove(&self.serial);
+        state.unjoined.remove(&self.serial());
         self.state.store(JOINED, Ordering::Release);
         true
+    }
+
+    /// The client is active (a request came): an unjoined place becomes the
+    /// newest of its address, the last a newcomer takes back.
+    pub fn touch(self: &Arc<Self>) {
+        if self.state.load(Ordering::Acquire) != UNJOINED {
+            return;
+        }
+        let mut state = self.gate.state();
+        let old = self.serial();
+        if state.unjoined.remove(&old).is_none() {
+            return; // taken back or joined meanwhile
+        }
+        let new = state.new_serial();
+        self.serial.store(new, Ordering::Release);
+        state
+            .unjoined
+            .insert(new, (self.key, Arc::downgrade(self)));
+        if let Some(counts) = self.key.and_then(|key| state.by_address.get_mut(&key)) {
+            counts.unjoined.retain(|serial| *serial != old);
+            counts.unjoined.push_back(new);
+        }
+    }
+
+    fn serial(&self) -> u64 {
+        self.serial.load(Ordering::Acquire)
     }
 
     /// Undoes [`join`](Self::join): the client was refused after all (a bad
@@ -297,14 +329,16 @@ impl Place {
         if self.state.load(Ordering::Acquire) != JOINED {
             return;
         }
+        let serial = state.new_serial();
+        self.serial.store(serial, Ordering::Release);
         if let Some(key) = self.key {
             let counts = state.by_address.entry(key).or_default();
             counts.joined -= 1;
-            counts.unjoined.push_back(self.serial);
+            counts.unjoined.push_back(serial);
         }
         state
             .unjoined
-            .insert(self.serial, (self.key, Arc::downgrade(self)));
+            .insert(serial, (self.key, Arc::downgrade(self)));
         self.state.store(UNJOINED, Ordering::Release);
     }
 
@@ -344,12 +378,13 @@ impl Drop for Place {
                 }
             }
             _ => {
-                if state.unjoined.remove(&self.serial).is_none() {
+                let serial = self.serial();
+                if state.unjoined.remove(&serial).is_none() {
                     // Taken back while it was being dropped.
                     return;
                 }
                 if let Some(key) = self.key {
-                    state.forget_unjoined(key, self.serial);
+                    state.forget_unjoined(key, serial);
                 }
             }
         }
@@ -405,6 +440,19 @@ mod tests {
         assert_eq!(gate.open(), 3);
         drop(first);
         assert_eq!(gate.open(), 3, "a taken-back place was uncounted already");
+    }
+
+    #[test]
+    fn an_active_place_is_taken_back_last() {
+        let gate = Gate::new(limits(100, 10, 2));
+        let busy = gate.admit(ip("10.0.0.1")).unwrap();
+        let idle = gate.admit(ip("10.0.0.1")).unwrap();
+        busy.touch();
+        let _newcomer = gate.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(idle.state.load(Ordering::Acquire), TAKEN_BACK);
+        assert_eq!(busy.state.load(Ordering::Acquire), UNJOINED);
+        drop((busy, idle));
+        assert_eq!(gate.open(), 1);
     }
 
     #[test]
