@@ -309,9 +309,7 @@ impl Place {
         }
         let new = state.new_serial();
         self.serial.store(new, Ordering::Release);
-        state
-            .unjoined
-            .insert(new, (self.key, Arc::downgrade(self)));
+        state.unjoined.insert(new, (self.key, Arc::downgrade(self)));
         if let Some(counts) = self.key.and_then(|key| state.by_address.get_mut(&key)) {
             counts.unjoined.retain(|serial| *serial != old);
             counts.unjoined.push_back(new);

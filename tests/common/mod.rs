@@ -185,12 +185,38 @@ impl Server {
             .unwrap_or_else(|failure| panic!("chatd run did not start: {failure:?}"))
     }
 
+    /// Like [`try_start`](Self::try_start) with TLS and auth on, run under
+    /// `umask` (through `sh`, as a login shell's setting would be).
+    pub fn try_spawn_under_umask(
+        data_dir: &Path,
+        umask: &str,
+        args: &[&str],
+    ) -> Result<Server, StartFailure> {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(CHATD);
+        Server::launch_with(command, data_dir, args, &[])
+    }
+
     fn launch(
         data_dir: &Path,
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> Result<Server, StartFailure> {
-        let mut child = Command::new(CHATD)
+        Server::launch_with(Command::new(CHATD), data_dir, args, envs)
+    }
+
+    /// Runs `command` (chatd, or something that execs it) with `run` and
+    /// the arguments appended.
+    fn launch_with(
+        mut command: Command,
+        data_dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Server, StartFailure> {
+        let mut child = command
             .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)

@@ -92,7 +92,9 @@ impl RawClient {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = request.body(Empty::<Bytes>::new()).expect("a valid request");
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .expect("a valid request");
         let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, request, stream)
             .await
             .expect("websocket handshake");
