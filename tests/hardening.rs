@@ -15,21 +15,9 @@ use std::time::{Duration, Instant};
 
 use chatd::client::{Client, ClientError};
 use common::raw::{POLLING, RawClient, http, polling_handshake, read_answer};
-use common::{Server, TIMEOUT, chatd_err, send, start_server, wait_for_event};
+use common::{Server, TIMEOUT, bystanders_still_chat, chatd_err, send, start_server};
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::json;
-
-/// Alice and Bob still exchange a message: the server carries on.
-async fn bystanders_still_chat(server: &Server) {
-    let alice = server.connect_plain("Alice", "Bob").await;
-    let mut bob = server.connect_plain("Bob", "Alice").await;
-    let ack = send(&alice, "still here?").await;
-    assert_eq!(ack["ok"], true, "{ack}");
-    assert_eq!(
-        wait_for_event(&mut bob, "chat message").await["text"],
-        "still here?"
-    );
-}
 
 /// Starts a POST on a new polling session of its own: the connection, with
 /// the request head sent and `Content-Length` announcing `length` bytes.

@@ -151,6 +151,20 @@ fn user_address(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250) as u8 + 1)
 }
 
+/// `chatd run --no-tls --no-auth` trusting 127.0.0.1 as its proxy, with
+/// `per_ip` joined connections per client address.
+fn behind_local_proxy(data_dir: &Path, per_ip: usize) -> Server {
+    let per_ip = per_ip.to_string();
+    let args = [
+        "--trusted-proxy",
+        "127.0.0.1",
+        "--max-connections-per-ip",
+        &per_ip,
+    ];
+    Server::start(data_dir, &args)
+}
+
+/// The CONNECT_ERROR past the joined limit of an address.
 fn too_many() -> Result<(), Value> {
     Err(json!({"message": "too many connections from this address"}))
 }
@@ -158,15 +172,7 @@ fn too_many() -> Result<(), Value> {
 #[tokio::test]
 async fn three_hundred_users_behind_nginx_join_and_one_abusive_user_is_limited_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        dir.path(),
-        &[
-            "--trusted-proxy",
-            "127.0.0.1",
-            "--max-connections-per-ip",
-            "4",
-        ],
-    );
+    let server = behind_local_proxy(dir.path(), 4);
     let Some(nginx) = Nginx::start(server.port) else {
         return;
     };
@@ -212,15 +218,7 @@ async fn three_hundred_users_behind_nginx_join_and_one_abusive_user_is_limited_a
 #[tokio::test]
 async fn x_forwarded_for_counts_only_from_a_trusted_proxy() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        dir.path(),
-        &[
-            "--trusted-proxy",
-            "127.0.0.1",
-            "--max-connections-per-ip",
-            "1",
-        ],
-    );
+    let server = behind_local_proxy(dir.path(), 1);
     let port = server.port;
     let open = |from: Ipv4Addr, forwarded: &'static str| async move {
         let stream = connect_from(from, port).await;
@@ -264,15 +262,7 @@ fn proxy_v2(from: SocketAddr) -> Vec<u8> {
 #[tokio::test]
 async fn a_proxy_protocol_header_from_a_trusted_proxy_names_the_client() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        dir.path(),
-        &[
-            "--trusted-proxy",
-            "127.0.0.1",
-            "--max-connections-per-ip",
-            "1",
-        ],
-    );
+    let server = behind_local_proxy(dir.path(), 1);
     let port = server.port;
     let open = |header: Vec<u8>| async move {
         let mut stream = connect_from(Ipv4Addr::LOCALHOST, port).await;

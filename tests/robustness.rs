@@ -9,21 +9,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::raw::{POLLING, RawClient, http, polling_handshake};
-use common::{Server, TIMEOUT, send, wait_for_event};
+use common::{Server, TIMEOUT, bystanders_still_chat, send, wait_for_event};
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::json;
-
-/// Alice and Bob still exchange a message: the server carries on.
-async fn bystanders_still_chat(server: &Server) {
-    let alice = server.connect_plain("Alice", "Bob").await;
-    let mut bob = server.connect_plain("Bob", "Alice").await;
-    let ack = send(&alice, "still here?").await;
-    assert_eq!(ack["ok"], true, "{ack}");
-    assert_eq!(
-        wait_for_event(&mut bob, "chat message").await["text"],
-        "still here?"
-    );
-}
 
 #[tokio::test]
 async fn malformed_packets_close_only_the_offending_connection() {

@@ -378,6 +378,19 @@ pub async fn wait_for_event(client: &mut Client, name: &str) -> Value {
     }
 }
 
+/// Alice and Bob (on a `--no-tls --no-auth` server) still exchange a
+/// message: the server carries on whatever another client did.
+pub async fn bystanders_still_chat(server: &Server) {
+    let alice = server.connect_plain("Alice", "Bob").await;
+    let mut bob = server.connect_plain("Bob", "Alice").await;
+    let ack = send(&alice, "still here?").await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(
+        wait_for_event(&mut bob, "chat message").await["text"],
+        "still here?"
+    );
+}
+
 /// Sends a `chat message` with an ack and returns the ack's payload.
 pub async fn send(client: &Client, text: &str) -> Value {
     let ack = client
