@@ -1,10 +1,10 @@
 //! The table of live sessions: opening them, finding them by sid, reaping
 //! them when they end.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -14,11 +14,10 @@ use super::packet::Handshake;
 use super::session::{Session, Transport};
 use super::{EngineConfig, EngineHandler, Outbox, RequestError, RequestInfo};
 
-/// How long a poll that raced its session's close (sent before the client's
-/// close packet was answered) is still told `noop` rather than refused.
+/// How long a polling session the client closed stays findable when no
+/// poll has been told yet: a poll sent before the close was answered (the
+/// close overtook it) is then told `noop` rather than refused.
 const CLOSE_RACE_WINDOW: Duration = Duration::from_secs(5);
-/// The most such closes remembered at once; the oldest go first.
-const CLOSE_RACE_MEMORY: usize = 1024;
 
 /// The Engine.IO server state shared by every transport.
 pub struct Engine<H: EngineHandler> {
@@ -26,9 +25,6 @@ pub struct Engine<H: EngineHandler> {
     /// Protocol settings announced to clients.
     pub config: Arc<EngineConfig>,
     sessions: Mutex<HashMap<String, Arc<Session<H::Session>>>>,
-    /// Polling sessions the client closed, gone from the table before any
-    /// poll answered the close: sid, client address, when.
-    closed_unanswered: Mutex<VecDeque<(String, IpAddr, Instant)>>,
     /// Cancelled to close every session gracefully (shutdown).
     pub shutdown: CancellationToken,
     /// Tracks every session task so shutdown can wait for them.
@@ -47,7 +43,6 @@ impl<H: EngineHandler> Engine<H> {
             handler,
             config,
             sessions: Mutex::default(),
-            closed_unanswered: Mutex::default(),
             shutdown,
             tracker,
         }
@@ -93,8 +88,13 @@ impl<H: EngineHandler> Engine<H> {
         let (engine, lifecycle) = (self.clone(), session.clone());
         self.tracker.spawn(async move {
             lifecycle.run(&engine.config, &engine.shutdown).await;
-            if lifecycle.transport() == Transport::Polling && lifecycle.answer_close() {
-                engine.remember_close(sid.clone(), remote_ip);
+            if lifecycle.transport() == Transport::Polling && lifecycle.close_unanswered() {
+                // Its place stays taken meanwhile, so this costs a client
+                // nothing it could use to pile sessions up.
+                tokio::select! {
+                    _ = tokio::time::sleep(CLOSE_RACE_WINDOW) => {}
+                    _ = engine.shutdown.cancelled() => {}
+                }
             }
             engine.table().remove(&sid);
         });
@@ -122,38 +122,12 @@ impl<H: EngineHandler> Engine<H> {
     /// poll has been told yet: a poll sent before the close was answered
     /// gets `noop` instead of an error, as if it had been waiting already.
     pub fn closed_by_client(&self, sid: &str, ip: IpAddr) -> bool {
-        let closing = self
+        let session = self
             .table()
             .get(sid)
             .filter(|session| session.belongs_to(ip))
             .cloned();
-        if let Some(session) = closing {
-            return session.answer_close();
-        }
-        let mut closed = self.closed();
-        let now = Instant::now();
-        closed.retain(|(_, _, when)| now.duration_since(*when) < CLOSE_RACE_WINDOW);
-        match closed
-            .iter()
-            .position(|(s, from, _)| s == sid && *from == ip)
-        {
-            Some(at) => closed.remove(at).is_some(),
-            None => false,
-        }
-    }
-
-    fn remember_close(&self, sid: String, ip: IpAddr) {
-        let mut closed = self.closed();
-        if closed.len() >= CLOSE_RACE_MEMORY {
-            closed.pop_front();
-        }
-        closed.push_back((sid, ip, Instant::now()));
-    }
-
-    fn closed(&self) -> MutexGuard<'_, VecDeque<(String, IpAddr, Instant)>> {
-        self.closed_unanswered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        session.is_some_and(|session| session.answer_close())
     }
 
     fn table(&self) -> MutexGuard<'_, HashMap<String, Arc<Session<H::Session>>>> {

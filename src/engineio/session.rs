@@ -167,6 +167,12 @@ impl<S: SessionHandler> Session<S> {
             && !self.close_answered.swap(true, Ordering::AcqRel)
     }
 
+    /// True while the session closed at the client's request and no poll
+    /// has told it yet.
+    pub fn close_unanswered(&self) -> bool {
+        self.reason() == CloseReason::TransportClose && !self.close_answered.load(Ordering::Acquire)
+    }
+
     /// Closes after what is queued has been delivered.
     pub fn close(&self, reason: CloseReason) {
         let _ = self.reason.set(reason);
