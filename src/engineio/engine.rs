@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::heartbeat::Heartbeat;
 use super::packet::Handshake;
 use super::session::{Session, Transport};
 use super::{EngineConfig, EngineHandler, Outbox, RequestError, RequestInfo};
@@ -81,7 +82,7 @@ impl<H: EngineHandler> Engine<H> {
             (remote_ip, place),
             (outbox, receiver),
             handler,
-            transport,
+            (transport, Heartbeat::new(&self.config)),
         ));
         self.table().insert(sid.clone(), session.clone());
 

@@ -4,6 +4,10 @@
 //! `ping_timeout`; a pong restarts the interval from the moment it arrives.
 //! The ping goes through the session's outbox, so whichever transport
 //! currently drains it (a polling GET or a websocket writer) delivers it.
+//!
+//! Deadlines count from when a ping is due, not from when the timer got to
+//! send it: on a busy machine a late timer does not keep a silent client's
+//! session alive past `ping_interval + ping_timeout`.
 
 use std::sync::Mutex;
 
@@ -24,14 +28,23 @@ pub enum Ended {
 }
 
 /// One session's heartbeat state, shared by the pinger and the transports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Heartbeat {
     pong: Notify,
-    /// When the pong owed for the last ping is due; `None` when none is owed.
+    /// When the pong for the current (or next due) ping is due; `None`
+    /// from a pong until the pinger schedules the next ping.
     deadline: Mutex<Option<Instant>>,
 }
 
 impl Heartbeat {
+    /// A heartbeat whose first ping is due one interval from now.
+    pub fn new(config: &EngineConfig) -> Self {
+        Heartbeat {
+            pong: Notify::new(),
+            deadline: Mutex::new(Some(Instant::now() + pong_within(config))),
+        }
+    }
+
     /// Records the client's pong.
     pub fn pong(&self) {
         *self.lock() = None;
@@ -54,25 +67,30 @@ impl Heartbeat {
         outbox: &Outbox,
         closing: &CancellationToken,
     ) -> Ended {
+        let mut due = self
+            .lock()
+            .unwrap_or_else(|| Instant::now() + pong_within(config));
         loop {
+            let ping_at = due.checked_sub(config.ping_timeout).unwrap_or(due);
             tokio::select! {
                 _ = closing.cancelled() => return Ended::Closed,
-                _ = tokio::time::sleep(config.ping_interval) => {}
+                _ = tokio::time::sleep_until(ping_at) => {}
             }
             let pong = self.pong.notified();
             tokio::pin!(pong);
             // Registered before the ping leaves, so a quick pong is not missed.
             pong.as_mut().enable();
-            let deadline = Instant::now() + config.ping_timeout;
-            *self.lock() = Some(deadline);
+            *self.lock() = Some(due);
             if !outbox.send_text(Bytes::from_static(b"2")) {
                 return Ended::Closed;
             }
             tokio::select! {
                 _ = closing.cancelled() => return Ended::Closed,
                 _ = &mut pong => {}
-                _ = tokio::time::sleep_until(deadline) => return Ended::TimedOut,
+                _ = tokio::time::sleep_until(due) => return Ended::TimedOut,
             }
+            due = Instant::now() + pong_within(config);
+            *self.lock() = Some(due);
         }
     }
 
@@ -83,6 +101,11 @@ impl Heartbeat {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// From the start of an interval, how long until its ping's pong is due.
+fn pong_within(config: &EngineConfig) -> std::time::Duration {
+    config.ping_interval + config.ping_timeout
 }
 
 #[cfg(test)]
@@ -102,7 +125,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pings_and_times_out_without_a_pong() {
         let (outbox, mut receiver) = Outbox::new(8);
-        let heartbeat = Heartbeat::default();
+        let heartbeat = Heartbeat::new(&config());
         let closing = receiver.closing.clone();
         let started = Instant::now();
         let ended = heartbeat.run(&config(), &outbox, &closing).await;
@@ -115,7 +138,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_pong_restarts_the_interval() {
         let (outbox, mut receiver) = Outbox::new(8);
-        let heartbeat = std::sync::Arc::new(Heartbeat::default());
+        let heartbeat = std::sync::Arc::new(Heartbeat::new(&config()));
         let closing = receiver.closing.clone();
         let pinger = {
             let (heartbeat, closing) = (heartbeat.clone(), closing.clone());
@@ -128,5 +151,16 @@ mod tests {
         }
         closing.cancel();
         assert_eq!(pinger.await.expect("the pinger ends"), Ended::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_pinger_does_not_extend_the_deadline() {
+        let heartbeat = Heartbeat::new(&config());
+        // The session's task has not run at all for 0.6 s (a busy machine):
+        // a client that has said nothing is overdue all the same.
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(!heartbeat.expired());
+        tokio::time::advance(Duration::from_millis(101)).await;
+        assert!(heartbeat.expired());
     }
 }

@@ -67,7 +67,7 @@ impl<S: SessionHandler> Session<S> {
         (remote_ip, place): (IpAddr, Arc<dyn Place>),
         (outbox, receiver): (Outbox, OutboxReceiver),
         handler: S,
-        transport: Transport,
+        (transport, heartbeat): (Transport, Heartbeat),
     ) -> Self {
         Session {
             sid,
@@ -77,7 +77,7 @@ impl<S: SessionHandler> Session<S> {
             outbox,
             handler: Mutex::new(Some(handler)),
             receiver: Mutex::new(Some(receiver)),
-            heartbeat: Heartbeat::default(),
+            heartbeat,
             transport: AtomicU8::new(transport as u8),
             transport_changed: Notify::new(),
             reason: OnceLock::new(),
