@@ -64,18 +64,18 @@ pub struct RequestInfo {
     /// The client's address (behind a trusted proxy, the one it named).
     pub remote: SocketAddr,
     /// The session's place under the server's connection limits.
-    pub place: Arc<dyn Place>,
+    pub place: Arc<dyn Admission>,
 }
 
-/// A session's place under the server's connection limits, as the layers
-/// above see it: it starts unjoined, the application says when its client
+/// A session's admission under the server's connection limits (its place),
+/// as the layers above see it: it starts unjoined, the application says when its client
 /// joins, and the server may take an unjoined place back for a newer client
 /// of the same address (the application then closes the session).
-pub trait Place: fmt::Debug + Send + Sync + 'static {
+pub trait Admission: fmt::Debug + Send + Sync + 'static {
     /// The client joined: false if its address has no joined place left
     /// (the application refuses it). True if it had joined already.
     fn join(&self) -> bool;
-    /// Undoes [`join`](Place::join): the application refused the client
+    /// Undoes [`join`](Admission::join): the application refused the client
     /// after all.
     fn unjoin(self: Arc<Self>);
     /// True once the client joined.
@@ -89,7 +89,7 @@ pub trait Place: fmt::Debug + Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct Unlimited;
 
-impl Place for Unlimited {
+impl Admission for Unlimited {
     fn join(&self) -> bool {
         true
     }

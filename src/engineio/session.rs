@@ -19,7 +19,7 @@ use super::heartbeat::{Ended, Heartbeat};
 use super::outbox::OutboxReceiver;
 use super::packet::Packet;
 use super::payload::Record;
-use super::{CloseReason, EngineConfig, Outbox, Place, SessionHandler};
+use super::{Admission, CloseReason, EngineConfig, Outbox, SessionHandler};
 
 /// How long shutdown lets a session deliver its close before dropping it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -43,7 +43,7 @@ pub struct Session<S> {
     remote_ip: IpAddr,
     /// The session's place under the connection limits, held for its life
     /// whichever transport carries it.
-    place: Arc<dyn Place>,
+    place: Arc<dyn Admission>,
     outbox: Outbox,
     closing: CancellationToken,
     handler: Mutex<Option<S>>,
@@ -64,7 +64,7 @@ impl<S: SessionHandler> Session<S> {
     /// A session on `transport` whose messages go to `handler`.
     pub fn new(
         sid: String,
-        (remote_ip, place): (IpAddr, Arc<dyn Place>),
+        (remote_ip, place): (IpAddr, Arc<dyn Admission>),
         (outbox, receiver): (Outbox, OutboxReceiver),
         handler: S,
         (transport, heartbeat): (Transport, Heartbeat),
@@ -96,7 +96,7 @@ impl<S: SessionHandler> Session<S> {
     }
 
     /// The session's place under the connection limits.
-    pub fn place(&self) -> &dyn Place {
+    pub fn place(&self) -> &dyn Admission {
         &*self.place
     }
 

@@ -99,8 +99,8 @@ async fn route<H: EngineHandler>(
             .client(peer, forwarded_for.iter().map(HeaderValue::as_bytes));
         // An active connection is the last its address gives up.
         place.touch();
-        let connection = Connection { peer, place };
-        engine_request(&server, request, client, mount, connection)
+        let carrier = Carrier { peer, place };
+        engine_request(&server, request, client, mount, carrier)
             .await
             .unwrap_or_else(Refusal::answer)
     };
@@ -164,7 +164,7 @@ fn preflight(request: &Request<Incoming>) -> Answer {
 
 /// The connection a request came on: its peer (a proxy, or the client
 /// itself) and its place under the limits.
-struct Connection {
+struct Carrier {
     peer: SocketAddr,
     place: Arc<Place>,
 }
@@ -177,7 +177,7 @@ async fn engine_request<H: EngineHandler>(
     mut request: Request<Incoming>,
     client: SocketAddr,
     path: String,
-    connection: Connection,
+    carrier: Carrier,
 ) -> Result<Answer, Refusal> {
     let query: Vec<(String, String)> =
         form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
@@ -206,7 +206,7 @@ async fn engine_request<H: EngineHandler>(
         if session.place().is_joined() {
             // The connection serves a joined client: no newcomer may take
             // its place (it stays unjoined if the address has none left).
-            connection.place.join();
+            carrier.place.join();
         }
         if websocket {
             let (answer, upgrade) = upgrade(&mut request)?;
@@ -244,8 +244,8 @@ async fn engine_request<H: EngineHandler>(
     // place of its own: otherwise one keep-alive connection could open
     // sessions without end. So does a websocket from behind a proxy; a
     // direct websocket keeps its connection's place.
-    let place = if websocket && client == connection.peer {
-        connection.place
+    let place = if websocket && client == carrier.peer {
+        carrier.place
     } else {
         server.gate.admit(client.ip()).map_err(|_| Refusal::Full)?
     };

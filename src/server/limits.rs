@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use tokio::sync::Notify;
 
-use super::refusals::{REFUSALS, Refusal};
+use super::refusals::REFUSALS;
+use crate::metrics::ConnectionRefusal;
 
 /// The connection limits of a listener.
 #[derive(Debug, Clone, Copy)]
@@ -189,7 +190,7 @@ impl Gate {
             match state.unjoined.keys().next() {
                 Some(&oldest) => state.take_back(oldest),
                 None => {
-                    REFUSALS.count(Refusal::Total);
+                    REFUSALS.count(ConnectionRefusal::Total);
                     return Err(Refused::Total);
                 }
             }
@@ -243,7 +244,7 @@ impl State {
             place.state.store(TAKEN_BACK, Ordering::Release);
             place.taken_back.notify_waiters();
         }
-        REFUSALS.count(Refusal::TakenBack);
+        REFUSALS.count(ConnectionRefusal::TakenBack);
     }
 
     fn forget_unjoined(&mut self, key: AddressKey, serial: u64) {
@@ -285,7 +286,7 @@ impl Place {
             let counts = state.by_address.entry(key).or_default();
             if counts.joined >= self.gate.limits.joined_per_address {
                 drop(state);
-                REFUSALS.count(Refusal::PerAddress);
+                REFUSALS.count(ConnectionRefusal::PerAddress);
                 return false;
             }
             counts.joined += 1;
@@ -390,7 +391,7 @@ impl Drop for Place {
     }
 }
 
-impl crate::engineio::Place for Place {
+impl crate::engineio::Admission for Place {
     fn join(&self) -> bool {
         Place::join(self)
     }

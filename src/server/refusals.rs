@@ -14,9 +14,6 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// The refusals of this process.
 pub static REFUSALS: Refusals = Refusals::new();
 
-/// What happened to a client that did not get (or keep) a place.
-pub type Refusal = ConnectionRefusal;
-
 /// Refusals since the last log line, by kind.
 pub struct Refusals {
     since_logged: [AtomicU64; ConnectionRefusal::ALL.len()],
@@ -30,21 +27,21 @@ impl Refusals {
     }
 
     /// Counts one refusal.
-    pub fn count(&self, refusal: Refusal) {
+    pub fn count(&self, refusal: ConnectionRefusal) {
         METRICS.connection_refused(refusal);
         if let Some(slot) = self.slot(refusal) {
             slot.fetch_add(1, Relaxed);
         }
     }
 
-    fn slot(&self, refusal: Refusal) -> Option<&AtomicU64> {
+    fn slot(&self, refusal: ConnectionRefusal) -> Option<&AtomicU64> {
         let at = ConnectionRefusal::ALL.iter().position(|r| *r == refusal)?;
         self.since_logged.get(at)
     }
 
     /// The log line summing up the refusals since the last one, if any.
     fn summary(&self) -> Option<String> {
-        let counts: Vec<(Refusal, u64)> = ConnectionRefusal::ALL
+        let counts: Vec<(ConnectionRefusal, u64)> = ConnectionRefusal::ALL
             .iter()
             .filter_map(|r| Some((*r, self.slot(*r)?.swap(0, Relaxed))))
             .filter(|(_, count)| *count > 0)
@@ -81,7 +78,7 @@ impl Refusals {
 }
 
 /// What the operator reads for each kind, with the flag that moves it.
-fn describe(refusal: Refusal) -> &'static str {
+fn describe(refusal: ConnectionRefusal) -> &'static str {
     match refusal {
         ConnectionRefusal::Total => "at the total limit (--max-connections)",
         ConnectionRefusal::PerAddress => "joins past an address's limit (--max-connections-per-ip)",
@@ -100,9 +97,9 @@ mod tests {
         let refusals = Refusals::new();
         assert_eq!(refusals.summary(), None);
         for _ in 0..40 {
-            refusals.count(Refusal::TakenBack);
+            refusals.count(ConnectionRefusal::TakenBack);
         }
-        refusals.count(Refusal::Total);
+        refusals.count(ConnectionRefusal::Total);
         let line = refusals.summary().unwrap();
         assert!(line.contains("1 at the total limit"), "{line}");
         assert!(line.contains("40 unjoined connections closed"), "{line}");
