@@ -3,13 +3,21 @@
 //! Every command resolves the data directory with the same rule, so `chatd
 //! online`, `chatd export` and `chatd token` find the state of the `chatd run`
 //! on the same host without being told where it is.
+//!
+//! What chatd keeps there is private: it creates files with mode 0600 and
+//! directories with mode 0700 whatever the umask (the process's umask is
+//! 077 besides), and `chatd run` refuses a data directory that other users
+//! could write to, since they could swap the certificate, the key or the
+//! token secret it trusts.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+
+use crate::chat::auth::MIN_SECRET_BYTES;
 
 /// Name of the JWT secret file inside the data directory.
 pub const SECRET_FILE: &str = "jwt-secret";
@@ -65,10 +73,18 @@ fn resolve_with(
 /// Creates `dir` (mode 0700, parents as needed) if it is missing and checks
 /// that chatd can write into it.
 pub fn ensure(dir: &Path) -> anyhow::Result<()> {
+    let existed = dir.is_dir();
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
+        .and_then(|()| {
+            if existed {
+                return Ok(());
+            }
+            // The umask may have dropped bits; set the mode exactly.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        })
         .with_context(|| {
             format!(
                 "cannot create the data directory {}: create it yourself with write \
@@ -112,7 +128,8 @@ pub fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Reads an existing JWT secret file: its content with surrounding white
-/// space trimmed, as bytes. A missing or empty file is an error.
+/// space trimmed, as bytes. A missing, empty or short (under
+/// [`MIN_SECRET_BYTES`]) secret is an error.
 pub fn load_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
     let content = fs::read(path).with_context(|| {
         format!(
@@ -128,7 +145,91 @@ pub fn load_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
             path.display()
         );
     }
+    if key.len() < MIN_SECRET_BYTES {
+        bail!(
+            "the JWT secret in {} is {} bytes long; HS256 needs at least {MIN_SECRET_BYTES} \
+             bytes (RFC 7518 section 3.2): put a longer random string in it \
+             (`openssl rand -hex 32 > {}`), or delete it to have chatd generate one \
+             (tokens signed with the old secret stop working)",
+            path.display(),
+            key.len(),
+            path.display()
+        );
+    }
     Ok(key.to_vec())
+}
+
+/// Checks that no other user can write to `dir` or anything in it (or to
+/// `files` elsewhere, such as `--jwt-secret`): no group or world write bit,
+/// owned by this user (or root). The error lists every offender and the
+/// command that fixes it.
+pub fn check_private(dir: &Path, files: &[&Path]) -> anyhow::Result<()> {
+    let mut offenders = Vec::new();
+    visit(dir, 0, &mut offenders)?;
+    for file in files {
+        visit(file, MAX_DEPTH, &mut offenders)?;
+    }
+    if offenders.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = offenders
+        .iter()
+        .map(|(path, why)| format!("  {}: {why}", path.display()))
+        .collect();
+    let paths: Vec<String> = offenders
+        .iter()
+        .map(|(path, _)| shell_quote(&path.to_string_lossy()))
+        .collect();
+    bail!(
+        "refusing to start: other users could change what chatd trusts (its certificate, \
+         key, token secret or history):\n{}\nfix it with: chmod go-w {} \
+         (and chown any file owned by another user to the user chatd runs as)",
+        list.join("\n"),
+        paths.join(" ")
+    )
+}
+
+/// How deep [`check_private`] looks into the data directory (it holds
+/// `tls/` and files; anything deeper was not put there by chatd).
+const MAX_DEPTH: usize = 3;
+
+fn visit(path: &Path, depth: usize, offenders: &mut Vec<(PathBuf, String)>) -> anyhow::Result<()> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot inspect {}", path.display()))?;
+    let mode = meta.mode() & 0o7777;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if mode & 0o022 != 0 {
+        offenders.push((
+            path.to_owned(),
+            format!("writable by other users (mode {mode:04o})"),
+        ));
+    } else if meta.uid() != me && meta.uid() != 0 {
+        offenders.push((
+            path.to_owned(),
+            format!("owned by another user (uid {})", meta.uid()),
+        ));
+    }
+    if meta.is_dir() && depth < MAX_DEPTH {
+        let entries =
+            fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list {}", path.display()))?;
+            visit(&entry.path(), depth + 1, offenders)?;
+        }
+    }
+    Ok(())
+}
+
+/// `text` quoted for a POSIX shell when it needs it.
+fn shell_quote(text: &str) -> String {
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b))
+    {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 /// Creates `path` holding `contents` unless it already exists, without a
@@ -267,14 +368,50 @@ mod tests {
     }
 
     #[test]
-    fn secret_is_trimmed_and_must_not_be_empty() {
+    fn secret_is_trimmed_and_must_be_long_enough() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("s");
-        fs::write(&path, "  hunter2 \n\n").unwrap();
-        assert_eq!(load_or_create_secret(&path).unwrap(), b"hunter2");
+        let long = "correct horse battery staple, twice";
+        fs::write(&path, format!("  {long} \n\n")).unwrap();
+        assert_eq!(load_or_create_secret(&path).unwrap(), long.as_bytes());
         fs::write(&path, " \n").unwrap();
         let err = format!("{:#}", load_secret(&path).unwrap_err());
         assert!(err.contains("is empty"), "{err}");
+        fs::write(&path, "hunter2\n").unwrap();
+        let err = format!("{:#}", load_secret(&path).unwrap_err());
+        assert!(
+            err.contains("is 7 bytes long") && err.contains("at least 32"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn check_private_names_every_file_others_can_write_and_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data dir");
+        ensure(&dir).unwrap();
+        fs::create_dir(dir.join("tls")).unwrap();
+        fs::write(dir.join("tls/key.pem"), "k").unwrap();
+        let outside = tmp.path().join("secret");
+        fs::write(&outside, "s").unwrap();
+        for path in [dir.join("tls/key.pem"), outside.clone()] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        check_private(&dir, &[&outside]).unwrap();
+
+        fs::set_permissions(dir.join("tls/key.pem"), fs::Permissions::from_mode(0o666)).unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o620)).unwrap();
+        let err = format!("{:#}", check_private(&dir, &[&outside]).unwrap_err());
+        assert!(
+            err.contains("key.pem: writable by other users (mode 0666)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("secret: writable by other users (mode 0620)"),
+            "{err}"
+        );
+        assert!(err.contains("chmod go-w '"), "{err}");
+        assert!(!err.contains("tls: "), "{err}");
     }
 
     #[test]

@@ -46,6 +46,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// Writes a duration the way [`parse_duration`] reads it, in its largest
+/// exact unit: `30d`, `36h`, `90s`.
+pub fn format_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    let unit = [(86_400, 'd'), (3_600, 'h'), (60, 'm')]
+        .into_iter()
+        .find(|(unit, _)| secs > 0 && secs.is_multiple_of(*unit));
+    match unit {
+        Some((unit, name)) => format!("{}{name}", secs / unit),
+        None => format!("{secs}s"),
+    }
+}
+
 /// Parses a point in time given on the command line, as Unix microseconds
 /// (the unit of a message's `ts`).
 ///
@@ -77,6 +90,19 @@ pub fn parse_time_arg(s: &str, now_us: u64) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_in_the_largest_exact_unit() {
+        for (text, secs) in [
+            ("30d", 30 * 86_400),
+            ("36h", 36 * 3_600),
+            ("90s", 90),
+            ("0s", 0),
+        ] {
+            assert_eq!(format_duration(Duration::from_secs(secs)), text);
+            assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)));
+        }
+    }
 
     #[test]
     fn single_units() {

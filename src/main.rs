@@ -7,6 +7,11 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Whatever chatd creates (the history, the secret, the certificate, an
+    // export) is private, even where a library picks the mode: 0600 files,
+    // 0700 directories, whatever umask the caller had.
+    // SAFETY: umask(2) only sets the process's file mode mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("chatd=info"));
     tracing_subscriber::fmt()

@@ -47,6 +47,34 @@ impl HandshakeRefusal {
     }
 }
 
+/// Why a client did not get, or lost, its place under the connection limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// Every place was taken by a joined client: closed at accept.
+    Total,
+    /// A CONNECT past its address's joined limit.
+    PerAddress,
+    /// An unjoined connection closed to make room for a newer one.
+    TakenBack,
+}
+
+impl ConnectionRefusal {
+    /// Every kind, in the order the metrics list them.
+    pub const ALL: [ConnectionRefusal; 3] = [
+        ConnectionRefusal::Total,
+        ConnectionRefusal::PerAddress,
+        ConnectionRefusal::TakenBack,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ConnectionRefusal::Total => "total",
+            ConnectionRefusal::PerAddress => "per_address",
+            ConnectionRefusal::TakenBack => "taken_back",
+        }
+    }
+}
+
 /// Upper bounds of the commit batch size buckets, in messages.
 const BATCH_BUCKETS: [u64; 13] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384];
 /// Upper bounds of the commit latency buckets, in microseconds (0.5 ms to 2.5 s:
@@ -63,6 +91,7 @@ pub struct Metrics {
     accepted: AtomicU64,
     refused: [AtomicU64; RefusalReason::ALL.len()],
     handshakes_refused: [AtomicU64; HandshakeRefusal::ALL.len()],
+    connections_refused: [AtomicU64; ConnectionRefusal::ALL.len()],
     outbound_drops: AtomicU64,
     tls_reloads: [AtomicU64; 2],
     recent: AtomicU64,
@@ -78,6 +107,7 @@ impl Metrics {
             accepted: AtomicU64::new(0),
             refused: [const { AtomicU64::new(0) }; RefusalReason::ALL.len()],
             handshakes_refused: [const { AtomicU64::new(0) }; HandshakeRefusal::ALL.len()],
+            connections_refused: [const { AtomicU64::new(0) }; ConnectionRefusal::ALL.len()],
             outbound_drops: AtomicU64::new(0),
             tls_reloads: [const { AtomicU64::new(0) }; 2],
             recent: AtomicU64::new(0),
@@ -110,6 +140,14 @@ impl Metrics {
     pub fn handshake_refused(&self, reason: HandshakeRefusal) {
         let slot = HandshakeRefusal::ALL.iter().position(|r| *r == reason);
         if let Some(counter) = slot.and_then(|slot| self.handshakes_refused.get(slot)) {
+            counter.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts one connection refused or taken back under the limits.
+    pub fn connection_refused(&self, reason: ConnectionRefusal) {
+        let slot = ConnectionRefusal::ALL.iter().position(|r| *r == reason);
+        if let Some(counter) = slot.and_then(|slot| self.connections_refused.get(slot)) {
             counter.fetch_add(1, Relaxed);
         }
     }
@@ -177,6 +215,16 @@ impl Metrics {
                 .iter()
                 .map(|r| r.as_str())
                 .zip(&self.handshakes_refused),
+        );
+        counters_by(
+            &mut out,
+            "chatd_connections_refused_total",
+            "Connections refused or closed under the limits: at the total limit, joins past an address's limit, unjoined connections taken back for newer ones.",
+            "reason",
+            ConnectionRefusal::ALL
+                .iter()
+                .map(|r| r.as_str())
+                .zip(&self.connections_refused),
         );
         counter(
             &mut out,
@@ -334,12 +382,14 @@ t_seconds_count 4
         metrics.message_refused(RefusalReason::RateLimited);
         metrics.handshake_refused(HandshakeRefusal::Unauthorized);
         metrics.tls_reload(false);
+        metrics.connection_refused(ConnectionRefusal::TakenBack);
         metrics.commit(3, Duration::from_millis(2));
         let text = metrics.render();
         assert!(text.contains("chatd_messages_refused_total{reason=\"rate_limited\"} 2\n"));
         assert!(text.contains("chatd_messages_refused_total{reason=\"empty\"} 0\n"));
         assert!(text.contains("chatd_handshakes_refused_total{reason=\"unauthorized\"} 1\n"));
         assert!(text.contains("chatd_tls_reloads_total{result=\"error\"} 1\n"));
+        assert!(text.contains("chatd_connections_refused_total{reason=\"taken_back\"} 1\n"));
         assert!(text.contains("chatd_commit_batch_messages_bucket{le=\"4\"} 1\n"));
         assert!(text.contains("chatd_commit_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
         for reason in RefusalReason::ALL {

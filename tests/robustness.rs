@@ -8,22 +8,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::raw::RawClient;
-use common::{Server, TIMEOUT, send, wait_for_event};
+use common::raw::{POLLING, RawClient, http, polling_handshake};
+use common::{Server, TIMEOUT, bystanders_still_chat, send, wait_for_event};
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::json;
-
-/// Alice and Bob still exchange a message: the server carries on.
-async fn bystanders_still_chat(server: &Server) {
-    let alice = server.connect_plain("Alice", "Bob").await;
-    let mut bob = server.connect_plain("Bob", "Alice").await;
-    let ack = send(&alice, "still here?").await;
-    assert_eq!(ack["ok"], true, "{ack}");
-    assert_eq!(
-        wait_for_event(&mut bob, "chat message").await["text"],
-        "still here?"
-    );
-}
 
 #[tokio::test]
 async fn malformed_packets_close_only_the_offending_connection() {
@@ -174,96 +162,78 @@ async fn stalled_handshakes_are_dropped_at_their_deadline() {
 }
 
 #[tokio::test]
-async fn a_connection_flood_past_the_per_ip_limit_is_refused_and_others_carry_on() {
+async fn idle_connections_past_the_unjoined_limit_close_the_oldest_and_joined_ones_stay() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--max-connections-per-ip", "4"]);
+    let server = Server::start(dir.path(), &["--max-unjoined-per-ip", "4"]);
     let alice = server.connect_plain("Alice", "Bob").await;
     let mut bob = server.connect_plain("Bob", "Alice").await;
-    let flood: Vec<TcpStream> = (0..2)
+    let oldest = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    // Connected in order, so accepted in order: four newer ones fill the
+    // address's unjoined places, and the oldest has to go.
+    let newer: Vec<TcpStream> = (0..4)
         .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
         .collect();
-    let refused = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    let waited = tokio::task::spawn_blocking(move || time_until_closed(refused))
+    let waited = tokio::task::spawn_blocking(move || time_until_closed(oldest))
         .await
         .unwrap();
     assert!(
         waited < Duration::from_secs(5),
-        "refused at once, not at a timeout"
+        "closed at once, not at a timeout"
     );
     assert_eq!(send(&alice, "we are fine").await["ok"], true);
     assert_eq!(
         wait_for_event(&mut bob, "chat message").await["text"],
         "we are fine"
     );
-    drop(flood);
+    drop(newer);
     server.stop();
 }
 
-/// One request on a keep-alive HTTP/1.1 connection: the status and body.
-fn http(tcp: &mut TcpStream, method: &str, target: &str, body: &str) -> (u16, String) {
-    write!(
-        tcp,
-        "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        tcp.read_exact(&mut byte).expect("an HTTP answer");
-        head.push(byte[0]);
+#[tokio::test]
+async fn a_join_past_the_per_ip_limit_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-connections-per-ip", "2"]);
+    let _alice = server.connect_plain("Alice", "Bob").await;
+    let bob = server.connect_plain("Bob", "Alice").await;
+    let mut carol = RawClient::open_only(server.port).await;
+    let auth = json!({"user": "Carol", "peer": "Alice"});
+    assert_eq!(
+        carol.join(&auth).await,
+        Err(json!({"message": "too many connections from this address"}))
+    );
+    // The refused client may try again once a place is free.
+    drop(bob);
+    let deadline = Instant::now() + TIMEOUT;
+    while carol.join(&auth).await.is_err() {
+        assert!(Instant::now() < deadline, "Bob's place was never freed");
     }
-    let head = String::from_utf8(head).unwrap();
-    let status = head[9..12].parse().unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|line| {
-            line.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_owned)
-        })
-        .map_or(0, |n| n.trim().parse().unwrap());
-    let mut body = vec![0; length];
-    tcp.read_exact(&mut body).unwrap();
-    (status, String::from_utf8(body).unwrap())
+    server.stop();
 }
 
 #[tokio::test]
-async fn polling_sessions_count_against_the_per_ip_limit_until_they_end() {
+async fn a_polling_session_past_the_unjoined_limit_closes_the_oldest_one() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--max-connections-per-ip", "4"]);
+    let server = Server::start(dir.path(), &["--max-unjoined-per-ip", "4"]);
     let port = server.port;
     tokio::task::spawn_blocking(move || {
         let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
         tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let handshake = "/socket.io/?EIO=4&transport=polling";
-        // The connection itself holds one of the four places.
-        let sids: Vec<String> = (0..3)
-            .map(|_| {
-                let (status, open) = http(&mut tcp, "GET", handshake, "");
-                assert_eq!(status, 200, "{open}");
-                let open: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
-                open["sid"].as_str().unwrap().to_owned()
-            })
-            .collect();
-        let (status, _) = http(&mut tcp, "GET", handshake, "");
-        assert_eq!(
-            status, 503,
-            "a fourth session from one keep-alive connection"
-        );
-
-        // A session that ends gives its place back, a moment after its
-        // close is answered (its lifecycle task runs then): each retry is
-        // one more round trip, no sleep.
-        let target = format!("{handshake}&sid={}", sids[0]);
-        assert_eq!(http(&mut tcp, "POST", &target, "1").0, 200);
+        // The connection holds one of the four places; in use, it is the
+        // last to go. Three sessions take the rest, a fourth the oldest's.
+        let sids: Vec<String> = (0..4).map(|_| polling_handshake(&mut tcp)).collect();
+        let target = |sid: &str| format!("{POLLING}&sid={sid}");
+        // Each retry is one more round trip, no sleep: the oldest session
+        // closes as soon as its watcher hears.
         let deadline = Instant::now() + TIMEOUT;
-        while http(&mut tcp, "GET", handshake, "").0 != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "the closed session's place was never freed"
-            );
+        loop {
+            let (status, body) = http(&mut tcp, "GET", &target(&sids[0]), "");
+            if status == 400 || body == "1" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the oldest session stayed open");
         }
+        let (status, body) = http(&mut tcp, "POST", &target(&sids[3]), "6");
+        assert_eq!((status, body.as_str()), (200, "ok"), "the newest lives");
     })
     .await
     .unwrap();

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::Progress;
-use crate::chat::auth::TokenKey;
+use crate::chat::auth::{DEFAULT_MAX_TTL, TokenKey};
 use crate::cli::token::DEFAULT_TTL;
 use crate::client::{Client, ClientError, ConnectOptions, tls};
 use crate::datadir;
@@ -42,7 +42,9 @@ impl Target {
         insecure: bool,
     ) -> anyhow::Result<Target> {
         let key = match (token_secret, no_auth) {
-            (Some(path), false) => Some(TokenKey::new(&datadir::load_secret(path)?)),
+            (Some(path), false) => {
+                Some(TokenKey::new(&datadir::load_secret(path)?, DEFAULT_MAX_TTL))
+            }
             (None, true) => None,
             _ => bail!("pass exactly one of --token-secret FILE and --no-auth"),
         };

@@ -1,8 +1,10 @@
 //! Tokens that prove who connects: HS256 JWTs whose `sub` is the user name.
 //!
-//! Verification is deliberately narrow: HS256 only, `exp` and `sub` required.
-//! Every failure is "unauthorized" on the wire; the [`AuthError`] variant is
-//! for the server's log.
+//! Verification is deliberately narrow: HS256 only, `exp` and `sub` required,
+//! `nbf` honoured, and no token valid for longer than the server's maximum
+//! lifetime (a leaked long-lived token would be a permanent key). Every
+//! failure is "unauthorized" on the wire; the [`AuthError`] variant is for
+//! the server's log.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +16,13 @@ use serde::{Deserialize, Serialize};
 
 /// Clock skew tolerated between the minting host and this one, in seconds.
 const LEEWAY_SECS: u64 = 30;
+
+/// The shortest secret accepted: HS256 needs a key of at least the hash's
+/// size (RFC 7518 §3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The longest lifetime a token may have unless the operator says otherwise.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Why a token was refused (or could not be made).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +42,15 @@ pub enum AuthError {
     /// The token's `exp` has passed.
     #[error("token expired")]
     Expired,
+    /// The token's `nbf` has not come yet.
+    #[error("token not valid yet (nbf is in the future)")]
+    NotYetValid,
+    /// Valid for longer than the server allows (from `iat`, or from now).
+    #[error("token valid for longer than the maximum of {max_secs}s (--max-token-ttl)")]
+    TooLongLived {
+        /// The maximum lifetime, in seconds.
+        max_secs: u64,
+    },
     /// A valid token, but for someone else.
     #[error("token is for user {token_user:?}, not {user:?}")]
     WrongUser {
@@ -54,11 +72,14 @@ struct Claims {
     exp: u64,
 }
 
-/// The one claim chatd reads itself; the library checks `exp`. Other claims
-/// (`iat` included) are ignored, so tokens minted by any backend work.
+/// The claims chatd reads itself; the library checks `exp` and `nbf`.
+/// Other claims are ignored and `iat` is optional, so tokens minted by any
+/// backend work.
 #[derive(Debug, Deserialize)]
-struct Subject {
+struct Lifetime {
     sub: String,
+    exp: u64,
+    iat: Option<u64>,
 }
 
 /// The HMAC key tokens are signed and verified with.
@@ -66,23 +87,34 @@ pub struct TokenKey {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    max_ttl_secs: u64,
 }
 
 impl TokenKey {
-    /// A key from the secret's bytes (the trimmed secret file content).
-    pub fn new(secret: &[u8]) -> Self {
+    /// A key from the secret's bytes (the trimmed secret file content; the
+    /// caller checks its length against [`MIN_SECRET_BYTES`]), accepting
+    /// tokens valid for at most `max_ttl`.
+    pub fn new(secret: &[u8], max_ttl: Duration) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            max_ttl_secs: max_ttl.as_secs(),
         }
     }
 
-    /// Issues a token for `user`, valid for `ttl` from now.
+    /// Issues a token for `user`, valid for `ttl` from now (at most the
+    /// maximum lifetime).
     pub fn issue(&self, user: &str, ttl: Duration) -> Result<String, AuthError> {
+        if ttl.as_secs() > self.max_ttl_secs {
+            return Err(AuthError::TooLongLived {
+                max_secs: self.max_ttl_secs,
+            });
+        }
         let iat = unix_now();
         self.issue_at(user, iat, iat.saturating_add(ttl.as_secs()))
     }
@@ -110,13 +142,28 @@ impl TokenKey {
         if alg != "HS256" {
             return Err(AuthError::Algorithm(alg));
         }
-        let data = jsonwebtoken::decode::<Subject>(token, &self.decoding, &self.validation)
+        let data = jsonwebtoken::decode::<Lifetime>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidAlgorithm => AuthError::Algorithm(alg.clone()),
                 _ => AuthError::Malformed(e.to_string()),
             })?;
+        // Valid for too long from now, or from when it was issued (a token
+        // minted for a century does not become acceptable by aging).
+        let longest = self.max_ttl_secs.saturating_add(LEEWAY_SECS);
+        let now = unix_now();
+        let from_now = data.claims.exp.saturating_sub(now);
+        let from_issue = data
+            .claims
+            .iat
+            .map_or(0, |iat| data.claims.exp.saturating_sub(iat));
+        if from_now > longest || from_issue > longest {
+            return Err(AuthError::TooLongLived {
+                max_secs: self.max_ttl_secs,
+            });
+        }
         if data.claims.sub != user {
             return Err(AuthError::WrongUser {
                 token_user: data.claims.sub,
@@ -162,8 +209,19 @@ mod tests {
 
     const DAY: Duration = Duration::from_secs(86_400);
 
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
     fn key() -> TokenKey {
-        TokenKey::new(b"0123456789abcdef0123456789abcdef")
+        TokenKey::new(SECRET, DEFAULT_MAX_TTL)
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
     }
 
     fn b64(json: &str) -> String {
@@ -211,7 +269,8 @@ mod tests {
 
     #[test]
     fn another_secret() {
-        let token = TokenKey::new(b"other").issue("Dummy-1", DAY).unwrap();
+        let other = TokenKey::new(b"another secret of thirty-two byte", DEFAULT_MAX_TTL);
+        let token = other.issue("Dummy-1", DAY).unwrap();
         assert_eq!(
             key().verify(&token, "Dummy-1"),
             Err(AuthError::BadSignature)
@@ -234,7 +293,6 @@ mod tests {
 
     #[test]
     fn other_hmac_algorithms_refused() {
-        let secret = b"0123456789abcdef0123456789abcdef";
         let claims = Claims {
             sub: "Dummy-1".into(),
             iat: unix_now(),
@@ -244,7 +302,7 @@ mod tests {
             let token = jsonwebtoken::encode(
                 &Header::new(alg),
                 &claims,
-                &EncodingKey::from_secret(secret),
+                &EncodingKey::from_secret(SECRET),
             )
             .unwrap();
             assert!(
@@ -259,16 +317,7 @@ mod tests {
 
     #[test]
     fn missing_exp_refused() {
-        #[derive(Serialize)]
-        struct NoExp {
-            sub: &'static str,
-        }
-        let token = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &NoExp { sub: "Dummy-1" },
-            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
-        )
-        .unwrap();
+        let token = signed(serde_json::json!({"sub": "Dummy-1"}));
         assert!(matches!(
             key().verify(&token, "Dummy-1"),
             Err(AuthError::Malformed(_))
@@ -278,13 +327,47 @@ mod tests {
     #[test]
     fn foreign_token_without_iat_accepted() {
         let exp = unix_now() + 3600;
-        let token = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &serde_json::json!({"sub": "Dummy-1", "exp": exp, "name": "x"}),
-            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
-        )
-        .unwrap();
+        let token = signed(serde_json::json!({"sub": "Dummy-1", "exp": exp, "name": "x"}));
         assert_eq!(key().verify(&token, "Dummy-1"), Ok(()));
+    }
+
+    #[test]
+    fn nbf_in_the_future_refused() {
+        let now = unix_now();
+        let early =
+            signed(serde_json::json!({"sub": "Dummy-1", "exp": now + 3600, "nbf": now + 600}));
+        assert_eq!(key().verify(&early, "Dummy-1"), Err(AuthError::NotYetValid));
+        let due = signed(serde_json::json!({"sub": "Dummy-1", "exp": now + 3600, "nbf": now - 1}));
+        assert_eq!(key().verify(&due, "Dummy-1"), Ok(()));
+    }
+
+    #[test]
+    fn lifetimes_past_the_maximum_refused() {
+        let now = unix_now();
+        let max = DEFAULT_MAX_TTL.as_secs();
+        let too_long = AuthError::TooLongLived { max_secs: max };
+        let century =
+            signed(serde_json::json!({"sub": "Dummy-1", "exp": now + 100 * 365 * DAY.as_secs()}));
+        assert_eq!(key().verify(&century, "Dummy-1"), Err(too_long.clone()));
+        // Issued long ago: its lifetime counts from `iat`, not from now.
+        let aged = signed(
+            serde_json::json!({"sub": "Dummy-1", "iat": now - max, "exp": now + 2 * DAY.as_secs()}),
+        );
+        assert_eq!(key().verify(&aged, "Dummy-1"), Err(too_long.clone()));
+        // A future `iat` does not shorten it either.
+        let sly = signed(
+            serde_json::json!({"sub": "Dummy-1", "iat": now + 2 * max, "exp": now + 2 * max + 60}),
+        );
+        assert_eq!(key().verify(&sly, "Dummy-1"), Err(too_long.clone()));
+        let longest = signed(serde_json::json!({"sub": "Dummy-1", "iat": now, "exp": now + max}));
+        assert_eq!(key().verify(&longest, "Dummy-1"), Ok(()));
+        assert_eq!(key().issue("Dummy-1", DEFAULT_MAX_TTL + DAY), Err(too_long));
+        let strict = TokenKey::new(SECRET, DAY);
+        let week = key().issue("Dummy-1", 7 * DAY).unwrap();
+        assert!(matches!(
+            strict.verify(&week, "Dummy-1"),
+            Err(AuthError::TooLongLived { .. })
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::retention;
 use crate::admin::server::AdminServer;
-use crate::chat::auth::TokenKey;
+use crate::chat::auth::{DEFAULT_MAX_TTL, TokenKey};
 use crate::chat::console::Console;
 use crate::chat::rate::RateLimit;
 use crate::chat::service::{Chat, ChatConfig};
@@ -20,6 +20,7 @@ use crate::engineio::EngineConfig;
 use crate::metrics::METRICS;
 use crate::server::limits::{ConnectionLimits, Gate};
 use crate::server::notify::Notifier;
+use crate::server::proxy::{Cidr, TrustedProxies};
 use crate::server::signals::{Signal, Signals};
 use crate::server::{Server, metrics, tls};
 use crate::socketio::SocketIo;
@@ -98,9 +99,25 @@ pub struct RunCommand {
     #[argh(option, default = "10_000")]
     pub max_connections: usize,
 
-    /// connections held at once from one IP address (default 256)
+    /// joined connections held at once from one IP address (IPv6: one prefix, see --ipv6-prefix-len) (default 256)
     #[argh(option, default = "256")]
     pub max_connections_per_ip: usize,
+
+    /// connections not yet joined (Socket.IO CONNECT) held at once from one address; a newer one closes the oldest (default 64)
+    #[argh(option, default = "64")]
+    pub max_unjoined_per_ip: usize,
+
+    /// how many leading bits of an IPv6 address name one client for the per-IP limits (default 64: a /64)
+    #[argh(option, default = "64")]
+    pub ipv6_prefix_len: u8,
+
+    /// a reverse proxy (address or block, e.g. 10.0.0.0/8) whose X-Forwarded-For or PROXY protocol header names the client; repeatable (default: none, the header is ignored)
+    #[argh(option)]
+    pub trusted_proxy: Vec<Cidr>,
+
+    /// the longest lifetime a token may have, e.g. 12h, 30d (default 30d)
+    #[argh(option, default = "DEFAULT_MAX_TTL", from_str_fn(parse_duration))]
+    pub max_token_ttl: Duration,
 
     /// largest HTTP request head (URL and headers) accepted, in bytes (default 16384)
     #[argh(option, default = "16_384")]
@@ -149,6 +166,17 @@ impl RunCommand {
     async fn serve(self) -> anyhow::Result<()> {
         let data_dir = datadir::resolve(self.data_dir.as_deref());
         datadir::ensure(&data_dir)?;
+        let outside: Vec<&std::path::Path> = [&self.jwt_secret, &self.tls_cert, &self.tls_key]
+            .into_iter()
+            .filter_map(|path| path.as_deref())
+            .collect();
+        datadir::check_private(&data_dir, &outside)?;
+        if self.ipv6_prefix_len > 128 {
+            bail!(
+                "--ipv6-prefix-len {} is not a prefix length: give 0 to 128",
+                self.ipv6_prefix_len
+            );
+        }
         let store = Store::open(&data_dir).map_err(|error| match error {
             StoreError::Locked { .. } => anyhow::anyhow!(
                 "{error}: another chatd server, or a chatd export or purge, is using the data directory {dir}; \
@@ -165,7 +193,7 @@ impl RunCommand {
                 Some(path) => datadir::load_secret(path)?,
                 None => datadir::load_or_create_secret(&data_dir.join(datadir::SECRET_FILE))?,
             };
-            Some(TokenKey::new(&secret))
+            Some(TokenKey::new(&secret, self.max_token_ttl))
         };
         let certs = match (self.no_tls, &self.tls_cert, &self.tls_key) {
             (true, None, None) => None,
@@ -234,6 +262,7 @@ impl RunCommand {
             Arc::new(SocketIo::new(
                 chat.clone(),
                 Duration::from_secs(self.connect_timeout),
+                self.max_payload,
             )),
             EngineConfig {
                 ping_interval: Duration::from_millis(self.ping_interval),
@@ -246,8 +275,11 @@ impl RunCommand {
         server.cors_origins = self.cors_origins()?;
         server.gate = Gate::new(ConnectionLimits {
             total: self.max_connections,
-            per_ip: self.max_connections_per_ip,
+            joined_per_address: self.max_connections_per_ip,
+            unjoined_per_address: self.max_unjoined_per_ip,
+            ipv6_prefix_len: self.ipv6_prefix_len,
         });
+        server.trusted_proxies = TrustedProxies::new(self.trusted_proxy.clone());
         server.handshake_timeout = Duration::from_secs(self.handshake_timeout);
         server.max_header_bytes = self.max_header_bytes;
         let server = Arc::new(server);

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use argh::FromArgs;
 
-use crate::chat::auth::TokenKey;
+use crate::chat::auth::{DEFAULT_MAX_TTL, TokenKey};
 use crate::chat::names::valid_user_name;
 use crate::datadir;
-use crate::duration::parse_duration;
+use crate::duration::{format_duration, parse_duration};
 
 /// How long a token stays valid unless `--ttl` says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -25,6 +25,10 @@ pub struct TokenCommand {
     /// how long the token stays valid, e.g. 30m, 12h, 30d (default 24h)
     #[argh(option, default = "DEFAULT_TTL", from_str_fn(parse_duration))]
     pub ttl: Duration,
+
+    /// the longest --ttl allowed: the server's --max-token-ttl (default 30d)
+    #[argh(option, default = "DEFAULT_MAX_TTL", from_str_fn(parse_duration))]
+    pub max_token_ttl: Duration,
 
     /// the data directory (default: the same one `chatd run` uses)
     #[argh(option)]
@@ -44,6 +48,15 @@ impl TokenCommand {
 
     /// The token, without printing it.
     fn mint(self) -> anyhow::Result<String> {
+        if self.ttl > self.max_token_ttl {
+            bail!(
+                "--ttl {} is longer than the {} a server accepts (chatd run --max-token-ttl): \
+                 pass a shorter --ttl, or, if the server runs with a larger --max-token-ttl, \
+                 pass the same --max-token-ttl here",
+                format_duration(self.ttl),
+                format_duration(self.max_token_ttl)
+            );
+        }
         mint_token(
             &self.user,
             self.ttl,
@@ -55,7 +68,8 @@ impl TokenCommand {
 
 /// Mints a token for `user`, valid for `ttl`, signed with the secret the
 /// server on this host uses: `jwt_secret` if given, else the one in the data
-/// directory (`data_dir`, resolved as every command does).
+/// directory (`data_dir`, resolved as every command does). Whether `ttl` is
+/// more than the server accepts is the caller's to check.
 pub fn mint_token(
     user: &str,
     ttl: Duration,
@@ -83,7 +97,7 @@ pub fn mint_token(
             datadir::load_or_create_secret(&dir.join(datadir::SECRET_FILE))?
         }
     };
-    TokenKey::new(&secret)
+    TokenKey::new(&secret, ttl)
         .issue(user, ttl)
         .with_context(|| format!("cannot issue a token for {user}"))
 }
@@ -116,7 +130,8 @@ mod tests {
         let cmd = parse(&["Dummy-1", "--data-dir", dir.to_str().unwrap()]).unwrap();
         let token = cmd.mint().unwrap();
         let secret = datadir::load_secret(&dir.join(datadir::SECRET_FILE)).unwrap();
-        assert_eq!(TokenKey::new(&secret).verify(&token, "Dummy-1"), Ok(()));
+        let key = TokenKey::new(&secret, DEFAULT_MAX_TTL);
+        assert_eq!(key.verify(&token, "Dummy-1"), Ok(()));
     }
 
     #[test]
@@ -128,9 +143,41 @@ mod tests {
         assert!(err.contains("secret"), "{err}");
         assert!(!path.exists());
 
-        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::write(&path, "a secret of at least thirty-two bytes\n").unwrap();
         let token = parse(&args).unwrap().mint().unwrap();
-        assert_eq!(TokenKey::new(b"s3cret").verify(&token, "Dummy-1"), Ok(()));
+        let key = TokenKey::new(b"a secret of at least thirty-two bytes", DEFAULT_MAX_TTL);
+        assert_eq!(key.verify(&token, "Dummy-1"), Ok(()));
+
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let err = format!("{:#}", parse(&args).unwrap().mint().unwrap_err());
+        assert!(err.contains("at least 32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_ttl_past_the_maximum_naming_the_flags() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_str().unwrap();
+        let err = format!(
+            "{:#}",
+            parse(&["Dummy-1", "--ttl", "36500d", "--data-dir", dir])
+                .unwrap()
+                .mint()
+                .unwrap_err()
+        );
+        assert!(
+            err.contains("--max-token-ttl") && err.contains("--ttl"),
+            "{err}"
+        );
+        let longer = [
+            "Dummy-1",
+            "--ttl",
+            "60d",
+            "--max-token-ttl",
+            "90d",
+            "--data-dir",
+            dir,
+        ];
+        assert!(parse(&longer).unwrap().mint().is_ok());
     }
 
     #[test]

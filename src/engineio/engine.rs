@@ -4,14 +4,21 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::heartbeat::Heartbeat;
 use super::packet::Handshake;
 use super::session::{Session, Transport};
 use super::{EngineConfig, EngineHandler, Outbox, RequestError, RequestInfo};
+
+/// How long a polling session the client closed stays findable when no
+/// poll has been told yet: a poll sent before the close was answered (the
+/// close overtook it) is then told `noop` rather than refused.
+const CLOSE_RACE_WINDOW: Duration = Duration::from_secs(5);
 
 /// The Engine.IO server state shared by every transport.
 pub struct Engine<H: EngineHandler> {
@@ -68,20 +75,28 @@ impl<H: EngineHandler> Engine<H> {
             // First in the queue, before anything the handler sends.
             outbox.send_text(Bytes::from(open.clone()));
         }
-        let remote_ip = info.remote.ip();
+        let (remote_ip, place) = (info.remote.ip(), info.place.clone());
         let handler = self.handler.open(outbox.clone(), info);
         let session = Arc::new(Session::new(
             sid.clone(),
-            remote_ip,
+            (remote_ip, place),
             (outbox, receiver),
             handler,
-            transport,
+            (transport, Heartbeat::new(&self.config)),
         ));
         self.table().insert(sid.clone(), session.clone());
 
         let (engine, lifecycle) = (self.clone(), session.clone());
         self.tracker.spawn(async move {
             lifecycle.run(&engine.config, &engine.shutdown).await;
+            if lifecycle.transport() == Transport::Polling && lifecycle.close_unanswered() {
+                // Its place stays taken meanwhile, so this costs a client
+                // nothing it could use to pile sessions up.
+                tokio::select! {
+                    _ = tokio::time::sleep(CLOSE_RACE_WINDOW) => {}
+                    _ = engine.shutdown.cancelled() => {}
+                }
+            }
             engine.table().remove(&sid);
         });
         (session, open)
@@ -102,6 +117,18 @@ impl<H: EngineHandler> Engine<H> {
             return Err(RequestError::SessionUnknown);
         }
         Ok(session)
+    }
+
+    /// True (once) when `sid` is a polling session its client closed and no
+    /// poll has been told yet: a poll sent before the close was answered
+    /// gets `noop` instead of an error, as if it had been waiting already.
+    pub fn closed_by_client(&self, sid: &str, ip: IpAddr) -> bool {
+        let session = self
+            .table()
+            .get(sid)
+            .filter(|session| session.belongs_to(ip))
+            .cloned();
+        session.is_some_and(|session| session.answer_close())
     }
 
     fn table(&self) -> MutexGuard<'_, HashMap<String, Arc<Session<H::Session>>>> {

@@ -3,6 +3,13 @@
 //! fastwebsockets bounds single frames but not the sum of a message's
 //! fragments; a client could otherwise grow our memory without end by sending
 //! continuation frames. Pure: frames in, whole messages out.
+//!
+//! A message that came in one frame is lent straight from that frame; a
+//! reassembled one is handed over with the buffer it was built in, so
+//! nothing stays allocated here once it has been handled (a fragmented
+//! 64 KB message used to leave 64 KB behind for the connection's life).
+
+use std::borrow::Cow;
 
 use fastwebsockets::OpCode;
 
@@ -10,9 +17,9 @@ use fastwebsockets::OpCode;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Message<'a> {
     /// A text message's bytes (not yet checked for UTF-8).
-    Text(&'a [u8]),
+    Text(Cow<'a, [u8]>),
     /// A binary message.
-    Binary(&'a [u8]),
+    Binary(Cow<'a, [u8]>),
 }
 
 /// Why a frame sequence is not a valid websocket message stream.
@@ -58,10 +65,9 @@ impl Reassembler {
                     return Err(FragmentError::TooLarge(self.max));
                 }
                 if fin {
-                    return Ok(Some(message(opcode, payload)));
+                    return Ok(Some(message(opcode, Cow::Borrowed(payload))));
                 }
                 self.kind = Some(opcode);
-                self.buffer.clear();
                 self.buffer.extend_from_slice(payload);
                 Ok(None)
             }
@@ -74,14 +80,17 @@ impl Reassembler {
                     return Ok(None);
                 }
                 self.kind = None;
-                Ok(Some(message(kind, &self.buffer)))
+                Ok(Some(message(
+                    kind,
+                    Cow::Owned(std::mem::take(&mut self.buffer)),
+                )))
             }
             _ => Err(FragmentError::Sequence),
         }
     }
 }
 
-fn message(opcode: OpCode, payload: &[u8]) -> Message<'_> {
+fn message(opcode: OpCode, payload: Cow<'_, [u8]>) -> Message<'_> {
     if opcode == OpCode::Text {
         Message::Text(payload)
     } else {
@@ -98,7 +107,7 @@ mod tests {
         let mut r = Reassembler::new(10);
         assert_eq!(
             r.push(OpCode::Text, true, b"hello"),
-            Ok(Some(Message::Text(b"hello")))
+            Ok(Some(Message::Text(Cow::Borrowed(b"hello"))))
         );
     }
 
@@ -109,11 +118,16 @@ mod tests {
         assert_eq!(r.push(OpCode::Continuation, false, b"cd"), Ok(None));
         assert_eq!(
             r.push(OpCode::Continuation, true, b"e"),
-            Ok(Some(Message::Binary(b"abcde")))
+            Ok(Some(Message::Binary(Cow::Owned(b"abcde".to_vec()))))
+        );
+        assert_eq!(
+            r.buffer.capacity(),
+            0,
+            "the reassembled message took its buffer along"
         );
         assert_eq!(
             r.push(OpCode::Text, true, b"x"),
-            Ok(Some(Message::Text(b"x")))
+            Ok(Some(Message::Text(Cow::Borrowed(b"x"))))
         );
     }
 

@@ -1,9 +1,16 @@
 //! The Engine.IO v4 heartbeat, the same for every transport.
 //!
-//! The server pings every `ping_interval` and expects the pong within
-//! `ping_timeout`; a pong restarts the interval from the moment it arrives.
-//! The ping goes through the session's outbox, so whichever transport
-//! currently drains it (a polling GET or a websocket writer) delivers it.
+//! The server pings every `ping_interval` from the session's start and
+//! expects each pong within `ping_timeout` of its ping. The ping goes
+//! through the session's outbox, so whichever transport currently drains it
+//! (a polling GET or a websocket writer) delivers it.
+//!
+//! The schedule is fixed from the start, and deadlines count from when a
+//! ping is due, not from when a timer got to it or when the last pong
+//! came: on a busy machine neither late timers nor slow round trips stretch
+//! it. A silent client's session ends `ping_interval + ping_timeout` after
+//! it opened, and the third ping comes three intervals in, as the protocol
+//! suites expect within their one-second connect timeout.
 
 use std::sync::Mutex;
 
@@ -24,14 +31,23 @@ pub enum Ended {
 }
 
 /// One session's heartbeat state, shared by the pinger and the transports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Heartbeat {
     pong: Notify,
-    /// When the pong owed for the last ping is due; `None` when none is owed.
+    /// When the pong for the current (or next) ping is due; `None` from a
+    /// pong until the pinger schedules the next ping.
     deadline: Mutex<Option<Instant>>,
 }
 
 impl Heartbeat {
+    /// A heartbeat whose first ping is due one interval from now.
+    pub fn new(config: &EngineConfig) -> Self {
+        Heartbeat {
+            pong: Notify::new(),
+            deadline: Mutex::new(Some(Instant::now() + pong_within(config))),
+        }
+    }
+
     /// Records the client's pong.
     pub fn pong(&self) {
         *self.lock() = None;
@@ -54,25 +70,30 @@ impl Heartbeat {
         outbox: &Outbox,
         closing: &CancellationToken,
     ) -> Ended {
+        let mut due = self
+            .lock()
+            .unwrap_or_else(|| Instant::now() + pong_within(config));
         loop {
+            let ping_at = due.checked_sub(config.ping_timeout).unwrap_or(due);
             tokio::select! {
                 _ = closing.cancelled() => return Ended::Closed,
-                _ = tokio::time::sleep(config.ping_interval) => {}
+                _ = tokio::time::sleep_until(ping_at) => {}
             }
             let pong = self.pong.notified();
             tokio::pin!(pong);
             // Registered before the ping leaves, so a quick pong is not missed.
             pong.as_mut().enable();
-            let deadline = Instant::now() + config.ping_timeout;
-            *self.lock() = Some(deadline);
+            *self.lock() = Some(due);
             if !outbox.send_text(Bytes::from_static(b"2")) {
                 return Ended::Closed;
             }
             tokio::select! {
                 _ = closing.cancelled() => return Ended::Closed,
                 _ = &mut pong => {}
-                _ = tokio::time::sleep_until(deadline) => return Ended::TimedOut,
+                _ = tokio::time::sleep_until(due) => return Ended::TimedOut,
             }
+            due += config.ping_interval;
+            *self.lock() = Some(due);
         }
     }
 
@@ -83,6 +104,11 @@ impl Heartbeat {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// From the start of an interval, how long until its ping's pong is due.
+fn pong_within(config: &EngineConfig) -> std::time::Duration {
+    config.ping_interval + config.ping_timeout
 }
 
 #[cfg(test)]
@@ -102,7 +128,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pings_and_times_out_without_a_pong() {
         let (outbox, mut receiver) = Outbox::new(8);
-        let heartbeat = Heartbeat::default();
+        let heartbeat = Heartbeat::new(&config());
         let closing = receiver.closing.clone();
         let started = Instant::now();
         let ended = heartbeat.run(&config(), &outbox, &closing).await;
@@ -113,20 +139,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_pong_restarts_the_interval() {
+    async fn pings_come_every_interval_from_the_start_while_pongs_come_back() {
         let (outbox, mut receiver) = Outbox::new(8);
-        let heartbeat = std::sync::Arc::new(Heartbeat::default());
+        let heartbeat = std::sync::Arc::new(Heartbeat::new(&config()));
         let closing = receiver.closing.clone();
         let pinger = {
             let (heartbeat, closing) = (heartbeat.clone(), closing.clone());
             tokio::spawn(async move { heartbeat.run(&config(), &outbox, &closing).await })
         };
-        for _ in 0..3 {
+        let started = Instant::now();
+        for ping in 1..=3 {
             assert!(matches!(receiver.recv().await, Outbound::Text(t) if t == "2"));
+            assert_eq!(started.elapsed(), ping * Duration::from_millis(300));
             assert!(!heartbeat.expired());
+            // A slow pong does not push the next ping back.
+            tokio::time::advance(Duration::from_millis(150)).await;
             heartbeat.pong();
         }
         closing.cancel();
         assert_eq!(pinger.await.expect("the pinger ends"), Ended::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_pinger_does_not_extend_the_deadline() {
+        let heartbeat = Heartbeat::new(&config());
+        // The session's task has not run at all for 0.6 s (a busy machine):
+        // a client that has said nothing is overdue all the same.
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(!heartbeat.expired());
+        tokio::time::advance(Duration::from_millis(101)).await;
+        assert!(heartbeat.expired());
     }
 }

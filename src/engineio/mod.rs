@@ -19,8 +19,11 @@ pub mod polling;
 pub mod session;
 pub mod websocket;
 
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,18 +61,63 @@ pub struct RequestInfo {
     pub path: String,
     /// The handshake URL's query parameters, percent-decoded, in order.
     pub query: Vec<(String, String)>,
-    /// The client's address.
+    /// The client's address (behind a trusted proxy, the one it named).
     pub remote: SocketAddr,
+    /// The session's place under the server's connection limits.
+    pub place: Arc<dyn Admission>,
+}
+
+/// A session's admission under the server's connection limits (its place),
+/// as the layers above see it: it starts unjoined, the application says when its client
+/// joins, and the server may take an unjoined place back for a newer client
+/// of the same address (the application then closes the session).
+pub trait Admission: fmt::Debug + Send + Sync + 'static {
+    /// The client joined: false if its address has no joined place left
+    /// (the application refuses it). True if it had joined already.
+    fn join(&self) -> bool;
+    /// Undoes [`join`](Admission::join): the application refused the client
+    /// after all.
+    fn unjoin(self: Arc<Self>);
+    /// True once the client joined.
+    fn is_joined(&self) -> bool;
+    /// Resolves if the server takes the place back before the client joins.
+    fn taken_back(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// A place outside any limit: joined from the start, never taken back. For sessions
+/// built without a server around them (tests, fuzzing).
+#[derive(Debug, Default)]
+pub struct Unlimited;
+
+impl Admission for Unlimited {
+    fn join(&self) -> bool {
+        true
+    }
+
+    fn unjoin(self: Arc<Self>) {}
+
+    fn is_joined(&self) -> bool {
+        true
+    }
+
+    fn taken_back(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::pending())
+    }
 }
 
 impl RequestInfo {
     /// The first value of a query parameter.
     pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        query_param(&self.query, name)
     }
+}
+
+/// The first value of parameter `name` in a decoded query.
+pub fn query_param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
 }
 
 /// Why a session ended, in the reference server's words.

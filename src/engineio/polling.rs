@@ -8,7 +8,7 @@ use super::session::{Session, Transport};
 use super::{CloseReason, RequestError, SessionHandler};
 
 /// The answer to a poll that must end without data: `noop`.
-const NOOP: &str = "6";
+pub const NOOP: &str = "6";
 /// The close packet.
 const CLOSE: &str = "1";
 
@@ -74,7 +74,11 @@ pub async fn get<S: SessionHandler>(session: &Session<S>) -> Result<String, Requ
 /// told with a close packet.
 fn closed_answer<S: SessionHandler>(session: &Session<S>) -> &'static str {
     match session.reason() {
-        CloseReason::TransportClose => NOOP,
+        CloseReason::TransportClose => {
+            // This poll tells the client; later ones are refused.
+            let _first = session.answer_close();
+            NOOP
+        }
         _ => CLOSE,
     }
 }

@@ -7,8 +7,8 @@
 //! a transport drains, the heartbeat, and the transport state.
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::{Mutex, MutexGuard, Notify};
@@ -19,7 +19,7 @@ use super::heartbeat::{Ended, Heartbeat};
 use super::outbox::OutboxReceiver;
 use super::packet::Packet;
 use super::payload::Record;
-use super::{CloseReason, EngineConfig, Outbox, SessionHandler};
+use super::{Admission, CloseReason, EngineConfig, Outbox, SessionHandler};
 
 /// How long shutdown lets a session deliver its close before dropping it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -41,6 +41,9 @@ pub struct Session<S> {
     sid: String,
     /// The address the handshake came from: only it may use the sid.
     remote_ip: IpAddr,
+    /// The session's place under the connection limits, held for its life
+    /// whichever transport carries it.
+    place: Arc<dyn Admission>,
     outbox: Outbox,
     closing: CancellationToken,
     handler: Mutex<Option<S>>,
@@ -53,28 +56,32 @@ pub struct Session<S> {
     transport: AtomicU8,
     transport_changed: Notify,
     reason: OnceLock<CloseReason>,
+    /// Set once a poll has told the client its session is closed.
+    close_answered: AtomicBool,
 }
 
 impl<S: SessionHandler> Session<S> {
     /// A session on `transport` whose messages go to `handler`.
     pub fn new(
         sid: String,
-        remote_ip: IpAddr,
+        (remote_ip, place): (IpAddr, Arc<dyn Admission>),
         (outbox, receiver): (Outbox, OutboxReceiver),
         handler: S,
-        transport: Transport,
+        (transport, heartbeat): (Transport, Heartbeat),
     ) -> Self {
         Session {
             sid,
             remote_ip,
+            place,
             closing: receiver.closing.clone(),
             outbox,
             handler: Mutex::new(Some(handler)),
             receiver: Mutex::new(Some(receiver)),
-            heartbeat: Heartbeat::default(),
+            heartbeat,
             transport: AtomicU8::new(transport as u8),
             transport_changed: Notify::new(),
             reason: OnceLock::new(),
+            close_answered: AtomicBool::new(false),
         }
     }
 
@@ -86,6 +93,11 @@ impl<S: SessionHandler> Session<S> {
     /// True if a request from `ip` may use this session.
     pub fn belongs_to(&self, ip: IpAddr) -> bool {
         self.remote_ip == ip
+    }
+
+    /// The session's place under the connection limits.
+    pub fn place(&self) -> &dyn Admission {
+        &*self.place
     }
 
     /// The queue to the client.
@@ -144,6 +156,21 @@ impl<S: SessionHandler> Session<S> {
             .get()
             .copied()
             .unwrap_or(CloseReason::ServerClose)
+    }
+
+    /// True for the first caller only, once the session closed at the
+    /// client's request (a close packet): that one poll is answered `noop`
+    /// (the client asked; a poll that raced its close must not fail), every
+    /// later request is refused.
+    pub fn answer_close(&self) -> bool {
+        self.reason() == CloseReason::TransportClose
+            && !self.close_answered.swap(true, Ordering::AcqRel)
+    }
+
+    /// True while the session closed at the client's request and no poll
+    /// has told it yet.
+    pub fn close_unanswered(&self) -> bool {
+        self.reason() == CloseReason::TransportClose && !self.close_answered.load(Ordering::Acquire)
     }
 
     /// Closes after what is queued has been delivered.

@@ -179,7 +179,7 @@ async fn read_loop<S: SessionHandler>(mut read: Reader, session: &Session<S>, ma
                 break CloseReason::TransportError;
             }
         };
-        let record = match frame.opcode {
+        let message = match frame.opcode {
             OpCode::Close => Err(CloseReason::TransportClose),
             OpCode::Ping => {
                 let pong = bytes::Bytes::copy_from_slice(frame.payload);
@@ -189,17 +189,21 @@ async fn read_loop<S: SessionHandler>(mut read: Reader, session: &Session<S>, ma
             OpCode::Pong => continue,
             opcode => match messages.push(opcode, frame.fin, frame.payload) {
                 Ok(None) => continue,
-                Ok(Some(Message::Text(bytes))) => std::str::from_utf8(bytes)
-                    .ok()
-                    .and_then(|text| Packet::decode_text(text).ok())
-                    .map(Record::Packet)
-                    .ok_or(CloseReason::ParseError),
-                Ok(Some(Message::Binary(bytes))) => Ok(Record::Binary(bytes.to_vec())),
+                Ok(Some(message)) => Ok(message),
                 Err(error) => {
                     tracing::debug!(%error, sid = session.sid(), "closing websocket");
                     Err(CloseReason::TransportError)
                 }
             },
+        };
+        let record = match &message {
+            Ok(Message::Text(bytes)) => std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|text| Packet::decode_text(text).ok())
+                .map(Record::Packet)
+                .ok_or(CloseReason::ParseError),
+            Ok(Message::Binary(bytes)) => Ok(Record::Binary(bytes.to_vec())),
+            Err(reason) => Err(*reason),
         };
         let outcome = match record {
             Ok(record) => {

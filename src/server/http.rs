@@ -5,28 +5,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use super::Server;
-use super::limits::Permit;
+use super::body::{self, BodyError};
+use super::limits::Place;
 use crate::engineio::session::Transport;
-use crate::engineio::{EngineHandler, RequestError, RequestInfo, polling, websocket};
+use crate::engineio::{EngineHandler, RequestError, RequestInfo, polling, query_param, websocket};
 
 type Answer = Response<Full<Bytes>>;
 
-/// Serves HTTP/1.1 requests on one connection until it closes or upgrades.
-/// `permit` holds the connection's place under the limits until the
-/// connection, or the websocket session it upgraded to, ends.
+/// Serves HTTP/1.1 requests on one connection from `peer` until it closes
+/// or upgrades. `place` is the connection's place under the limits; a
+/// websocket opened on it keeps it for the session's life.
 pub async fn serve_connection<H, S>(
     server: Arc<Server<H>>,
     stream: S,
-    remote: SocketAddr,
-    permit: Arc<Permit>,
+    peer: SocketAddr,
+    place: Arc<Place>,
 ) where
     H: EngineHandler,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -34,8 +36,8 @@ pub async fn serve_connection<H, S>(
     let shutdown = server.sessions.clone();
     let (header_timeout, max_head) = (server.handshake_timeout, server.max_header_bytes);
     let service = hyper::service::service_fn(move |request| {
-        let (server, permit) = (server.clone(), permit.clone());
-        async move { Ok::<_, std::convert::Infallible>(route(server, request, remote, permit).await) }
+        let (server, place) = (server.clone(), place.clone());
+        async move { Ok::<_, std::convert::Infallible>(route(server, request, peer, place).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -56,15 +58,15 @@ pub async fn serve_connection<H, S>(
         }
     };
     if let Err(error) = result {
-        tracing::debug!(%error, %remote, "http connection ended");
+        tracing::debug!(%error, %peer, "http connection ended");
     }
 }
 
 async fn route<H: EngineHandler>(
     server: Arc<Server<H>>,
     request: Request<Incoming>,
-    remote: SocketAddr,
-    permit: Arc<Permit>,
+    peer: SocketAddr,
+    place: Arc<Place>,
 ) -> Answer {
     let path = request.uri().path();
     if path == "/healthz" {
@@ -90,7 +92,15 @@ async fn route<H: EngineHandler>(
     let mut answer = if request.method() == Method::OPTIONS {
         preflight(&request)
     } else {
-        engine_request(&server, request, remote, mount, permit)
+        // Behind a trusted proxy, the client it names; else the peer.
+        let forwarded_for = request.headers().get_all("x-forwarded-for");
+        let client = server
+            .trusted_proxies
+            .client(peer, forwarded_for.iter().map(HeaderValue::as_bytes));
+        // An active connection is the last its address gives up.
+        place.touch();
+        let carrier = Carrier { peer, place };
+        engine_request(&server, request, client, mount, carrier)
             .await
             .unwrap_or_else(Refusal::answer)
     };
@@ -152,39 +162,60 @@ fn preflight(request: &Request<Incoming>) -> Answer {
     answer
 }
 
-/// An Engine.IO request, checked in the reference server's order:
-/// transport, then sid, then the handshake's method and protocol version.
+/// The connection a request came on: its peer (a proxy, or the client
+/// itself) and its place under the limits.
+struct Carrier {
+    peer: SocketAddr,
+    place: Arc<Place>,
+}
+
+/// An Engine.IO request from `client`, checked in the reference server's
+/// order: transport, then sid, then the handshake's method and protocol
+/// version.
 async fn engine_request<H: EngineHandler>(
     server: &Server<H>,
     mut request: Request<Incoming>,
-    remote: SocketAddr,
+    client: SocketAddr,
     path: String,
-    permit: Arc<Permit>,
+    carrier: Carrier,
 ) -> Result<Answer, Refusal> {
     let query: Vec<(String, String)> =
         form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
-    let info = RequestInfo {
-        path,
-        query,
-        remote,
-    };
-    let websocket = match info.query_param("transport") {
+    let websocket = match query_param(&query, "transport") {
         Some("polling") => false,
         Some("websocket") => true,
         _ => return Err(RequestError::TransportUnknown.into()),
     };
     let engine = &server.engine;
 
-    if let Some(sid) = info.query_param("sid") {
-        let session = engine.find(sid, remote.ip())?;
+    if let Some(sid) = query_param(&query, "sid") {
+        let session = match engine.find(sid, client.ip()) {
+            Ok(session) => session,
+            // A poll that raced its session's close at the client's request.
+            Err(RequestError::SessionUnknown)
+                if !websocket
+                    && request.method() == Method::GET
+                    && engine.closed_by_client(sid, client.ip()) =>
+            {
+                return Ok(text(polling::NOOP.to_owned(), "text/plain; charset=UTF-8"));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if session.place().is_joined() {
+            // The connection serves a joined client: no newcomer may take
+            // its place (it stays unjoined if the address has none left).
+            carrier.place.join();
+        }
         if websocket {
             let (answer, upgrade) = upgrade(&mut request)?;
             let max_payload = engine.config.max_payload;
-            server.tracker.spawn(holding(permit, move || {
-                websocket::adopt(upgrade, session, max_payload)
-            }));
+            // The session keeps its own place: this connection's is
+            // released once the upgrade is done.
+            server
+                .tracker
+                .spawn(websocket::adopt(upgrade, session, max_payload));
             return Ok(answer);
         }
         return match *request.method() {
@@ -193,7 +224,9 @@ async fn engine_request<H: EngineHandler>(
                 "text/plain; charset=UTF-8",
             )),
             Method::POST => {
-                let body = read_body(request, engine.config.max_payload).await?;
+                let deadline = Instant::now() + server.handshake_timeout;
+                let limit = engine.config.max_payload;
+                let body = body::read(request.into_body(), limit, deadline).await?;
                 polling::post(&session, &body).await?;
                 Ok(text("ok".to_owned(), "text/html"))
             }
@@ -204,49 +237,35 @@ async fn engine_request<H: EngineHandler>(
     if request.method() != Method::GET {
         return Err(RequestError::BadHandshakeMethod.into());
     }
-    if info.query_param("EIO") != Some("4") {
+    if query_param(&query, "EIO") != Some("4") {
         return Err(RequestError::UnsupportedProtocolVersion.into());
     }
+    // A polling session outlives the requests that carry it, so it holds a
+    // place of its own: otherwise one keep-alive connection could open
+    // sessions without end. So does a websocket from behind a proxy; a
+    // direct websocket keeps its connection's place.
+    let place = if websocket && client == carrier.peer {
+        carrier.place
+    } else {
+        server.gate.admit(client.ip()).map_err(|_| Refusal::Full)?
+    };
+    let info = RequestInfo {
+        path,
+        query,
+        remote: client,
+        place,
+    };
     if websocket {
         let (answer, upgrade) = upgrade(&mut request)?;
         let engine = engine.clone();
-        server.tracker.spawn(holding(permit, move || {
-            websocket::serve(upgrade, engine, info)
-        }));
+        server
+            .tracker
+            .spawn(websocket::serve(upgrade, engine, info));
         Ok(answer)
     } else {
-        // A polling session outlives the requests that carry it, so it holds
-        // a place of its own: otherwise one keep-alive connection could open
-        // sessions without end, each kept until its heartbeat expires.
-        let place = server.gate.admit(remote.ip()).map_err(|refused| {
-            tracing::warn!(%remote, %refused, "polling session refused");
-            Refusal::Full
-        })?;
-        let (session, open) = engine.open(info, Transport::Polling);
-        server.tracker.spawn(async move {
-            // Once upgraded, the websocket's connection holds the place.
-            tokio::select! {
-                _ = session.left_polling() => {}
-                _ = session.closing().cancelled() => {}
-            }
-            drop(place);
-        });
+        let (_, open) = engine.open(info, Transport::Polling);
         Ok(text(open, "text/plain; charset=UTF-8"))
     }
-}
-
-/// Runs the websocket session `start` makes, keeping its connection's place
-/// under the limits until it ends (the HTTP connection task is gone after
-/// the upgrade). The session is made here rather than passed in: a future
-/// an async fn takes and awaits is stored twice in its state, and this one
-/// lives as long as the connection (1.7 KiB per idle connection instead of
-/// 0.9).
-async fn holding<F: std::future::Future<Output = ()>>(
-    permit: Arc<Permit>,
-    start: impl FnOnce() -> F,
-) {
-    start().await;
-    drop(permit);
 }
 
 /// The 101 answer and the pending websocket of an upgrade request.
@@ -261,24 +280,14 @@ fn upgrade(
     Ok((answer.map(|_| Full::new(Bytes::new())), upgrade))
 }
 
-/// A POST body of at most `limit` bytes.
-async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Refusal> {
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(Refusal::TooLarge),
-        Err(error) => {
-            tracing::debug!(%error, "POST body unreadable");
-            Err(Refusal::Engine(RequestError::BadRequest))
-        }
-    }
-}
-
 /// Why an Engine.IO request gets an error answer.
 enum Refusal {
     /// The reference server's 400 with `{"code","message"}`.
     Engine(RequestError),
     /// A POST body past `maxPayload`: 413, as the reference server answers.
     TooLarge,
+    /// A POST body not complete within the handshake timeout: 408.
+    TimedOut,
     /// A new session past `--max-connections(-per-ip)`: 503, try later.
     Full,
 }
@@ -286,6 +295,16 @@ enum Refusal {
 impl From<RequestError> for Refusal {
     fn from(error: RequestError) -> Self {
         Refusal::Engine(error)
+    }
+}
+
+impl From<BodyError> for Refusal {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::TooLarge => Refusal::TooLarge,
+            BodyError::TimedOut => Refusal::TimedOut,
+            BodyError::Broken => Refusal::Engine(RequestError::BadRequest),
+        }
     }
 }
 
@@ -299,6 +318,17 @@ impl Refusal {
                 answer
             }
             Refusal::TooLarge => plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n"),
+            Refusal::TimedOut => {
+                let mut answer = plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body not complete in time\n",
+                );
+                // The rest of the body is not read: the connection ends.
+                answer
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                answer
+            }
             Refusal::Full => plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is at its connection limit\n",

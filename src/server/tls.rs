@@ -2,8 +2,9 @@
 //! generated on first use and kept in the data directory; either can be
 //! reloaded from its files while the server runs.
 
-use std::fs;
+use std::fs::{self, DirBuilder};
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -160,14 +161,16 @@ fn generate(dir: &Path) -> anyhow::Result<()> {
     let certificate = params.self_signed(&signing_key)?;
 
     let tmp = datadir::temp_sibling(dir);
-    fs::create_dir(&tmp)?;
+    DirBuilder::new().mode(0o700).create(&tmp)?;
+    // The umask may have dropped bits; set the mode exactly.
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700))?;
     let written = datadir::write_new_file(
         &tmp.join("key.pem"),
         signing_key.serialize_pem().as_bytes(),
         0o600,
     )
     .and_then(|()| {
-        datadir::write_new_file(&tmp.join("cert.pem"), certificate.pem().as_bytes(), 0o644)
+        datadir::write_new_file(&tmp.join("cert.pem"), certificate.pem().as_bytes(), 0o600)
     })
     // rename() replaces an empty `dir` but never a populated one.
     .and_then(|()| fs::rename(&tmp, dir));
@@ -249,7 +252,6 @@ fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 mod tests {
     use super::*;
     use rustls::pki_types::ServerName;
-    use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn err_text<T>(r: anyhow::Result<T>) -> String {
@@ -266,8 +268,10 @@ mod tests {
         let (cert, key) = self_signed(&data).unwrap();
         assert_eq!(cert, data.join("tls/cert.pem"));
         assert_eq!(key, data.join("tls/key.pem"));
-        let mode = fs::metadata(&key).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&cert), 0o600);
+        assert_eq!(mode(&data.join("tls")), 0o700);
         CertFiles::load(&cert, &key).unwrap();
 
         let before = (fs::read(&cert).unwrap(), fs::read(&key).unwrap());

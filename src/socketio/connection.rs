@@ -20,6 +20,8 @@ struct PendingBinary {
     args: Value,
     expected: usize,
     attachments: Vec<Bytes>,
+    /// Bytes of attachments still allowed for this event.
+    budget: usize,
 }
 
 /// The Socket.IO state of one client connection.
@@ -30,16 +32,19 @@ pub struct Connection<H: Handler> {
     sockets: Vec<(Socket, H::State)>,
     pending: Option<PendingBinary>,
     joined: Option<oneshot::Sender<()>>,
+    max_attachment_bytes: usize,
 }
 
 impl<H: Handler> Connection<H> {
     /// A connection that has joined no namespace yet. `joined` is signalled on the
-    /// first successful CONNECT (the handshake deadline watches it).
+    /// first successful CONNECT (the handshake deadline watches it); the
+    /// binary attachments of one event may add up to `max_attachment_bytes`.
     pub fn new(
         handler: Arc<H>,
         outbox: Outbox,
         request: RequestInfo,
         joined: oneshot::Sender<()>,
+        max_attachment_bytes: usize,
     ) -> Self {
         Connection {
             handler,
@@ -48,6 +53,7 @@ impl<H: Handler> Connection<H> {
             sockets: Vec::new(),
             pending: None,
             joined: Some(joined),
+            max_attachment_bytes,
         }
     }
 
@@ -66,6 +72,14 @@ impl<H: Handler> Connection<H> {
             self.send(PacketType::ConnectError, nsp, Some(&error));
             return;
         }
+        // The place is claimed before the handler looks at the CONNECT, so a
+        // client being authenticated is not taken back meanwhile.
+        let place = &self.request.place;
+        if !place.join() {
+            let error = json!({"message": "too many connections from this address"});
+            self.send(PacketType::ConnectError, nsp, Some(&error));
+            return;
+        }
         let socket = Socket::new(nsp, self.outbox.clone());
         match self.handler.connect(&socket, auth, &self.request).await {
             Ok(mut state) => {
@@ -79,7 +93,12 @@ impl<H: Handler> Connection<H> {
                 self.sockets.reserve_exact(1);
                 self.sockets.push((socket, state));
             }
-            Err(error) => self.send(PacketType::ConnectError, nsp, Some(&error)),
+            Err(error) => {
+                if self.sockets.is_empty() {
+                    self.request.place.clone().unjoin();
+                }
+                self.send(PacketType::ConnectError, nsp, Some(&error));
+            }
         }
     }
 
@@ -133,6 +152,11 @@ impl<H: Handler> SessionHandler for Connection<H> {
             kind => {
                 let args = packet.data.unwrap_or(Value::Null);
                 if packet.attachments > 0 {
+                    // Nothing is held for a namespace the client has not
+                    // joined: attachments wait only on a joined socket.
+                    if !self.sockets.iter().any(|(s, _)| s.nsp() == packet.nsp) {
+                        return Err(not_joined(packet.nsp));
+                    }
                     self.pending = Some(PendingBinary {
                         nsp: packet.nsp.to_owned(),
                         kind,
@@ -140,6 +164,7 @@ impl<H: Handler> SessionHandler for Connection<H> {
                         args,
                         expected: packet.attachments,
                         attachments: Vec::with_capacity(packet.attachments),
+                        budget: self.max_attachment_bytes,
                     });
                 } else {
                     let event = Event {
@@ -159,6 +184,12 @@ impl<H: Handler> SessionHandler for Connection<H> {
         let Some(pending) = self.pending.as_mut() else {
             return Err(ProtocolError("binary message nobody announced".into()));
         };
+        pending.budget = pending.budget.checked_sub(data.len()).ok_or_else(|| {
+            ProtocolError(format!(
+                "binary attachments larger than {} bytes in all",
+                self.max_attachment_bytes
+            ))
+        })?;
         pending.attachments.push(data);
         if pending.attachments.len() == pending.expected
             && let Some(done) = self.pending.take()

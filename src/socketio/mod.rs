@@ -23,15 +23,18 @@ use crate::engineio::{EngineHandler, Outbox, RequestInfo};
 pub struct SocketIo<H> {
     handler: Arc<H>,
     connect_timeout: Duration,
+    max_attachment_bytes: usize,
 }
 
 impl<H: Handler> SocketIo<H> {
     /// Serves `handler`; a session that joins no namespace within
-    /// `connect_timeout` of opening is closed.
-    pub fn new(handler: Arc<H>, connect_timeout: Duration) -> Self {
+    /// `connect_timeout` of opening is closed, and so is one whose binary
+    /// attachments to one event add up to more than `max_attachment_bytes`.
+    pub fn new(handler: Arc<H>, connect_timeout: Duration, max_attachment_bytes: usize) -> Self {
         SocketIo {
             handler,
             connect_timeout,
+            max_attachment_bytes,
         }
     }
 }
@@ -42,15 +45,29 @@ impl<H: Handler> EngineHandler for SocketIo<H> {
     fn open(&self, outbox: Outbox, info: RequestInfo) -> Connection<H> {
         let (joined, watched) = oneshot::channel();
         let deadline = self.connect_timeout;
-        let watcher = outbox.clone();
-        // Ends at the deadline, or as soon as the client joins (or leaves),
-        // so it does not linger beside every connection.
+        let (watcher, place) = (outbox.clone(), info.place.clone());
+        // Ends at the deadline, when the server takes the unjoined place
+        // back, or as soon as the client joins (or leaves), so it does not
+        // linger beside every connection.
         tokio::spawn(async move {
-            if tokio::time::timeout(deadline, watched).await.is_err() {
-                tracing::debug!("no CONNECT before the handshake deadline: closing");
-                watcher.abort();
+            tokio::select! {
+                _ = watched => {}
+                _ = tokio::time::sleep(deadline) => {
+                    tracing::debug!("no CONNECT before the handshake deadline: closing");
+                    watcher.abort();
+                }
+                _ = place.taken_back() => {
+                    tracing::debug!("unjoined place taken back for a newer client: closing");
+                    watcher.abort();
+                }
             }
         });
-        Connection::new(self.handler.clone(), outbox, info, joined)
+        Connection::new(
+            self.handler.clone(),
+            outbox,
+            info,
+            joined,
+            self.max_attachment_bytes,
+        )
     }
 }

@@ -185,12 +185,38 @@ impl Server {
             .unwrap_or_else(|failure| panic!("chatd run did not start: {failure:?}"))
     }
 
+    /// Like [`try_start`](Self::try_start) with TLS and auth on, run under
+    /// `umask` (through `sh`, as a login shell's setting would be).
+    pub fn try_spawn_under_umask(
+        data_dir: &Path,
+        umask: &str,
+        args: &[&str],
+    ) -> Result<Server, StartFailure> {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(CHATD);
+        Server::launch_with(command, data_dir, args, &[])
+    }
+
     fn launch(
         data_dir: &Path,
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> Result<Server, StartFailure> {
-        let mut child = Command::new(CHATD)
+        Server::launch_with(Command::new(CHATD), data_dir, args, envs)
+    }
+
+    /// Runs `command` (chatd, or something that execs it) with `run` and
+    /// the arguments appended.
+    fn launch_with(
+        mut command: Command,
+        data_dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Server, StartFailure> {
+        let mut child = command
             .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
@@ -350,6 +376,19 @@ pub async fn wait_for_event(client: &mut Client, name: &str) -> Value {
             return first(args);
         }
     }
+}
+
+/// Alice and Bob (on a `--no-tls --no-auth` server) still exchange a
+/// message: the server carries on whatever another client did.
+pub async fn bystanders_still_chat(server: &Server) {
+    let alice = server.connect_plain("Alice", "Bob").await;
+    let mut bob = server.connect_plain("Bob", "Alice").await;
+    let ack = send(&alice, "still here?").await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(
+        wait_for_event(&mut bob, "chat message").await["text"],
+        "still here?"
+    );
 }
 
 /// Sends a `chat message` with an ack and returns the ack's payload.

@@ -3,6 +3,9 @@
 //! frames, handshakes left unfinished. Everything else uses the project's
 //! own client (`chatd::client`).
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use http_body_util::Empty;
@@ -38,14 +41,25 @@ impl RawClient {
     pub async fn connect(port: u16, user: &str, peer: &str) -> RawClient {
         let mut client = RawClient::open_only(port).await;
         let auth = serde_json::json!({ "user": user, "peer": peer });
-        client.send_text(format!("40{auth}")).await;
-        let connected = client.next_text().await;
-        let body = connected
-            .strip_prefix("40")
-            .unwrap_or_else(|| panic!("expected CONNECT, got {connected}"));
-        let body: Value = serde_json::from_str(body).expect("CONNECT payload is JSON");
-        client.sid = body["sid"].as_str().expect("a sid").to_owned();
+        if let Err(refusal) = client.join(&auth).await {
+            panic!("CONNECT refused: {refusal}");
+        }
         client
+    }
+
+    /// Sends CONNECT with `auth`; `Err` holds the CONNECT_ERROR's data.
+    pub async fn join(&mut self, auth: &Value) -> Result<(), Value> {
+        self.send_text(format!("40{auth}")).await;
+        let answer = self.next_text().await;
+        if let Some(error) = answer.strip_prefix("44") {
+            return Err(serde_json::from_str(error).expect("CONNECT_ERROR payload is JSON"));
+        }
+        let body = answer
+            .strip_prefix("40")
+            .unwrap_or_else(|| panic!("expected CONNECT, got {answer}"));
+        let body: Value = serde_json::from_str(body).expect("CONNECT payload is JSON");
+        self.sid = body["sid"].as_str().expect("a sid").to_owned();
+        Ok(())
     }
 
     /// Opens the Engine.IO session (websocket and open packet) without
@@ -54,17 +68,31 @@ impl RawClient {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to chatd");
-        let request = hyper::Request::builder()
+        RawClient::open_on(stream, &format!("127.0.0.1:{port}"), &[]).await
+    }
+
+    /// Opens the Engine.IO session over `stream` (to `host`, with extra
+    /// request `headers`) without joining any namespace.
+    pub async fn open_on(
+        stream: tokio::net::TcpStream,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> RawClient {
+        let mut request = hyper::Request::builder()
             .method("GET")
             .uri("/socket.io/?EIO=4&transport=websocket")
-            .header("Host", format!("127.0.0.1:{port}"))
+            .header("Host", host)
             .header(hyper::header::UPGRADE, "websocket")
             .header(hyper::header::CONNECTION, "upgrade")
             .header(
                 "Sec-WebSocket-Key",
                 fastwebsockets::handshake::generate_key(),
             )
-            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Version", "13");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
             .body(Empty::<Bytes>::new())
             .expect("a valid request");
         let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, request, stream)
@@ -152,3 +180,48 @@ impl RawClient {
             .expect("websocket write");
     }
 }
+
+/// One request on a keep-alive HTTP/1.1 connection: the status and body.
+pub fn http(tcp: &mut TcpStream, method: &str, target: &str, body: &str) -> (u16, String) {
+    write!(
+        tcp,
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    read_answer(tcp)
+}
+
+/// Reads one HTTP/1.1 answer: the status and body.
+pub fn read_answer(tcp: &mut TcpStream) -> (u16, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).expect("an HTTP answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0; length];
+    tcp.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// Opens a polling session: its sid.
+pub fn polling_handshake(tcp: &mut TcpStream) -> String {
+    let (status, open) = http(tcp, "GET", POLLING, "");
+    assert_eq!(status, 200, "{open}");
+    let open: Value = serde_json::from_str(&open[1..]).expect("an open packet");
+    open["sid"].as_str().expect("a sid").to_owned()
+}
+
+/// The polling transport's URL.
+pub const POLLING: &str = "/socket.io/?EIO=4&transport=polling";

@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
     let args: Args = argh::from_env();
     let mut server = Server::new(
         Arc::new(Suites {
-            socketio: SocketIo::new(Arc::new(Echo), Duration::from_millis(1000)),
+            socketio: SocketIo::new(Arc::new(Echo), Duration::from_millis(1000), 1_000_000),
         }),
         EngineConfig {
             ping_interval: Duration::from_millis(300),
@@ -170,7 +170,9 @@ async fn main() -> anyhow::Result<()> {
     // The suites open many sessions from one address.
     server.gate = Gate::new(ConnectionLimits {
         total: 10_000,
-        per_ip: 10_000,
+        joined_per_address: 10_000,
+        unjoined_per_address: 10_000,
+        ..ConnectionLimits::default()
     });
     let server = Arc::new(server);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
