@@ -13,6 +13,8 @@ mod read;
 mod record;
 mod schema;
 mod writer;
+#[cfg(test)]
+mod fixture_gen;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
