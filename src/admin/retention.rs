@@ -3,15 +3,15 @@
 //!
 //! A sweep runs when the server starts and then every [`SWEEP_INTERVAL`]
 //! (once a minute), so no message outlives the retention period by much more
-//! than a minute. Each sweep deletes in write transactions of at most
-//! [`PURGE_BATCH`] messages on the blocking pool: the chat writer waits for
-//! one small transaction at most, never for a whole sweep.
+//! than a minute. A sweep is one purge change: it raises the floor of the
+//! rooms it touches at once, and the store deletes the bytes in small steps
+//! (see the store's `sweep.rs`), so the chat never waits for a whole sweep.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::PURGE_BATCH;
+use super::PurgeScope;
 use crate::store::{Store, now_us};
 
 /// Time between retention sweeps.
@@ -30,7 +30,7 @@ pub async fn run(store: Store, retention: Duration, stop: CancellationToken) {
         }
         let before = cutoff(now_us(), retention);
         let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.purge_all_before(before, PURGE_BATCH)).await
+        match tokio::task::spawn_blocking(move || PurgeScope::All { before }.run(&store)).await
         {
             Ok(Ok(0)) => {}
             Ok(Ok(purged)) => tracing::info!(purged, before, "retention: purged old messages"),

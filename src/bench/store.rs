@@ -9,9 +9,8 @@ use anyhow::{Context, bail};
 
 use super::{Report, proc, ratio};
 use crate::admin::{ExportScope, write_export};
-use crate::chat::message::format_time;
-use crate::chat::service::LOG_QUEUE;
-use crate::store::{NewMessage, Store, Writer};
+use crate::store::change::NewMessage;
+use crate::store::{Applier, ApplierMode, Change, MAX_BATCH, Pending, Store, now_us};
 
 /// Tasks submitting messages at once: enough that the queue fills while
 /// the writer commits, so batches form as they do under load.
@@ -41,18 +40,23 @@ pub struct Filled {
 /// every message is committed.
 pub async fn fill(store: Store, messages: u64, rooms: u64) -> anyhow::Result<Filled> {
     let rooms = rooms.max(1);
-    let Writer {
+    let Applier {
         handle,
         mut batches,
         thread,
-    } = Writer::<()>::spawn(store, LOG_QUEUE, format_time)?;
+    } = Applier::<()>::spawn(store, 2 * MAX_BATCH, ApplierMode::HandBack)?;
     let mut submitters = tokio::task::JoinSet::new();
     for first in 0..SUBMITTERS {
         let handle = handle.clone();
         submitters.spawn(async move {
             for i in (first..messages).step_by(SUBMITTERS as usize) {
-                if handle.submit(message(i, rooms), ()).await.is_err() {
-                    bail!("the store writer stopped");
+                let pending = Pending {
+                    seq: None,
+                    change: Change::Message(message(i, rooms)),
+                    ticket: None,
+                };
+                if handle.submit(pending).await.is_err() {
+                    bail!("the store applier stopped");
                 }
             }
             Ok(())
@@ -86,10 +90,14 @@ fn message(i: u64, rooms: u64) -> NewMessage {
     let (from, to) = (format!("u{r:04}"), format!("v{r:04}"));
     NewMessage {
         room: format!("dm:{from}_{to}"),
-        id: format!("bench-socket-{r:04}"),
+        sid: format!("bench-socket-{r:04}"),
         from,
         to,
         text: format!("benchmark message number {i} with a little padding text"),
+        cid: None,
+        time_us: now_us(),
+        utc_offset_s: 0,
+        eid: None,
     }
 }
 

@@ -1,0 +1,210 @@
+//! Sweeping: deleting purged messages from disk, in small steps.
+//!
+//! A purge only raises a room's floor (`apply.rs`): from that commit on,
+//! no reader and no rule sees what lies below it. The bytes go here,
+//! between commits, a few thousand messages per transaction: the room's
+//! chunks below the floor (one that straddles it is rewritten with what
+//! remains), its staged messages below it, and the cids those messages
+//! carried. Rooms waiting for a sweep are listed in `sweep`, so the work
+//! survives a restart. Like fold steps, sweep steps skip the fsync.
+
+use redb::{Durability, ReadableTable, Table};
+
+use super::chunk::{self, Builder};
+use super::error::DbContext;
+use super::read::{for_staged, room_state, staged_record};
+use super::record::RecordRef;
+use super::room::RoomState;
+use super::schema::{CHUNKS, CIDS, ROOMS, STAGED, SWEEP, bucket};
+use super::{Store, StoreError};
+
+/// What a sweep step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Swept {
+    /// Messages deleted.
+    pub deleted: usize,
+    /// No room waits for a sweep any more.
+    pub done: bool,
+}
+
+/// Whether some room waits for a sweep.
+pub(crate) fn pending(store: &Store) -> Result<bool, StoreError> {
+    use redb::ReadableDatabase;
+    let txn = store.db.begin_read().ctx("starting read transaction")?;
+    let sweep = txn.open_table(SWEEP).ctx("opening sweep")?;
+    Ok(sweep.first().ctx("reading sweep")?.is_some())
+}
+
+/// Deletes about `budget` purged messages of the first room waiting for a
+/// sweep, in one non-durable transaction.
+pub(crate) fn sweep_step(store: &Store, budget: usize) -> Result<Swept, StoreError> {
+    let mut txn = store.db.begin_write().ctx("starting sweep step")?;
+    txn.set_durability(Durability::None)
+        .ctx("making the sweep step non-durable")?;
+    let swept = {
+        let mut sweep = txn.open_table(SWEEP).ctx("opening sweep")?;
+        let mut rooms = txn.open_table(ROOMS).ctx("opening rooms")?;
+        let mut chunks = txn.open_table(CHUNKS).ctx("opening chunks")?;
+        let mut staged = txn.open_table(STAGED).ctx("opening staged messages")?;
+        let mut cids = txn.open_table(CIDS).ctx("opening cids")?;
+        let first = sweep.first().ctx("reading sweep")?.map(|(k, _)| k.value());
+        match first {
+            None => Swept {
+                deleted: 0,
+                done: true,
+            },
+            Some(id) => {
+                let (deleted, finished) = match room_state(&rooms, id)? {
+                    Some(mut st) => {
+                        let swept = sweep_room(&mut chunks, &mut staged, &mut cids, &mut st, budget)?;
+                        rooms
+                            .insert(id, st.encode().as_slice())
+                            .ctx("writing room state")?;
+                        swept
+                    }
+                    None => (0, true),
+                };
+                if finished {
+                    sweep.remove(id).ctx("updating sweep")?;
+                }
+                Swept {
+                    deleted,
+                    done: finished && sweep.first().ctx("reading sweep")?.is_none(),
+                }
+            }
+        }
+    };
+    txn.commit().ctx("committing sweep step")?;
+    Ok(swept)
+}
+
+// Deletes up to about `budget` of the room's messages below its floor;
+// returns how many, and whether none is left.
+fn sweep_room(
+    chunks: &mut Table<'_, (u32, u64), &'static [u8]>,
+    staged: &mut Table<'_, (u8, u64), &'static [u8]>,
+    cids: &mut Table<'_, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
+    st: &mut RoomState,
+    budget: usize,
+) -> Result<(usize, bool), StoreError> {
+    let mut deleted = 0;
+    loop {
+        if deleted >= budget {
+            return Ok((deleted, false));
+        }
+        let first = chunks
+            .range((st.id, 0)..(st.id, st.floor))
+            .ctx("reading chunks")?
+            .next()
+            .transpose()
+            .ctx("reading chunks")?
+            .map(|(key, value)| (key.value().1, value.value().to_vec()));
+        let Some((first_ts, bytes)) = first else { break };
+        deleted += trim_chunk(chunks, cids, st, first_ts, &bytes)?;
+    }
+    // Then the staged messages below the floor, all at once: few, as the
+    // fold keeps `staged` small.
+    let mut purged = Vec::new();
+    for_staged(staged, st, |seq, ts, bytes| {
+        if ts >= st.floor {
+            return Ok(false);
+        }
+        let r = staged_record(st, ts, bytes)?;
+        let carried = r.cid.map(|cid| (sender(st, &r).to_owned(), cid.to_owned()));
+        purged.push((seq, r.side, ts, carried));
+        Ok(true)
+    })?;
+    for (seq, side, ts, carried) in purged {
+        staged
+            .remove((bucket(st.id), seq))
+            .ctx("deleting staged message")?;
+        st.staged[side] = st.staged[side].saturating_sub(1);
+        if let Some((from, cid)) = carried {
+            forget(cids, st.id, ts, &from, &cid)?;
+        }
+        deleted += 1;
+    }
+    Ok((deleted, true))
+}
+
+// Removes a chunk that starts below the floor, or rewrites it without its
+// records below the floor; returns how many records went.
+fn trim_chunk(
+    chunks: &mut Table<'_, (u32, u64), &'static [u8]>,
+    cids: &mut Table<'_, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
+    st: &RoomState,
+    first_ts: u64,
+    bytes: &[u8],
+) -> Result<usize, StoreError> {
+    let corrupt = |reason| StoreError::CorruptMessage {
+        room: st.name.clone(),
+        ts: first_ts,
+        reason,
+    };
+    let (header, records) = chunk::open(first_ts, bytes).map_err(corrupt)?;
+    let mut rest = Builder::new(header.before);
+    let mut sealed = Vec::new();
+    let mut dropped = 0;
+    for r in records {
+        let r = r.map_err(corrupt)?;
+        if r.ts < st.floor {
+            if header.has_cids {
+                forget_cid(cids, st, &r)?;
+            }
+            rest.skip(r.side);
+            dropped += 1;
+        } else {
+            rest.push(&r, &mut sealed);
+        }
+    }
+    chunks
+        .remove((st.id, first_ts))
+        .ctx("deleting chunk")?;
+    if !rest.is_empty() {
+        sealed.push(rest.seal());
+    }
+    for chunk in sealed {
+        chunks
+            .insert((st.id, chunk.first_ts), chunk.bytes.as_slice())
+            .ctx("writing chunk")?;
+    }
+    Ok(dropped)
+}
+
+/// Forgets the cid a purged record carried, if the cid still names it.
+pub(crate) fn forget_cid(
+    cids: &mut Table<'_, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
+    st: &RoomState,
+    r: &RecordRef<'_>,
+) -> Result<(), StoreError> {
+    match r.cid {
+        Some(cid) => forget(cids, st.id, r.ts, sender(st, r), cid),
+        None => Ok(()),
+    }
+}
+
+// Who sent a record of the room.
+fn sender<'a>(st: &'a RoomState, r: &RecordRef<'a>) -> &'a str {
+    match r.names {
+        Some((from, _)) => from,
+        None => &st.users[r.side],
+    }
+}
+
+fn forget(
+    cids: &mut Table<'_, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
+    room: u32,
+    ts: u64,
+    from: &str,
+    cid: &str,
+) -> Result<(), StoreError> {
+    let key = (from.as_bytes(), cid.as_bytes());
+    let names_it = cids
+        .get(key)
+        .ctx("reading cids")?
+        .is_some_and(|v| (v.value().0, v.value().1) == (room, ts));
+    if names_it {
+        cids.remove(key).ctx("forgetting cid")?;
+    }
+    Ok(())
+}
