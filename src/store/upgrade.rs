@@ -312,3 +312,172 @@ impl<'n> RoomCopy<'n> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use redb::ReadableDatabase;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::store::schema::LEGACY_VERSION_KEY;
+    use crate::store::testutil::msg;
+    use crate::store::{Change, DB_FILE_NAME, HistoryQuery, Outcome, Store, StoredMessage};
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    }
+
+    // A copy of the schema 2 fixture in a fresh data directory.
+    fn schema2_copy() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(fixture("schema2.redb"), dir.path().join(DB_FILE_NAME)).unwrap();
+        dir
+    }
+
+    fn expected() -> Vec<StoredMessage> {
+        let doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("schema2.json")).unwrap())
+                .unwrap();
+        let field = |m: &Value, name: &str| m[name].as_str().unwrap().to_owned();
+        doc["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| StoredMessage {
+                room: field(m, "room"),
+                ts: m["ts"].as_u64().unwrap(),
+                id: field(m, "id"),
+                from: field(m, "from"),
+                to: field(m, "to"),
+                text: field(m, "text"),
+                time: field(m, "time"),
+            })
+            .collect()
+    }
+
+    fn everything(store: &Store) -> Vec<StoredMessage> {
+        let mut all = Vec::new();
+        store
+            .export_all::<StoreError>(|m| {
+                all.push(m.clone());
+                Ok(())
+            })
+            .unwrap();
+        all
+    }
+
+    #[test]
+    fn a_schema_2_file_reads_back_identically_after_the_upgrade() {
+        let dir = schema2_copy();
+        let want = expected();
+        let store = Store::open(dir.path()).unwrap();
+        // Every message, field for field: ts as they were, time strings
+        // byte for byte (those no offset reproduces kept as strings).
+        assert_eq!(everything(&store), want);
+        let mut rooms: Vec<String> = want.iter().map(|m| m.room.clone()).collect();
+        rooms.dedup();
+        assert_eq!(store.rooms().unwrap(), rooms);
+        let all = HistoryQuery {
+            limit: 1000,
+            ..Default::default()
+        };
+        for room in &rooms {
+            let page = store.history_page(room, &all).unwrap();
+            let of_room: Vec<_> = want.iter().filter(|m| &m.room == room).cloned().collect();
+            assert_eq!(page.messages, of_room, "{room}");
+            assert_eq!(page.applied_seq, 0);
+        }
+        // Everything before the upgrade counts as read.
+        let inbox = store.conversations("Dummy-1", None, None, 10).unwrap();
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(inbox[0].unread, 0);
+        assert_eq!(inbox[0].last, *want.iter().rfind(|m| m.room == "dm:Dummy-1_Dummy-2").unwrap());
+
+        // The old tables are gone; the file reopens as schema 3, unchanged.
+        drop(store);
+        {
+            let db = redb::Database::open(dir.path().join(DB_FILE_NAME)).unwrap();
+            let txn = db.begin_read().unwrap();
+            assert!(txn.open_table(LEGACY_MESSAGES).is_err());
+            assert!(txn.open_table(LEGACY_RECENT).is_err());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(everything(&store), want);
+        // New messages follow the old ones in their room.
+        let newest = want.iter().filter(|m| m.room == "dm:A_B").map(|m| m.ts).max().unwrap();
+        let Outcome::Stored(m) = store
+            .apply(Change::Message(msg("dm:A_B", "B", "A", "after", 1)))
+            .unwrap()
+        else {
+            panic!("not stored")
+        };
+        assert_eq!(m.ts, newest + 1);
+        let inbox = store.conversations("A", None, None, 10).unwrap();
+        let unread: Vec<_> = inbox.iter().map(|c| (c.room.as_str(), c.unread)).collect();
+        assert_eq!(unread, [("r", 0), ("dm:A_B", 1)]);
+    }
+
+    #[test]
+    fn a_schema_1_file_is_upgraded_too() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = redb::Database::create(dir.path().join(DB_FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            let mut messages = txn.open_table(LEGACY_MESSAGES).unwrap();
+            for (room, ts, text) in [("dm:A_B", 5, "one"), ("dm:A_B", 9, "two"), ("dm:B_C", 7, "three")] {
+                let mut bytes = vec![LEGACY_RECORD_VERSION];
+                let fields = ("sock", "B", "A", text, "01/01/1970, 12:00:00 am");
+                bincode::serde::encode_into_std_write(fields, &mut bytes, bincode::config::standard())
+                    .unwrap();
+                messages.insert((room, ts), bytes.as_slice()).unwrap();
+            }
+            drop(messages);
+            let mut meta = txn.open_table(LEGACY_META).unwrap();
+            meta.insert(LEGACY_VERSION_KEY, 1).unwrap();
+            meta.insert("last_ts", 9).unwrap();
+            drop(meta);
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let got: Vec<(String, u64, String, String)> = everything(&store)
+            .into_iter()
+            .map(|m| (m.room, m.ts, m.from, m.text))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("dm:A_B".into(), 5, "B".into(), "one".into()),
+                ("dm:A_B".into(), 9, "B".into(), "two".into()),
+                ("dm:B_C".into(), 7, "B".into(), "three".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_upgrade_leaves_the_file_as_it_was() {
+        let dir = schema2_copy();
+        // Damage one record of `messages`: the upgrade stops at it.
+        {
+            let db = redb::Database::open(dir.path().join(DB_FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            let mut messages = txn.open_table(LEGACY_MESSAGES).unwrap();
+            let ts = expected().iter().find(|m| m.room == "dm:Zed_alice").unwrap().ts;
+            messages.insert(("dm:Zed_alice", ts), [LEGACY_RECORD_VERSION, 0xfd].as_slice()).unwrap();
+            drop(messages);
+            txn.commit().unwrap();
+        }
+        match Store::open(dir.path()) {
+            Err(StoreError::CorruptMessage { room, .. }) => assert_eq!(room, "dm:Zed_alice"),
+            other => panic!("expected CorruptMessage, got {:?}", other.err()),
+        }
+        // Still schema 2: no state table, the marker still says 2.
+        let db = redb::Database::open(dir.path().join(DB_FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert!(txn.open_table(STATE).is_err());
+        let meta = txn.open_table(LEGACY_META).unwrap();
+        let version = ReadableTable::get(&meta, LEGACY_VERSION_KEY).unwrap().unwrap().value();
+        assert_eq!(version, 2);
+    }
+}
