@@ -267,13 +267,16 @@ fn answers<T>(batch: Vec<Pending<T>>, outcomes: Vec<(u64, Option<Outcome>)>) -> 
 /// What a committed batch did: each change's log position and outcome
 /// (None: applied before), and how many messages are staged now.
 pub(crate) struct Committed {
-    outcomes: Vec<(u64, Option<Outcome>)>,
-    staged: u64,
-    purged: bool,
+    /// Each change's log position and outcome.
+    pub outcomes: Vec<(u64, Option<Outcome>)>,
+    /// Messages in `staged` after the commit.
+    pub staged: u64,
+    /// Some purge removed messages.
+    pub purged: bool,
 }
 
-// Applies `batch` in one durable transaction.
-fn commit<T>(store: &Store, batch: &[Pending<T>]) -> Result<Committed, StoreError> {
+/// Applies `batch` in one durable transaction.
+pub(crate) fn commit<T>(store: &Store, batch: &[Pending<T>]) -> Result<Committed, StoreError> {
     use redb::ReadableTableMetadata;
     let txn = store.db.begin_write().ctx("starting a commit")?;
     let mut applied = Batch::begin(&txn)?;

@@ -492,3 +492,279 @@ impl<'t> Batch<'t> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testutil::*;
+    use crate::store::{HistoryQuery, Store};
+
+    const ROOM: &str = "dm:Ann_Bob";
+
+    fn send(store: &Store, from: &str, text: &str, time_us: u64) -> Outcome {
+        let to = if from == "Ann" { "Bob" } else { "Ann" };
+        store
+            .apply(Change::Message(msg(ROOM, from, to, text, time_us)))
+            .unwrap()
+    }
+
+    fn stored(outcome: Outcome) -> StoredMessage {
+        match outcome {
+            Outcome::Stored(m) => m,
+            other => panic!("expected Stored, got {other:?}"),
+        }
+    }
+
+    fn read(store: &Store, user: &str, ts: u64) -> Outcome {
+        store
+            .apply(Change::Read(ReadMark {
+                room: ROOM.into(),
+                user: user.into(),
+                ts,
+            }))
+            .unwrap()
+    }
+
+    fn purge(store: &Store, command: PurgeCommand) -> u64 {
+        match store.apply(Change::Purge(command)).unwrap() {
+            Outcome::Purged { count } => count,
+            other => panic!("expected Purged, got {other:?}"),
+        }
+    }
+
+    fn texts(store: &Store, room: &str) -> Vec<String> {
+        let q = HistoryQuery {
+            limit: 1000,
+            ..Default::default()
+        };
+        let page = store.history_page(room, &q).unwrap();
+        page.messages.into_iter().map(|m| m.text).collect()
+    }
+
+    fn unread(store: &Store, user: &str) -> Vec<(String, u64, u64, u64)> {
+        store
+            .conversations(user, None, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.room, c.unread, c.read, c.peer_read))
+            .collect()
+    }
+
+    #[test]
+    fn ts_is_the_clock_unless_the_room_is_ahead_and_time_is_the_clock() {
+        let (_dir, store) = tmp_store();
+        let t = 1_766_889_946_123_456;
+        let first = stored(send(&store, "Ann", "one", t));
+        assert_eq!(first.ts, t);
+        assert_eq!(first.time, "28/12/2025, 2:45:46 am");
+        // A clock that went back: ts goes on from the room's newest, `time`
+        // says what the clock said.
+        let second = stored(send(&store, "Bob", "two", t - 5_000_000));
+        assert_eq!(second.ts, t + 1);
+        assert_eq!(second.time, "28/12/2025, 2:45:41 am");
+        // Another room keeps its own ts: the same ts is fine there.
+        let other = store
+            .apply(Change::Message(msg("dm:Ann_Cy", "Cy", "Ann", "x", t)))
+            .unwrap();
+        assert_eq!(stored(other).ts, t);
+        // What was answered is what is read back, folded or not.
+        let q = HistoryQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(store.history_page(ROOM, &q).unwrap().messages, [first.clone(), second.clone()]);
+        fold_all(&store);
+        assert_eq!(store.history_page(ROOM, &q).unwrap().messages, [first, second]);
+    }
+
+    #[test]
+    fn time_uses_the_accepting_nodes_offset() {
+        let (_dir, store) = tmp_store();
+        let mut m = msg(ROOM, "Ann", "Bob", "hi", 1_766_889_946_123_456);
+        m.utc_offset_s = 5 * 3600 + 1800;
+        let sent = stored(store.apply(Change::Message(m)).unwrap());
+        assert_eq!(sent.time, "28/12/2025, 8:15:46 am");
+        fold_all(&store);
+        let q = HistoryQuery {
+            limit: 1,
+            ..Default::default()
+        };
+        assert_eq!(store.history_page(ROOM, &q).unwrap().messages, [sent]);
+    }
+
+    #[test]
+    fn a_repeated_cid_is_the_original_until_it_is_purged() {
+        let (_dir, store) = tmp_store();
+        let with_cid = |from: &str, to: &str, room: &str, text: &str, time: u64| {
+            let mut m = msg(room, from, to, text, time);
+            m.cid = Some("c-1".into());
+            store.apply(Change::Message(m)).unwrap()
+        };
+        let original = stored(with_cid("Ann", "Bob", ROOM, "first try", 10));
+        // The same user and cid, even in another room, even with other text.
+        for (room, to) in [(ROOM, "Bob"), ("dm:Ann_Cy", "Cy")] {
+            match with_cid("Ann", to, room, "second try", 20) {
+                Outcome::Duplicate(m) => assert_eq!(m, original),
+                other => panic!("expected Duplicate, got {other:?}"),
+            }
+        }
+        assert_eq!(texts(&store, ROOM), ["first try"]);
+        assert!(store.rooms().unwrap().iter().all(|r| r != "dm:Ann_Cy"));
+        // Another user's cid is theirs.
+        stored(with_cid("Bob", "Ann", ROOM, "bob's", 30));
+        // Folded, it is still found; after a restart too.
+        fold_all(&store);
+        assert!(matches!(with_cid("Ann", "Bob", ROOM, "x", 40), Outcome::Duplicate(m) if m == original));
+        // A purge forgets it: the next send with it is new.
+        assert_eq!(purge(&store, PurgeCommand::Room { room: ROOM.into(), before: Some(11) }), 1);
+        let again = stored(with_cid("Ann", "Bob", ROOM, "after purge", 50));
+        assert_eq!(again.text, "after purge");
+        assert_eq!(texts(&store, ROOM), ["bob's", "after purge"]);
+    }
+
+    #[test]
+    fn an_eid_is_a_duplicate_within_the_window_only() {
+        let (_dir, store) = tmp_store();
+        let txn = store.db.begin_write().unwrap();
+        let mut batch = Batch::begin(&txn).unwrap();
+        let mut m = msg(ROOM, "Ann", "Bob", "hi", 10);
+        m.eid = Some([7; 16]);
+        let original = stored(batch.apply(1, &Change::Message(m.clone())).unwrap());
+        // A retry of the same entry, later in the log.
+        match batch.apply(5, &Change::Message(m.clone())).unwrap() {
+            Outcome::Duplicate(d) => assert_eq!(d, original),
+            other => panic!("expected Duplicate, got {other:?}"),
+        }
+        // Out of the window it is new (the engine's own dedup covers far less).
+        let late = batch.apply(1 + EID_WINDOW, &Change::Message(m)).unwrap();
+        assert!(matches!(late, Outcome::Stored(s) if s.ts == 11));
+        batch.finish().unwrap();
+        txn.commit().unwrap();
+        // The window's old end is pruned by position.
+        let txn = store.db.begin_write().unwrap();
+        let t = Tables::open(&txn).unwrap();
+        assert_eq!(t.eid_log.first().unwrap().unwrap().0.value(), 1 + EID_WINDOW);
+    }
+
+    #[test]
+    fn sending_reads_what_came_before_and_read_moves_forward_only() {
+        let (_dir, store) = tmp_store();
+        let a1 = stored(send(&store, "Ann", "a1", 100)).ts;
+        let b1 = stored(send(&store, "Bob", "b1", 200)).ts;
+        let b2 = stored(send(&store, "Bob", "b2", 300)).ts;
+        assert_eq!(unread(&store, "Ann"), [(ROOM.into(), 2, a1, b2)]);
+        assert_eq!(unread(&store, "Bob"), [(ROOM.into(), 0, b2, a1)]);
+        // Up to b1: one left.
+        assert!(matches!(read(&store, "Ann", b1), Outcome::ReadMoved { ts, .. } if ts == b1));
+        assert_eq!(unread(&store, "Ann"), [(ROOM.into(), 1, b1, b2)]);
+        // Backwards: nothing moves.
+        assert!(matches!(
+            read(&store, "Ann", a1),
+            Outcome::ReadUnchanged { ts, known: true, .. } if ts == b1
+        ));
+        // Past the newest: clamped to it.
+        assert!(matches!(read(&store, "Ann", u64::MAX), Outcome::ReadMoved { ts, .. } if ts == b2));
+        assert_eq!(unread(&store, "Ann"), [(ROOM.into(), 0, b2, b2)]);
+        assert_eq!(store.read_cursor(ROOM, "Ann").unwrap(), b2);
+        // A ts between messages counts what is at or below it.
+        let b3 = stored(send(&store, "Bob", "b3", 400)).ts;
+        stored(send(&store, "Bob", "b4", 500));
+        fold_all(&store);
+        assert!(matches!(read(&store, "Ann", b3 + 1), Outcome::ReadMoved { .. }));
+        assert_eq!(unread(&store, "Ann")[0].1, 1);
+        // Not a room, not a member, nothing to read.
+        let unknown = |o: Outcome| matches!(o, Outcome::ReadUnchanged { known: false, ts: 0, .. });
+        assert!(unknown(read(&store, "Cy", b2)));
+        assert!(unknown(
+            store
+                .apply(Change::Read(ReadMark {
+                    room: "dm:X_Y".into(),
+                    user: "X".into(),
+                    ts: 1
+                }))
+                .unwrap()
+        ));
+    }
+
+    #[test]
+    fn unread_is_exact_in_a_long_folded_room() {
+        let (_dir, store) = tmp_store();
+        let mut ts = Vec::new();
+        for part in [0..1500u64, 1500..3000] {
+            let changes = part.map(|i| {
+                let (from, to) = match i < 1000 && i % 3 == 0 {
+                    true => ("Ann", "Bob"),
+                    false => ("Bob", "Ann"),
+                };
+                Change::Message(msg(ROOM, from, to, &format!("message {i}"), 1000 + i))
+            });
+            ts.extend(apply_all(&store, changes).into_iter().map(|o| stored(o).ts));
+            // The first half in chunks, the second staged.
+            if ts.len() == 1500 {
+                fold_all(&store);
+            }
+        }
+        // Ann read up to message 2000: Bob's after it are unread.
+        read(&store, "Ann", ts[2000]);
+        let want = 999;
+        assert_eq!(unread(&store, "Ann")[0].1, want);
+        fold_all(&store);
+        assert_eq!(unread(&store, "Ann")[0].1, want);
+        // Purge below Ann's cursor changes nothing; above it, what is gone is not unread.
+        purge(&store, PurgeCommand::Room { room: ROOM.into(), before: Some(ts[1000]) });
+        assert_eq!(unread(&store, "Ann")[0].1, want);
+        purge(&store, PurgeCommand::Room { room: ROOM.into(), before: Some(ts[2500]) });
+        assert_eq!(unread(&store, "Ann")[0].1, 500);
+        assert_eq!(texts(&store, ROOM).len(), 500);
+    }
+
+    #[test]
+    fn purges_take_what_is_below_their_bound_in_log_order() {
+        let (_dir, store) = tmp_store();
+        for t in 1..=4 {
+            send(&store, "Ann", "x", t * 10);
+            store
+                .apply(Change::Message(msg("dm:Ann_Cy", "Cy", "Ann", "y", t * 10 + 1)))
+                .unwrap();
+        }
+        read(&store, "Bob", 40);
+        assert_eq!(purge(&store, PurgeCommand::Room { room: ROOM.into(), before: Some(25) }), 2);
+        assert_eq!(texts(&store, ROOM).len(), 2);
+        // Nothing twice.
+        assert_eq!(purge(&store, PurgeCommand::Room { room: ROOM.into(), before: Some(25) }), 0);
+        // Everything before a ts, in every room.
+        assert_eq!(purge(&store, PurgeCommand::All { before: 32 }), 4);
+        assert_eq!(texts(&store, "dm:Ann_Cy"), ["y"]);
+        assert_eq!(texts(&store, ROOM), ["x"]);
+        // A room emptied leaves the inbox; its cursors go back to 0.
+        assert_eq!(purge(&store, PurgeCommand::Room { room: ROOM.into(), before: None }), 1);
+        assert_eq!(store.rooms().unwrap(), ["dm:Ann_Cy"]);
+        assert_eq!(unread(&store, "Bob"), []);
+        assert_eq!(store.read_cursor(ROOM, "Bob").unwrap(), 0);
+        // A bound in the future takes only what is there now: later
+        // messages (even with older clocks) stay.
+        assert_eq!(purge(&store, PurgeCommand::All { before: u64::MAX }), 1);
+        let m = stored(send(&store, "Bob", "back", 5));
+        assert_eq!(m.ts, 41, "ts never repeats in a room");
+        assert_eq!(texts(&store, ROOM), ["back"]);
+        assert_eq!(unread(&store, "Ann"), [(ROOM.into(), 1, 0, 41)]);
+        assert_eq!(purge(&store, PurgeCommand::Room { room: "dm:nope".into(), before: None }), 0);
+    }
+
+    #[test]
+    fn log_positions_are_committed_and_replays_skipped() {
+        let (_dir, store) = tmp_store();
+        send(&store, "Ann", "x", 1);
+        send(&store, "Ann", "y", 2);
+        assert_eq!(store.applied_seq().unwrap(), 2);
+        let txn = store.db.begin_write().unwrap();
+        let batch = Batch::begin(&txn).unwrap();
+        assert_eq!(batch.position_of(None).unwrap(), Some(3));
+        assert_eq!(batch.position_of(Some(2)).unwrap(), None);
+        assert_eq!(batch.position_of(Some(3)).unwrap(), Some(3));
+        assert!(matches!(
+            batch.position_of(Some(5)),
+            Err(StoreError::LogGap { applied: 2, got: 5 })
+        ));
+    }
+}

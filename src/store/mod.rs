@@ -190,6 +190,20 @@ pub(crate) mod testutil {
         );
     }
 
+    /// Applies `changes` in one transaction, as one group commit would.
+    pub fn apply_all(store: &Store, changes: impl IntoIterator<Item = Change>) -> Vec<super::Outcome> {
+        let batch: Vec<super::Pending<()>> = changes
+            .into_iter()
+            .map(|change| super::Pending {
+                seq: None,
+                change,
+                ticket: None,
+            })
+            .collect();
+        let committed = super::applier::commit(store, &batch).unwrap();
+        committed.outcomes.into_iter().filter_map(|(_, o)| o).collect()
+    }
+
     /// How many messages wait in `staged`.
     pub fn staged_len(store: &Store) -> u64 {
         use redb::{ReadableDatabase, ReadableTableMetadata};
