@@ -168,7 +168,8 @@ impl Worker {
                 Ok(first) => first,
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
-                    match self.timer.block_on(tokio::time::timeout(IDLE_FOLD, rx.recv())) {
+                    let next = async { tokio::time::timeout(IDLE_FOLD, rx.recv()).await };
+                    match self.timer.block_on(next) {
                         // A commit's fsync costs the same for one change as
                         // for hundreds: give those already on their way a
                         // moment to join the first.
@@ -431,5 +432,407 @@ impl Store {
             make_durable(self)?;
         }
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    use super::*;
+    use crate::store::change::{Change, NewMessage};
+    use crate::store::read::{room_id, room_state};
+    use crate::store::schema::{ROOM_IDS, ROOMS};
+    use crate::store::testutil::*;
+    use crate::store::{HistoryQuery, StoredMessage};
+
+    fn message(room: &str, i: usize) -> NewMessage {
+        msg(room, "A", "B", &format!("hello {i}"), 1_000 + i as u64)
+    }
+
+    fn pending(room: &str, i: usize) -> Pending<usize> {
+        Pending {
+            seq: None,
+            change: Change::Message(message(room, i)),
+            ticket: Some(i),
+        }
+    }
+
+    // Drains the output until the applier has finished.
+    async fn collect<T>(batches: &mut mpsc::Receiver<AppliedBatch<T>>) -> Vec<AppliedBatch<T>> {
+        let mut out = Vec::new();
+        while let Some(b) = batches.recv().await {
+            out.push(b);
+        }
+        out
+    }
+
+    fn stored(applied: Vec<Applied<usize>>) -> Vec<(StoredMessage, usize)> {
+        applied
+            .into_iter()
+            .map(|a| match (a.outcome, a.ticket) {
+                (Outcome::Stored(m), Some(t)) => (m, t),
+                other => panic!("expected a stored message with its ticket, got {other:?}"),
+            })
+            .collect()
+    }
+
+    // Sets a room's newest ts straight in its state.
+    fn set_newest(store: &Store, room: &str, newest: u64) {
+        let txn = store.db.begin_write().unwrap();
+        {
+            let ids = txn.open_table(ROOM_IDS).unwrap();
+            let id = room_id(&ids, room).unwrap().unwrap();
+            let mut rooms = txn.open_table(ROOMS).unwrap();
+            let mut st = room_state(&rooms, id).unwrap().unwrap();
+            st.newest_ts = newest;
+            rooms.insert(id, st.encode().as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn group_commit_applies_in_order_and_answers_each_ticket() {
+        let (_dir, store) = tmp_store();
+        let Applier {
+            handle,
+            mut batches,
+            thread,
+        } = Applier::<usize>::spawn(store.clone(), 2000, ApplierMode::HandBack).unwrap();
+        // Hold the write lock so the applier cannot commit while we queue:
+        // it takes at most one batch before blocking, the rest wait in the queue.
+        let blocker = store.db.begin_write().unwrap();
+        for i in 0..1000 {
+            let room = if i % 2 == 0 { "dm:A_B" } else { "dm:A_C" };
+            handle.submit(pending(room, i)).await.unwrap();
+        }
+        drop(blocker);
+        drop(handle);
+        let got = collect(&mut batches).await;
+        thread.join().unwrap();
+
+        assert!(got.len() <= 2, "1000 changes took {} commits", got.len());
+        let applied: Vec<Applied<usize>> = got
+            .into_iter()
+            .flat_map(|b| b.result.map_err(|(e, _)| e).unwrap())
+            .collect();
+        // Log positions in submit order.
+        assert!(applied.iter().map(|a| a.seq).eq(1..=1000));
+        let committed = stored(applied);
+        for (i, (m, ticket)) in committed.iter().enumerate() {
+            assert_eq!(*ticket, i);
+            assert_eq!(m.text, format!("hello {i}"));
+        }
+        // What was answered is what is stored.
+        let q = HistoryQuery {
+            limit: 1000,
+            ..Default::default()
+        };
+        let page = store.history_page("dm:A_B", &q).unwrap();
+        let answered: Vec<_> = committed
+            .iter()
+            .map(|(m, _)| m.clone())
+            .filter(|m| m.room == "dm:A_B")
+            .collect();
+        assert_eq!(page.messages, answered);
+        assert_eq!(page.applied_seq, 1000);
+    }
+
+    #[tokio::test]
+    async fn folds_keep_up_with_large_commits_and_nothing_is_lost() {
+        let (_dir, store) = tmp_store();
+        let Applier {
+            handle,
+            mut batches,
+            thread,
+        } = Applier::<usize>::spawn(store.clone(), 4096, ApplierMode::HandBack).unwrap();
+        let total = 3 * FOLD_AT as usize + 10;
+        for i in 0..total {
+            let room = ["dm:A_B", "dm:A_C", "dm:A_D"][i % 3];
+            handle.submit(pending(room, i)).await.unwrap();
+        }
+        drop(handle);
+        let answered: Vec<StoredMessage> = collect(&mut batches)
+            .await
+            .into_iter()
+            .flat_map(|b| stored(b.result.map_err(|(e, _)| e).unwrap()))
+            .map(|(m, _)| m)
+            .collect();
+        thread.join().unwrap();
+        assert_eq!(answered.len(), total);
+        // Had the folds fallen behind, `staged` would hold most of it.
+        let left = staged_len(&store);
+        assert!(left < 2 * FOLD_AT, "{left} messages left staged");
+        let q = HistoryQuery {
+            limit: total,
+            ..Default::default()
+        };
+        for room in ["dm:A_B", "dm:A_C", "dm:A_D"] {
+            let want: Vec<_> = answered.iter().filter(|m| m.room == room).cloned().collect();
+            assert_eq!(store.history_page(room, &q).unwrap().messages, want, "{room}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_applier_folds_what_is_staged() {
+        let (_dir, store) = tmp_store();
+        let mut applier = Applier::<usize>::spawn(store.clone(), 16, ApplierMode::HandBack).unwrap();
+        for i in 0..10 {
+            applier.handle.submit(pending("dm:A_B", i)).await.unwrap();
+        }
+        let mut answered = 0;
+        while answered < 10 {
+            answered += applier.batches.recv().await.unwrap().result.unwrap().len();
+        }
+        assert!(staged_len(&store) > 0);
+        // Wait for the idle fold, without sleeping blindly: poll with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while staged_len(&store) > 0 {
+            assert!(Instant::now() < deadline, "the idle applier never folded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let q = HistoryQuery {
+            limit: 100,
+            ..Default::default()
+        };
+        assert_eq!(store.history_page("dm:A_B", &q).unwrap().messages.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_hands_the_changes_back_and_the_applier_goes_on() {
+        let (_dir, store) = tmp_store();
+        put(&store, "dm:A_B", 5, "first");
+        // No ts can follow u64::MAX: the batch must fail, storing nothing.
+        set_newest(&store, "dm:A_B", u64::MAX);
+        let mut applier = Applier::<usize>::spawn(store.clone(), 4, ApplierMode::HandBack).unwrap();
+        applier.handle.submit(pending("dm:A_B", 1)).await.unwrap();
+        let Err((error, back)) = applier.batches.recv().await.unwrap().result else {
+            panic!("expected a failure")
+        };
+        assert!(matches!(error, StoreError::TsExhausted { .. }));
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].ticket, Some(1));
+        assert!(!applier.handle.can_commit());
+        assert_eq!(store.applied_seq().unwrap(), 1);
+
+        set_newest(&store, "dm:A_B", 5);
+        applier.handle.submit(pending("dm:A_B", 2)).await.unwrap();
+        let ok = stored(applier.batches.recv().await.unwrap().result.unwrap());
+        assert_eq!((ok[0].0.ts, ok[0].1), (1002, 2));
+        assert!(applier.handle.can_commit());
+    }
+
+    #[tokio::test]
+    async fn retry_mode_applies_the_batch_once_the_store_can_commit_again() {
+        let (_dir, store) = tmp_store();
+        put(&store, "dm:A_B", 5, "first");
+        set_newest(&store, "dm:A_B", u64::MAX);
+        let mut applier = Applier::<usize>::spawn(store.clone(), 4, ApplierMode::Retry).unwrap();
+        applier.handle.submit(pending("dm:A_B", 1)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while applier.handle.can_commit() {
+            assert!(Instant::now() < deadline, "the commit never failed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The disk is back: the same batch commits, nothing handed back.
+        set_newest(&store, "dm:A_B", 5);
+        let ok = stored(applier.batches.recv().await.unwrap().result.unwrap());
+        assert_eq!((ok[0].0.ts, ok[0].1), (1001, 1));
+        assert!(applier.handle.can_commit());
+    }
+
+    #[tokio::test]
+    async fn log_positions_from_the_log_skip_replays_and_refuse_gaps() {
+        let (_dir, store) = tmp_store();
+        let mut applier = Applier::<usize>::spawn(store.clone(), 16, ApplierMode::Retry).unwrap();
+        let at = |seq, i, ticket| Pending {
+            seq: Some(seq),
+            change: Change::Message(message("dm:A_B", i)),
+            ticket,
+        };
+        applier.handle.submit(at(1, 1, Some(1))).await.unwrap();
+        applier.handle.submit(at(2, 2, None)).await.unwrap();
+        let mut seqs = Vec::new();
+        while seqs.len() < 2 {
+            let batch = applier.batches.recv().await.unwrap().result.unwrap();
+            seqs.extend(batch.iter().map(|a| a.seq));
+        }
+        assert_eq!(seqs, [1, 2]);
+        // A replay: no output without a ticket, AlreadyApplied with one.
+        applier.handle.submit(at(1, 1, None)).await.unwrap();
+        applier.handle.submit(at(2, 2, Some(22))).await.unwrap();
+        let mut answers = Vec::new();
+        while answers.is_empty() {
+            answers = applier.batches.recv().await.unwrap().result.unwrap();
+        }
+        assert_eq!(answers.len(), 1);
+        assert!(matches!(
+            &answers[0],
+            Applied { seq: 2, outcome: Outcome::AlreadyApplied, ticket: Some(22) }
+        ));
+        // A gap is never retried: handed back at once.
+        applier.handle.submit(at(5, 5, Some(5))).await.unwrap();
+        let Err((StoreError::LogGap { applied: 2, got: 5 }, back)) =
+            applier.batches.recv().await.unwrap().result
+        else {
+            panic!("expected a log gap")
+        };
+        assert_eq!(back[0].ticket, Some(5));
+        assert_eq!(store.history("dm:A_B", &HistoryQuery { limit: 10, ..Default::default() }).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_applier_drains_its_queue_and_exits_when_handles_are_dropped() {
+        let (dir, store) = tmp_store();
+        let Applier {
+            handle,
+            mut batches,
+            thread,
+        } = Applier::<usize>::spawn(store.clone(), 64, ApplierMode::HandBack).unwrap();
+        let second = handle.clone();
+        for i in 0..50 {
+            let h = if i % 2 == 0 { &handle } else { &second };
+            h.submit(pending("r", i)).await.unwrap();
+        }
+        drop(handle);
+        drop(second);
+        let n: usize = collect(&mut batches)
+            .await
+            .into_iter()
+            .map(|b| b.result.map_err(|(e, _)| e).unwrap().len())
+            .sum();
+        assert_eq!(n, 50);
+        thread.join().unwrap();
+        // The thread's Store clone is gone with it, so the file can be reopened.
+        drop(store);
+        Store::open(dir.path()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn submit_gives_the_change_back_when_the_applier_is_gone() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let dead = ApplierHandle::<usize> {
+            tx,
+            healthy: Arc::new(AtomicBool::new(true)),
+        };
+        let back = dead.submit(pending("r", 7)).await.unwrap_err();
+        assert_eq!(back.ticket, Some(7));
+    }
+
+    const CRASH_DIR_ENV: &str = "CHATD_APPLIER_CRASH_DIR";
+
+    #[test]
+    #[ignore = "helper: run by a_kill_loses_only_what_was_not_committed in a child process"]
+    fn apply_until_killed_child() {
+        let Ok(dir) = std::env::var(CRASH_DIR_ENV) else {
+            return;
+        };
+        let store = Store::open(std::path::Path::new(&dir)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut applier = Applier::<usize>::spawn(store, 256, ApplierMode::HandBack).unwrap();
+            let handle = applier.handle.clone();
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let room = ["dm:A_B", "dm:A_C", "dm:B_C", "dm:A_D", "dm:C_D"][i % 5];
+                    let mut m = message(room, i);
+                    m.cid = Some(format!("c{i}"));
+                    let p = Pending {
+                        seq: None,
+                        change: Change::Message(m),
+                        ticket: Some(i),
+                    };
+                    if handle.submit(p).await.is_err() {
+                        return;
+                    }
+                    // A pause long enough for the idle fold, once.
+                    if i == 3000 {
+                        tokio::time::sleep(IDLE_FOLD * 2).await;
+                    }
+                }
+            });
+            let mut out = std::io::stdout().lock();
+            while let Some(batch) = applier.batches.recv().await {
+                for a in batch.result.unwrap() {
+                    writeln!(out, "acked {}", a.ticket.unwrap()).unwrap();
+                }
+                out.flush().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn a_kill_loses_only_what_was_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "store::applier::tests::apply_until_killed_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_DIR_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut acked = 0usize;
+        for line in out.lines() {
+            let line = line.unwrap();
+            if let Some(i) = line.strip_prefix("acked ") {
+                acked = acked.max(i.parse::<usize>().unwrap() + 1);
+                // Past the idle fold, in the middle of committing.
+                if acked > 6000 {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(acked > 6000, "the child stopped early");
+
+        let store = Store::open(dir.path()).unwrap();
+        // What is stored is exactly the first `applied` messages, in order:
+        // every answered one, none of a commit the kill cut short.
+        let applied = store.applied_seq().unwrap() as usize;
+        assert!(applied >= acked, "{applied} applied, {acked} answered");
+        let mut all = Vec::new();
+        store
+            .export_all::<StoreError>(|m| {
+                all.push((m.room.clone(), m.text.clone()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(all.len(), applied);
+        let mut by_room: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (room, text) in all {
+            let i: usize = text.strip_prefix("hello ").unwrap().parse().unwrap();
+            by_room.entry(room).or_default().push(i);
+        }
+        for (room, got) in &by_room {
+            let k = ["dm:A_B", "dm:A_C", "dm:A_D", "dm:B_C", "dm:C_D"]
+                .iter()
+                .position(|r| r == room)
+                .unwrap();
+            let index = [0, 1, 3, 2, 4][k];
+            let want: Vec<usize> = (0..applied).filter(|i| i % 5 == index).collect();
+            assert_eq!(got, &want, "{room}");
+        }
+        // The cids came with them: a resend is a duplicate.
+        let mut again = message("dm:A_B", 0);
+        again.cid = Some("c0".into());
+        assert!(matches!(store.apply(Change::Message(again)).unwrap(), Outcome::Duplicate(_)));
+        // And a fold from here moves everything staged, losing nothing.
+        fold_all(&store);
+        let mut count = 0;
+        store.export_all::<StoreError>(|_| Ok(count += 1)).unwrap();
+        assert_eq!(count, applied);
     }
 }
