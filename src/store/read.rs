@@ -641,3 +641,265 @@ fn export_one<E: From<StoreError>>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::change::{Change, PurgeCommand};
+    use crate::store::fold::fold_step;
+    use crate::store::testutil::*;
+
+    const ROOM: &str = "dm:A_B";
+
+    // Where the fixture's messages are when a test reads them.
+    #[derive(Debug, Clone, Copy)]
+    enum Layout {
+        Staged,
+        Folded,
+        // Folded up to ts 50, the rest staged.
+        Half,
+        // Half, plus a purge below ts 5 that no sweep has deleted yet.
+        Unswept,
+    }
+
+    const LAYOUTS: [Layout; 4] = [Layout::Staged, Layout::Folded, Layout::Half, Layout::Unswept];
+
+    // ROOM holds ts 10, 20, ..., 100, with 19 other rooms around it (some
+    // in its bucket of `staged`), whose messages must never leak in.
+    fn fixture(layout: Layout) -> (tempfile::TempDir, Store) {
+        let (dir, store) = tmp_store();
+        let others: Vec<String> = (0..19).map(|i| format!("dm:A_{i:02}")).collect();
+        let mut changes = Vec::new();
+        if matches!(layout, Layout::Unswept) {
+            changes.push(Change::Message(msg(ROOM, "A", "B", "purged", 1)));
+        }
+        for ts in (10..=100).step_by(10) {
+            changes.push(Change::Message(msg(ROOM, "A", "B", &format!("m{ts}"), ts)));
+            for other in &others {
+                changes.push(Change::Message(msg(other, "A", "B", "x", ts + 1)));
+            }
+            if ts == 50 && !matches!(layout, Layout::Staged) {
+                apply_all(&store, changes.drain(..));
+                fold_all(&store);
+            }
+        }
+        apply_all(&store, changes);
+        if matches!(layout, Layout::Folded) {
+            fold_all(&store);
+        }
+        if matches!(layout, Layout::Unswept) {
+            // Purged through a batch: the sweep Store::apply would run does not.
+            let purge = PurgeCommand::Room {
+                room: ROOM.into(),
+                before: Some(5),
+            };
+            apply_all(&store, [Change::Purge(purge)]);
+        }
+        (dir, store)
+    }
+
+    fn ts(store: &Store, before: Option<u64>, after: Option<u64>, limit: usize, max_ts: Option<u64>) -> Vec<u64> {
+        let q = HistoryQuery {
+            before,
+            after,
+            limit,
+            max_ts,
+        };
+        let page = store.history_page(ROOM, &q).unwrap();
+        page.messages.iter().map(|m| m.ts).collect()
+    }
+
+    #[test]
+    fn history_paging() {
+        for layout in LAYOUTS {
+            let (_dir, s) = fixture(layout);
+            let none: Vec<u64> = Vec::new();
+            // neither: the newest `limit`
+            assert_eq!(ts(&s, None, None, 3, None), [80, 90, 100], "{layout:?}");
+            assert_eq!(ts(&s, None, None, 50, None).len(), 10);
+            // only before: the newest `limit` older than it (exclusive)
+            assert_eq!(ts(&s, Some(50), None, 2, None), [30, 40]);
+            assert_eq!(ts(&s, Some(70), None, 3, None), [40, 50, 60]);
+            assert_eq!(ts(&s, Some(50), None, 10, None), [10, 20, 30, 40]);
+            assert_eq!(ts(&s, Some(10), None, 10, None), none);
+            // only after: the oldest `limit` newer than it (exclusive)
+            assert_eq!(ts(&s, None, Some(50), 2, None), [60, 70]);
+            assert_eq!(ts(&s, None, Some(0), 2, None), [10, 20], "{layout:?}");
+            assert_eq!(ts(&s, None, Some(30), 3, None), [40, 50, 60]);
+            assert_eq!(ts(&s, None, Some(100), 5, None), none);
+            // both: the oldest `limit` strictly between
+            assert_eq!(ts(&s, Some(80), Some(20), 3, None), [30, 40, 50]);
+            assert_eq!(ts(&s, Some(30), Some(20), 3, None), none);
+            assert_eq!(ts(&s, Some(20), Some(30), 3, None), none);
+            // max_ts hides newer messages (inclusive)
+            assert_eq!(ts(&s, None, None, 2, Some(65)), [50, 60]);
+            assert_eq!(ts(&s, None, None, 2, Some(60)), [50, 60]);
+            assert_eq!(ts(&s, None, Some(40), 10, Some(65)), [50, 60]);
+            assert_eq!(ts(&s, Some(90), None, 2, Some(45)), [30, 40]);
+            // degenerate bounds
+            assert_eq!(ts(&s, None, None, 0, None), none);
+            assert_eq!(ts(&s, Some(0), None, 5, None), none);
+            assert_eq!(ts(&s, None, Some(u64::MAX), 5, None), none);
+        }
+    }
+
+    #[test]
+    fn history_returns_full_messages_and_unknown_room_is_empty() {
+        for layout in LAYOUTS {
+            let (_dir, s) = fixture(layout);
+            let q = HistoryQuery {
+                limit: 1,
+                ..Default::default()
+            };
+            let page = s.history_page(ROOM, &q).unwrap();
+            assert_eq!(
+                page.messages,
+                [StoredMessage {
+                    room: ROOM.into(),
+                    ts: 100,
+                    id: "jxKCSoWK6t4p8vojAAAD".into(),
+                    from: "A".into(),
+                    to: "B".into(),
+                    text: "m100".into(),
+                    time: "01/01/1970, 12:00:00 am".into(),
+                }]
+            );
+            assert_eq!(page.applied_seq, s.applied_seq().unwrap());
+            assert!(s.history_page("dm:X_Y", &q).unwrap().messages.is_empty());
+        }
+    }
+
+    #[test]
+    fn export_room_streams_in_order_with_inclusive_bounds() {
+        for layout in LAYOUTS {
+            let (_dir, s) = fixture(layout);
+            let mut seen = Vec::new();
+            let n = s
+                .export_room::<StoreError>(ROOM, Some(20), Some(40), |m| {
+                    seen.push((m.ts, m.text.clone()));
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(n, 3);
+            assert_eq!(seen, [(20, "m20".into()), (30, "m30".into()), (40, "m40".into())]);
+            let all = s.export_room::<StoreError>(ROOM, None, None, |_| Ok(())).unwrap();
+            assert_eq!(all, 10, "{layout:?}");
+            assert_eq!(
+                s.export_room::<StoreError>(ROOM, Some(50), Some(40), |_| Ok(())).unwrap(),
+                0
+            );
+        }
+    }
+
+    #[derive(Debug)]
+    enum StopOr {
+        Stop,
+        Store,
+    }
+    impl From<StoreError> for StopOr {
+        fn from(_: StoreError) -> Self {
+            StopOr::Store
+        }
+    }
+
+    #[test]
+    fn an_export_callback_error_stops_the_stream() {
+        for layout in LAYOUTS {
+            let (_dir, s) = fixture(layout);
+            let mut calls = 0;
+            let r = s.export_all(|_| {
+                calls += 1;
+                if calls == 3 { Err(StopOr::Stop) } else { Ok(()) }
+            });
+            assert!(matches!(r, Err(StopOr::Stop)));
+            assert_eq!(calls, 3);
+        }
+    }
+
+    #[test]
+    fn export_all_is_rooms_in_byte_order_each_oldest_first() {
+        for layout in LAYOUTS {
+            let (_dir, s) = fixture(layout);
+            let mut keys = Vec::new();
+            let n = s
+                .export_all::<StoreError>(|m| {
+                    keys.push((m.room.clone(), m.ts));
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(n, 200, "{layout:?}");
+            let mut sorted = keys.clone();
+            sorted.sort();
+            assert_eq!(keys, sorted);
+            assert_eq!(keys[0], ("dm:A_00".into(), 11));
+            let rooms = s.rooms().unwrap();
+            assert_eq!(rooms.len(), 20);
+            assert!(rooms.is_sorted());
+        }
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_not_a_panic() {
+        for layout in [Layout::Staged, Layout::Folded] {
+            let (_dir, s) = fixture(layout);
+            // Flip bytes in the middle of the room's stored values.
+            let txn = s.db.begin_write().unwrap();
+            {
+                let mut staged = txn.open_table(STAGED).unwrap();
+                let mut chunks = txn.open_table(CHUNKS).unwrap();
+                let damage = |bytes: &[u8]| {
+                    let mut bytes = bytes.to_vec();
+                    let last = bytes.len() - 1;
+                    bytes[last - 2] = 0xff;
+                    bytes[last] = 0xff;
+                    bytes
+                };
+                let keys: Vec<_> = staged.iter().unwrap().map(|i| i.unwrap().0.value()).collect();
+                for key in keys {
+                    let value = damage(staged.get(key).unwrap().unwrap().value());
+                    staged.insert(key, value.as_slice()).unwrap();
+                }
+                let keys: Vec<_> = chunks.iter().unwrap().map(|i| i.unwrap().0.value()).collect();
+                for key in keys {
+                    let value = damage(chunks.get(key).unwrap().unwrap().value());
+                    chunks.insert(key, value.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            let q = HistoryQuery {
+                limit: 50,
+                ..Default::default()
+            };
+            assert!(matches!(
+                s.history_page(ROOM, &q),
+                Err(StoreError::CorruptMessage { room, .. }) if room == ROOM
+            ));
+            assert!(s.export_all::<StoreError>(|_| Ok(())).is_err());
+            // Purging it needs no decoding of what goes.
+            let purge = PurgeCommand::Room {
+                room: ROOM.into(),
+                before: None,
+            };
+            assert!(s.apply(Change::Purge(purge)).is_ok());
+            assert!(s.history_page(ROOM, &q).unwrap().messages.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_fold_step_leaves_every_message_readable_once() {
+        let (_dir, s) = fixture(Layout::Staged);
+        let all = |s: &Store| {
+            let mut keys = Vec::new();
+            s.export_all::<StoreError>(|m| Ok(keys.push((m.room.clone(), m.ts)))).unwrap();
+            keys
+        };
+        let before = all(&s);
+        for b in 0..crate::store::schema::BUCKETS {
+            while !fold_step(&s, b, 7).unwrap().bucket_empty {
+                assert_eq!(all(&s), before);
+                assert_eq!(ts(&s, None, None, 100, None).len(), 10);
+            }
+        }
+        assert_eq!(all(&s), before);
+    }
+}

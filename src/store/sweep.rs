@@ -79,7 +79,9 @@ pub(crate) fn sweep_step(store: &Store, budget: usize) -> Result<Swept, StoreErr
 }
 
 // Deletes up to about `budget` of the room's messages below its floor;
-// returns how many, and whether none is left.
+// returns how many, and whether none is left. What goes need not decode:
+// a damaged message can be purged; only its cid then stays behind (never
+// matched again, since the message is below the floor).
 fn sweep_room(
     chunks: &mut Table<'_, (u32, u64), &'static [u8]>,
     staged: &mut Table<'_, (u8, u64), &'static [u8]>,
@@ -92,15 +94,36 @@ fn sweep_room(
         if deleted >= budget {
             return Ok((deleted, false));
         }
-        let first = chunks
-            .range((st.id, 0)..(st.id, st.floor))
-            .ctx("reading chunks")?
-            .next()
-            .transpose()
-            .ctx("reading chunks")?
-            .map(|(key, value)| (key.value().1, value.value().to_vec()));
-        let Some((first_ts, bytes)) = first else { break };
-        deleted += trim_chunk(chunks, cids, st, first_ts, &bytes)?;
+        // The first chunk starting below the floor, and whether another does.
+        let found = {
+            let mut below = chunks
+                .range((st.id, 0)..(st.id, st.floor))
+                .ctx("reading chunks")?;
+            match below.next() {
+                None => None,
+                Some(first) => {
+                    let (key, value) = first.ctx("reading chunks")?;
+                    let found = (key.value().1, value.value().to_vec());
+                    Some((found, below.next().is_some()))
+                }
+            }
+        };
+        let Some(((first_ts, bytes), another_below)) = found else {
+            break;
+        };
+        // Whole when the next chunk starts below the floor (or at it), or
+        // when the floor is past the room's newest message.
+        let whole = st.floor > st.newest_ts
+            || another_below
+            || chunks
+                .get((st.id, st.floor))
+                .ctx("reading chunks")?
+                .is_some();
+        deleted += if whole {
+            drop_chunk(chunks, cids, st, first_ts, &bytes)?
+        } else {
+            trim_chunk(chunks, cids, st, first_ts, &bytes)?
+        };
     }
     // Then the staged messages below the floor, all at once: few, as the
     // fold keeps `staged` small.
@@ -109,9 +132,12 @@ fn sweep_room(
         if ts >= st.floor {
             return Ok(false);
         }
-        let r = staged_record(st, ts, bytes)?;
-        let carried = r.cid.map(|cid| (sender(st, &r).to_owned(), cid.to_owned()));
-        purged.push((seq, r.side, ts, carried));
+        // The side is the flags' low bit; the cid, if the record decodes.
+        let side = usize::from(bytes.first().is_some_and(|flags| flags & 1 == 1));
+        let carried = staged_record(st, ts, bytes)
+            .ok()
+            .and_then(|r| Some((sender(st, &r).to_owned(), r.cid?.to_owned())));
+        purged.push((seq, side, ts, carried));
         Ok(true)
     })?;
     for (seq, side, ts, carried) in purged {
@@ -127,8 +153,33 @@ fn sweep_room(
     Ok((deleted, true))
 }
 
-// Removes a chunk that starts below the floor, or rewrites it without its
-// records below the floor; returns how many records went.
+// Removes a chunk wholly below the floor, forgetting the cids its records
+// carry when it has some; returns how many records went (1 if its header
+// does not decode).
+fn drop_chunk(
+    chunks: &mut Table<'_, (u32, u64), &'static [u8]>,
+    cids: &mut Table<'_, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
+    st: &RoomState,
+    first_ts: u64,
+    bytes: &[u8],
+) -> Result<usize, StoreError> {
+    chunks
+        .remove((st.id, first_ts))
+        .ctx("deleting chunk")?;
+    let Ok((header, records)) = chunk::open(first_ts, bytes) else {
+        return Ok(1);
+    };
+    if header.has_cids {
+        for r in records {
+            let Ok(r) = r else { break };
+            forget_cid(cids, st, &r)?;
+        }
+    }
+    Ok(usize::try_from(header.records).unwrap_or(usize::MAX))
+}
+
+// Rewrites a chunk that straddles the floor without its records below it;
+// returns how many records went.
 fn trim_chunk(
     chunks: &mut Table<'_, (u32, u64), &'static [u8]>,
     cids: &mut Table<'_, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
@@ -148,9 +199,7 @@ fn trim_chunk(
     for r in records {
         let r = r.map_err(corrupt)?;
         if r.ts < st.floor {
-            if header.has_cids {
-                forget_cid(cids, st, &r)?;
-            }
+            forget_cid(cids, st, &r)?;
             rest.skip(r.side);
             dropped += 1;
         } else {
