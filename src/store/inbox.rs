@@ -111,3 +111,88 @@ impl Store {
         Ok(list)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::change::{Change, ReadMark};
+    use crate::store::testutil::*;
+
+    #[test]
+    fn rooms_come_newest_first_then_by_name_and_page_without_gaps() {
+        let (_dir, store) = tmp_store();
+        // 300 peers of Ann; rooms share last ts in threes.
+        let changes = (0..300u64).map(|i| {
+            let peer = format!("p{i:03}");
+            Change::Message(msg(&format!("dm:Ann_{peer}"), &peer, "Ann", "hi", 1000 + i / 3))
+        });
+        apply_all(&store, changes);
+        let mut want: Vec<(u64, String)> = (0..300u64)
+            .map(|i| (1000 + i / 3, format!("dm:Ann_p{i:03}")))
+            .collect();
+        want.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+
+        let mut got = Vec::new();
+        let mut cursor: Option<(u64, String)> = None;
+        loop {
+            let page = store
+                .conversations(
+                    "Ann",
+                    cursor.as_ref().map(|c| c.0),
+                    cursor.as_ref().map(|c| c.1.as_str()),
+                    7,
+                )
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            cursor = Some((last.last.ts, last.room.clone()));
+            got.extend(page.iter().map(|c| (c.last.ts, c.room.clone())));
+        }
+        assert_eq!(got, want);
+        // `before` alone: rooms whose last message is older.
+        let older = store.conversations("Ann", Some(1050), None, 1000).unwrap();
+        assert!(older.iter().all(|c| c.last.ts < 1050));
+        assert_eq!(older.len(), 150);
+        assert!(store.conversations("Ann", Some(0), None, 10).unwrap().is_empty());
+        assert!(store.conversations("Nobody", None, None, 10).unwrap().is_empty());
+        assert!(store.conversations("Ann", None, None, 0).unwrap().is_empty());
+        // A user whose name is a prefix of another's sees only their own.
+        assert_eq!(store.conversations("p00", None, None, 10).unwrap().len(), 0);
+        assert_eq!(store.conversations("p001", None, None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_entry_has_the_peer_the_last_message_and_both_cursors() {
+        let (_dir, store) = tmp_store();
+        let room = "dm:Ann_Bob";
+        apply_all(
+            &store,
+            [
+                Change::Message(msg(room, "Ann", "Bob", "hi", 10)),
+                Change::Message(msg(room, "Bob", "Ann", "hello", 20)),
+                Change::Message(msg(room, "Bob", "Ann", "there?", 30)),
+                Change::Read(ReadMark {
+                    room: room.into(),
+                    user: "Ann".into(),
+                    ts: 20,
+                }),
+            ],
+        );
+        let ann = store.conversations("Ann", None, None, 10).unwrap();
+        assert_eq!(ann.len(), 1);
+        assert_eq!(ann[0].room, room);
+        assert_eq!(ann[0].peer, "Bob");
+        assert_eq!(ann[0].last.text, "there?");
+        assert_eq!((ann[0].unread, ann[0].read, ann[0].peer_read), (1, 20, 30));
+        let bob = &store.conversations("Bob", None, None, 10).unwrap()[0];
+        assert_eq!((bob.peer.as_str(), bob.unread, bob.read, bob.peer_read), ("Ann", 0, 30, 20));
+        // A newer message moves the room up, folded or not.
+        apply_all(&store, [Change::Message(msg("dm:Ann_Cy", "Cy", "Ann", "yo", 25))]);
+        fold_all(&store);
+        let rooms: Vec<_> = store
+            .conversations("Ann", None, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.room, c.last.ts))
+            .collect();
+        assert_eq!(rooms, [("dm:Ann_Bob".into(), 30), ("dm:Ann_Cy".into(), 25)]);
+    }
+}

@@ -171,3 +171,53 @@ impl RoomState {
         Ok(state)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RoomState {
+        let mut st = RoomState::new(7, "dm:Ann_Bob", "Bob", "Ann");
+        st.newest_ts = 1_766_889_946_123_456;
+        st.oldest_ts = 10;
+        st.floor = 5;
+        st.count = [10, 20];
+        st.floor_count = [1, 2];
+        st.cursor = [1_766_889_946_123_456, 40];
+        st.cursor_count = [20, 3];
+        st.staged = [4, 5];
+        st.staged_from = 99;
+        st.newest_seq = 120;
+        st
+    }
+
+    #[test]
+    fn a_state_round_trips_and_knows_its_pair() {
+        let st = sample();
+        assert_eq!(st.users, ["Ann", "Bob"]);
+        assert_eq!(RoomState::decode(&st.encode()).unwrap(), st);
+        assert_eq!(st.side_of("Bob"), Some(1));
+        assert_eq!(st.sender("Bob", "Ann"), (1, false));
+        assert_eq!(st.sender("Bob", "Cy"), (1, true));
+        assert_eq!(st.sender("Cy", "Ann"), (0, true));
+        // Ann read everything of Bob's; Bob has 10 - max(3, 1) unread.
+        assert_eq!((st.unread(0), st.unread(1)), (0, 7));
+    }
+
+    #[test]
+    fn damaged_or_inconsistent_states_are_errors() {
+        let bytes = sample().encode();
+        for n in 0..bytes.len() {
+            assert!(RoomState::decode(&bytes[..n]).is_err(), "prefix of {n}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(RoomState::decode(&longer).is_err());
+        let mut st = sample();
+        st.floor_count = [11, 0];
+        assert!(RoomState::decode(&st.encode()).is_err());
+        let mut st = sample();
+        st.cursor_count = [21, 0];
+        assert!(RoomState::decode(&st.encode()).is_err());
+    }
+}

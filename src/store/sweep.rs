@@ -257,3 +257,117 @@ fn forget(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::change::{Change, PurgeCommand};
+    use crate::store::schema::{CIDS, SWEEP};
+    use crate::store::testutil::*;
+    use crate::store::{HistoryQuery, Outcome};
+
+    const ROOM: &str = "dm:A_B";
+
+    // `n` messages from A with cids "c<i>", ts 1..=n, some folded.
+    fn filled(n: u64, folded: u64) -> (tempfile::TempDir, Store) {
+        let (dir, store) = tmp_store();
+        let changes = |range: std::ops::Range<u64>| {
+            range.map(|i| {
+                let mut m = msg(ROOM, "A", "B", &format!("message {i} {}", "x".repeat(40)), i + 1);
+                m.cid = Some(format!("c{i}"));
+                Change::Message(m)
+            })
+        };
+        apply_all(&store, changes(0..folded));
+        fold_all(&store);
+        apply_all(&store, changes(folded..n));
+        (dir, store)
+    }
+
+    fn cids(store: &Store) -> u64 {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let txn = store.db.begin_read().unwrap();
+        txn.open_table(CIDS).unwrap().len().unwrap()
+    }
+
+    fn chunk_firsts(store: &Store) -> Vec<u64> {
+        use redb::ReadableDatabase;
+        let txn = store.db.begin_read().unwrap();
+        let chunks = txn.open_table(CHUNKS).unwrap();
+        chunks.iter().unwrap().map(|i| i.unwrap().0.value().1).collect()
+    }
+
+    fn purge_in_batch(store: &Store, before: u64) -> u64 {
+        let purge = Change::Purge(PurgeCommand::Room {
+            room: ROOM.into(),
+            before: Some(before),
+        });
+        match apply_all(store, [purge]).remove(0) {
+            Outcome::Purged { count } => count,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sweeps_delete_purged_chunks_and_staged_messages_with_their_cids() {
+        let (_dir, store) = filled(1000, 800);
+        let chunks_before = chunk_firsts(&store);
+        assert!(chunks_before.len() > 5, "{chunks_before:?}");
+        // Into the middle of a chunk.
+        let cut = (chunks_before[3] + chunks_before[4]) / 2;
+        assert_eq!(purge_in_batch(&store, cut), cut - 1);
+        // Nothing deleted yet, but nothing below the floor reads.
+        assert_eq!(cids(&store), 1000);
+        assert!(pending(&store).unwrap());
+        let q = HistoryQuery {
+            limit: 2000,
+            ..Default::default()
+        };
+        let left = |store: &Store| store.history_page(ROOM, &q).unwrap().messages;
+        assert_eq!(left(&store)[0].ts, cut);
+        // Small steps until done.
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            let swept = sweep_step(&store, 100).unwrap();
+            assert_eq!(left(&store).len() as u64, 1001 - cut);
+            if swept.done {
+                break;
+            }
+        }
+        assert!(steps >= 2, "{steps} steps");
+        assert!(!pending(&store).unwrap());
+        assert_eq!(cids(&store), 1001 - cut);
+        // The straddling chunk now starts at the floor.
+        let after = chunk_firsts(&store);
+        assert_eq!(after[0], cut);
+        assert_eq!(after[1..], chunks_before[4..]);
+
+        // Into the staged messages: they go too, and so do their cids.
+        assert_eq!(purge_in_batch(&store, 900), 900 - cut);
+        while !sweep_step(&store, 100).unwrap().done {}
+        assert_eq!(cids(&store), 101);
+        assert_eq!(staged_len(&store), 101);
+        assert!(chunk_firsts(&store).is_empty());
+        // Unread and the history still add up, and a fold does not bring anything back.
+        fold_all(&store);
+        assert_eq!(left(&store).len(), 101);
+        assert_eq!(left(&store)[0].ts, 900);
+    }
+
+    #[test]
+    fn a_sweep_left_for_later_survives_a_restart() {
+        let (dir, store) = filled(300, 300);
+        purge_in_batch(&store, 250);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(pending(&store).unwrap());
+        while !sweep_step(&store, 1000).unwrap().done {}
+        {
+            use redb::{ReadableDatabase, ReadableTableMetadata};
+            let txn = store.db.begin_read().unwrap();
+            assert_eq!(txn.open_table(SWEEP).unwrap().len().unwrap(), 0);
+        }
+        assert_eq!(cids(&store), 51);
+    }
+}
