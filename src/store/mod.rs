@@ -15,6 +15,8 @@ pub mod clock;
 mod error;
 mod fold;
 mod inbox;
+#[cfg(test)]
+mod model;
 mod read;
 mod record;
 mod room;
