@@ -413,6 +413,17 @@ pub(crate) fn make_durable(store: &Store) -> Result<(), StoreError> {
 }
 
 impl Store {
+    /// Folds every staged message into chunks and deletes what purges left
+    /// behind, durably: what an idle applier does in the background, for
+    /// when none runs (benchmarks, tests, the offline commands).
+    pub fn settle(&self) -> Result<(), StoreError> {
+        for b in 0..BUCKETS {
+            while !fold_step(self, b, STEP)?.bucket_empty {}
+        }
+        while !sweep_step(self, SWEEP_STEP)?.done {}
+        make_durable(self)
+    }
+
     /// Applies one change now, in its own durable transaction, at the next
     /// log position, and for a purge deletes the purged messages before
     /// returning: what the operator commands do when no server runs. Not

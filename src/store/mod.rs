@@ -213,7 +213,7 @@ pub(crate) mod testutil {
         txn.open_table(STAGED).unwrap().len().unwrap()
     }
 
-    /// Folds everything staged into chunks.
+    /// Folds everything staged into chunks, in small steps.
     pub fn fold_all(store: &Store) {
         for b in 0..BUCKETS {
             while !fold_step(store, b, 100).unwrap().bucket_empty {}
