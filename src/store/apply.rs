@@ -19,12 +19,13 @@
 //! keeping the room states it touches in memory and writing each once, with
 //! its inbox and `oldest` entries, when the batch is done.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::change::{Change, NewMessage, Outcome, PurgeCommand, ReadMark};
+use super::chunk::{Builder, Sealed};
 use super::clock::format_time;
 use super::error::DbContext;
 use super::read::{find_message, position, room_id, room_state};
@@ -35,6 +36,40 @@ use super::schema::{
     STAGED, STATE, SWEEP, bucket, read_u64, write_u64,
 };
 use super::{StoreError, StoredMessage};
+
+/// How many messages a room needs in one batch to skip `staged`.
+pub(crate) const DIRECT_AT: usize = 8;
+
+/// A builder that goes on with a room's last chunk (unless it lies below
+/// the purge floor: then a new chunk starts after everything before it).
+pub(crate) fn tail_builder(
+    chunks: &impl super::read::Chunks,
+    st: &RoomState,
+) -> Result<Builder, StoreError> {
+    let tail = chunks
+        .range((st.id, 0)..=(st.id, u64::MAX))
+        .ctx("reading chunks")?
+        .next_back()
+        .transpose()
+        .ctx("reading chunks")?;
+    if let Some((key, value)) = tail {
+        let first_ts = key.value().1;
+        let builder =
+            Builder::resume(first_ts, value.value()).map_err(|reason| StoreError::CorruptMessage {
+                room: st.name.clone(),
+                ts: first_ts,
+                reason,
+            })?;
+        if builder.last_ts().is_some_and(|last| last >= st.floor) {
+            return Ok(builder);
+        }
+    }
+    // Everything before the first staged message comes before this chunk.
+    Ok(Builder::new([
+        st.count[0] - st.staged[0],
+        st.count[1] - st.staged[1],
+    ]))
+}
 
 /// How many log positions an entry id is remembered for: a cluster entry
 /// published again within this many positions is a duplicate.
@@ -92,6 +127,18 @@ pub(crate) struct Batch<'t> {
     touched: HashMap<u32, Touched>,
     ids: HashMap<String, u32>,
     buf: Vec<u8>,
+    // Rooms with DIRECT_AT or more messages in this batch.
+    busy: HashSet<String>,
+    // Busy rooms' messages on their way straight into chunks.
+    direct: HashMap<u32, Direct>,
+    // The last `time` formatted: (second, offset) and the string.
+    last_time: Option<((u64, i32), String)>,
+}
+
+/// A room's messages going straight into its chunks, skipping `staged`.
+struct Direct {
+    builder: Builder,
+    sealed: Vec<Sealed>,
 }
 
 impl<'t> Batch<'t> {
@@ -107,7 +154,33 @@ impl<'t> Batch<'t> {
             touched: HashMap::new(),
             ids: HashMap::new(),
             buf: Vec::new(),
+            busy: HashSet::new(),
+            direct: HashMap::new(),
+            last_time: None,
         })
+    }
+
+    /// Notes the changes the batch is about to apply: a room with
+    /// [`DIRECT_AT`] or more messages among them (and none staged) has
+    /// them written straight into its chunks. Live chat brings a room one
+    /// or two per commit; bulk inflow (a busy room, an import) brings
+    /// dozens, and one chunk rewrite for all of them beats staging,
+    /// folding and deleting each.
+    pub(crate) fn expect<'c>(&mut self, changes: impl ExactSizeIterator<Item = &'c Change>) {
+        if changes.len() < DIRECT_AT {
+            return;
+        }
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for change in changes {
+            if let Change::Message(m) = change {
+                *counts.entry(m.room.as_str()).or_default() += 1;
+            }
+        }
+        self.busy = counts
+            .into_iter()
+            .filter(|&(_, n)| n >= DIRECT_AT)
+            .map(|(room, _)| room.to_owned())
+            .collect();
     }
 
     /// Where a change with log position `seq` (None: the next) goes:
@@ -170,23 +243,34 @@ impl<'t> Batch<'t> {
             cid: m.cid.as_deref(),
             text: &m.text,
         };
-        self.buf.clear();
-        self.buf.extend_from_slice(&id.to_le_bytes());
-        self.buf.extend_from_slice(&ts.to_le_bytes());
-        record::encode(&mut self.buf, &record, Context { ts, offset_s: 0 });
-        self.t
-            .staged
-            .insert((bucket(id), seq), self.buf.as_slice())
-            .ctx("staging message")?;
-
+        let direct = st.staged == [0, 0] && self.busy.contains(&m.room);
+        if direct {
+            let to_chunks = match self.direct.entry(id) {
+                Entry::Occupied(slot) => slot.into_mut(),
+                Entry::Vacant(slot) => slot.insert(Direct {
+                    builder: tail_builder(&self.t.chunks, st)?,
+                    sealed: Vec::new(),
+                }),
+            };
+            to_chunks.builder.push(&record, &mut to_chunks.sealed);
+        } else {
+            self.buf.clear();
+            self.buf.extend_from_slice(&id.to_le_bytes());
+            self.buf.extend_from_slice(&ts.to_le_bytes());
+            record::encode(&mut self.buf, &record, Context { ts, offset_s: 0 });
+            self.t
+                .staged
+                .insert((bucket(id), seq), self.buf.as_slice())
+                .ctx("staging message")?;
+            if st.staged == [0, 0] {
+                st.staged_from = seq;
+            }
+            st.staged[side] += 1;
+            st.newest_seq = seq;
+        }
         if !st.has_messages() {
             st.oldest_ts = ts;
         }
-        if st.staged == [0, 0] {
-            st.staged_from = seq;
-        }
-        st.staged[side] += 1;
-        st.newest_seq = seq;
         st.newest_ts = ts;
         st.count[side] += 1;
         if !names {
@@ -208,8 +292,39 @@ impl<'t> Batch<'t> {
             from: m.from.clone(),
             to: m.to.clone(),
             text: m.text.clone(),
-            time: format_time(m.time_us, m.utc_offset_s),
+            time: self.time(m.time_us, m.utc_offset_s),
         }))
+    }
+
+    // `format_time`, remembering the last one: a commit's messages mostly
+    // share their second.
+    fn time(&mut self, time_us: u64, offset_s: i32) -> String {
+        let key = (time_us / 1_000_000, offset_s);
+        match &self.last_time {
+            Some((last, time)) if *last == key => time.clone(),
+            _ => {
+                let time = format_time(time_us, offset_s);
+                self.last_time = Some((key, time.clone()));
+                time
+            }
+        }
+    }
+
+    // Writes a room's direct messages into its chunks, so lookups see them.
+    fn flush(&mut self, id: u32) -> Result<(), StoreError> {
+        let Some(mut direct) = self.direct.remove(&id) else {
+            return Ok(());
+        };
+        if !direct.builder.is_empty() {
+            direct.sealed.push(direct.builder.seal());
+        }
+        for chunk in direct.sealed {
+            self.t
+                .chunks
+                .insert((id, chunk.first_ts), chunk.bytes.as_slice())
+                .ctx("writing chunk")?;
+        }
+        Ok(())
     }
 
     // The (room, ts, seq) of the message `from` sent with `cid`, if recorded.
@@ -273,6 +388,7 @@ impl<'t> Batch<'t> {
         if !self.load(id)? {
             return Ok(None);
         }
+        self.flush(id)?;
         let st = &self.touched[&id].state;
         find_message(&self.t.chunks, &self.t.staged, st, ts, seq)
     }
@@ -288,6 +404,7 @@ impl<'t> Batch<'t> {
             return Ok(unknown());
         };
         self.load(id)?;
+        self.flush(id)?;
         let st = &self.touched[&id].state;
         let Some(side) = st.side_of(&r.user) else {
             return Ok(unknown());
@@ -325,11 +442,19 @@ impl<'t> Batch<'t> {
                 None => 0,
             },
             PurgeCommand::All { before } => {
-                // Only the rooms whose oldest message is older than `before`.
-                let mut ids = Vec::new();
+                // Only the rooms whose oldest message is older than
+                // `before`: as of the last commit in `oldest`, and as of
+                // now for the rooms this batch changed.
+                let mut ids = BTreeSet::new();
                 for item in self.t.oldest.range((0, 0)..(*before, 0)).ctx("reading oldest")? {
-                    ids.push(item.ctx("reading oldest")?.0.value().1);
+                    ids.insert(item.ctx("reading oldest")?.0.value().1);
                 }
+                ids.extend(
+                    self.touched
+                        .iter()
+                        .filter(|(_, t)| t.state.has_messages() && t.state.oldest_ts < *before)
+                        .map(|(&id, _)| id),
+                );
                 let mut count = 0;
                 for id in ids {
                     count += self.purge_room(id, *before)?;
@@ -346,6 +471,7 @@ impl<'t> Batch<'t> {
         if !self.load(id)? {
             return Ok(0);
         }
+        self.flush(id)?;
         let st = &self.touched[&id].state;
         let floor = before.min(st.newest_ts.saturating_add(1));
         if !st.has_messages() || floor <= st.oldest_ts {
@@ -424,6 +550,10 @@ impl<'t> Batch<'t> {
     /// `oldest` entries), the applied log position and the next room id,
     /// and forgets entry ids older than the window.
     pub(crate) fn finish(mut self) -> Result<(), StoreError> {
+        let direct: Vec<u32> = self.direct.keys().copied().collect();
+        for id in direct {
+            self.flush(id)?;
+        }
         for (id, touched) in self.touched.drain() {
             let st = &touched.state;
             let inbox_now = st.has_messages().then_some(st.newest_ts);
@@ -698,7 +828,7 @@ mod tests {
                 };
                 Change::Message(msg(ROOM, from, to, &format!("message {i}"), 1000 + i))
             });
-            ts.extend(apply_all(&store, changes).into_iter().map(|o| stored(o).ts));
+            ts.extend(stage_all(&store, changes).into_iter().map(|o| stored(o).ts));
             // The first half in chunks, the second staged.
             if ts.len() == 1500 {
                 fold_all(&store);

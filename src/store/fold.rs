@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 
 use redb::{Durability, ReadableTable, ReadableTableMetadata};
 
-use super::chunk::{Builder, Sealed};
+use super::apply::tail_builder;
+use super::chunk::Sealed;
 use super::error::DbContext;
 use super::read::{room_state, staged_entry, staged_record};
 use super::room::RoomState;
@@ -133,30 +134,7 @@ fn append(
     st: &mut RoomState,
     entries: &[(u64, Vec<u8>)],
 ) -> Result<(), StoreError> {
-    // The room's last chunk, to go on filling, unless it lies below the
-    // floor (purged, not yet swept): then a new chunk starts.
-    let tail = chunks
-        .range((st.id, 0)..=(st.id, u64::MAX))
-        .ctx("reading chunks")?
-        .next_back()
-        .transpose()
-        .ctx("reading chunks")?
-        .map(|(key, value)| (key.value().1, value.value().to_vec()));
-    let resumed = match &tail {
-        Some((first_ts, bytes)) => Some(Builder::resume(*first_ts, bytes).map_err(|reason| {
-            StoreError::CorruptMessage {
-                room: st.name.clone(),
-                ts: *first_ts,
-                reason,
-            }
-        })?),
-        None => None,
-    };
-    let mut builder = match resumed {
-        Some(builder) if builder.last_ts().is_some_and(|last| last >= st.floor) => builder,
-        // Everything before the first staged message counts as before this chunk.
-        _ => Builder::new([st.count[0] - st.staged[0], st.count[1] - st.staged[1]]),
-    };
+    let mut builder = tail_builder(chunks, st)?;
     let mut sealed: Vec<Sealed> = Vec::new();
     for (_, value) in entries {
         let Some((_, ts, bytes)) = staged_entry(value) else {
@@ -195,7 +173,7 @@ mod tests {
             let room = ROOMS[(i % 3) as usize];
             Change::Message(msg(room, "A", "B", &format!("m{i}"), 1000 + i))
         });
-        apply_all(store, changes);
+        stage_all(store, changes);
     }
 
     fn keys(store: &Store) -> Vec<(String, u64)> {
@@ -218,7 +196,7 @@ mod tests {
         fill(&store, 3000);
         // Folds dm:A_B (bucket 0); the commit after it makes that durable.
         while !fold_step(&store, 0, STEP).unwrap().bucket_empty {}
-        apply_all(&store, [Change::Message(msg("dm:A_B", "A", "B", "late", 9000))]);
+        stage_all(&store, [Change::Message(msg("dm:A_B", "A", "B", "late", 9000))]);
         // Folds the other rooms: never followed by a commit.
         for b in 0..BUCKETS {
             while !fold_step(&store, b, STEP).unwrap().bucket_empty {}
@@ -266,7 +244,7 @@ mod tests {
             room: "dm:A_B".into(),
             before: Some(1015),
         };
-        apply_all(&store, [Change::Purge(purge)]);
+        stage_all(&store, [Change::Purge(purge)]);
         fold_all(&store);
         let left: Vec<u64> = keys(&store)
             .into_iter()

@@ -192,7 +192,8 @@ pub(crate) mod testutil {
         );
     }
 
-    /// Applies `changes` in one transaction, as one group commit would.
+    /// Applies `changes` in one transaction, as one group commit would
+    /// (a room with many messages in it skips `staged`).
     pub fn apply_all(store: &Store, changes: impl IntoIterator<Item = Change>) -> Vec<super::Outcome> {
         let batch: Vec<super::Pending<()>> = changes
             .into_iter()
@@ -204,6 +205,23 @@ pub(crate) mod testutil {
             .collect();
         let committed = super::applier::commit(store, &batch).unwrap();
         committed.outcomes.into_iter().filter_map(|(_, o)| o).collect()
+    }
+
+    /// Applies `changes` in one transaction, staging every message, as a
+    /// commit of live traffic does (one or two messages per room).
+    pub fn stage_all(store: &Store, changes: impl IntoIterator<Item = Change>) -> Vec<super::Outcome> {
+        let txn = store.db.begin_write().unwrap();
+        let mut batch = super::apply::Batch::begin(&txn).unwrap();
+        let outcomes = changes
+            .into_iter()
+            .map(|change| {
+                let seq = batch.position_of(None).unwrap().unwrap();
+                batch.apply(seq, &change).unwrap()
+            })
+            .collect();
+        batch.finish().unwrap();
+        txn.commit().unwrap();
+        outcomes
     }
 
     /// How many messages wait in `staged`.

@@ -11,7 +11,7 @@ use super::clock::format_time;
 use super::fold::fold_step;
 use super::schema::BUCKETS;
 use super::sweep::sweep_step;
-use super::testutil::apply_all;
+use super::testutil::{apply_all, stage_all};
 use super::{HistoryQuery, Store, StoreError, StoredMessage};
 
 /// A room of the model: its pair, its messages (oldest first), cursors.
@@ -283,18 +283,22 @@ fn check(store: &Store, model: &Model, rng: &mut Rng, context: &str) {
 
 #[test]
 fn random_changes_read_back_as_the_model_says() {
-    for seed in 1..=4u64 {
+    for seed in 1..=6u64 {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let mut model = Model::default();
         let mut rng = Rng(seed);
         let mut clock = 1_766_889_946_000_000;
         for round in 0..60 {
-            let changes: Vec<Change> = (0..1 + rng.below(12))
+            let changes: Vec<Change> = (0..1 + rng.below(40))
                 .map(|_| random_change(&mut rng, &mut clock))
                 .collect();
             let want: Vec<Outcome> = changes.iter().map(|c| model.apply(c)).collect();
-            let got = apply_all(&store, changes.clone());
+            // A group commit, or live traffic's (everything staged).
+            let got = match rng.below(2) {
+                0 => apply_all(&store, changes.clone()),
+                _ => stage_all(&store, changes.clone()),
+            };
             for ((change, want), got) in changes.iter().zip(want).zip(got) {
                 assert_eq!(got, want, "seed {seed} round {round}: {change:?}");
             }

@@ -679,11 +679,11 @@ mod tests {
                 changes.push(Change::Message(msg(other, "A", "B", "x", ts + 1)));
             }
             if ts == 50 && !matches!(layout, Layout::Staged) {
-                apply_all(&store, changes.drain(..));
+                stage_all(&store, changes.drain(..));
                 fold_all(&store);
             }
         }
-        apply_all(&store, changes);
+        stage_all(&store, changes);
         if matches!(layout, Layout::Folded) {
             fold_all(&store);
         }
@@ -693,7 +693,7 @@ mod tests {
                 room: ROOM.into(),
                 before: Some(5),
             };
-            apply_all(&store, [Change::Purge(purge)]);
+            stage_all(&store, [Change::Purge(purge)]);
         }
         (dir, store)
     }

@@ -278,9 +278,9 @@ mod tests {
                 Change::Message(m)
             })
         };
-        apply_all(&store, changes(0..folded));
+        stage_all(&store, changes(0..folded));
         fold_all(&store);
-        apply_all(&store, changes(folded..n));
+        stage_all(&store, changes(folded..n));
         (dir, store)
     }
 
@@ -302,7 +302,7 @@ mod tests {
             room: ROOM.into(),
             before: Some(before),
         });
-        match apply_all(store, [purge]).remove(0) {
+        match stage_all(store, [purge]).remove(0) {
             Outcome::Purged { count } => count,
             other => panic!("{other:?}"),
         }
