@@ -14,6 +14,8 @@ mod chunk;
 pub mod clock;
 mod error;
 mod fold;
+#[doc(hidden)]
+pub mod fuzzing;
 mod inbox;
 #[cfg(test)]
 mod model;
