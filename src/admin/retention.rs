@@ -30,8 +30,7 @@ pub async fn run(store: Store, retention: Duration, stop: CancellationToken) {
         }
         let before = cutoff(now_us(), retention);
         let store = store.clone();
-        match tokio::task::spawn_blocking(move || PurgeScope::All { before }.run(&store)).await
-        {
+        match tokio::task::spawn_blocking(move || PurgeScope::All { before }.run(&store)).await {
             Ok(Ok(0)) => {}
             Ok(Ok(purged)) => tracing::info!(purged, before, "retention: purged old messages"),
             Ok(Err(error)) => tracing::error!(%error, "retention sweep failed"),

@@ -159,7 +159,13 @@ pub async fn run(config: &StoreConfig) -> anyhow::Result<Report> {
     let store = Store::open(dir.path())?;
 
     let started = Instant::now();
-    let filled = fill(store.clone(), config.messages, config.rooms, config.text_bytes).await?;
+    let filled = fill(
+        store.clone(),
+        config.messages,
+        config.rooms,
+        config.text_bytes,
+    )
+    .await?;
     let insert_s = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
@@ -239,7 +245,11 @@ pub async fn inbox(config: &InboxConfig) -> anyhow::Result<Report> {
     // The big room and the small one: everything from `peer` but the
     // reader's own every tenth.
     let room = |i: u64, room: &'static str, reader: &'static str| {
-        let (from, to) = if i % 10 == 0 { (reader, "peer") } else { ("peer", reader) };
+        let (from, to) = if i.is_multiple_of(10) {
+            (reader, "peer")
+        } else {
+            ("peer", reader)
+        };
         NewMessage {
             room: room.into(),
             sid: "benchxxxxxxxxxxxxxx0".into(),
@@ -278,7 +288,10 @@ pub async fn inbox(config: &InboxConfig) -> anyhow::Result<Report> {
         }))?;
     }
     fill_with(store.clone(), 3, move |i| room(i + 1, "dm:big_peer", "big")).await?;
-    fill_with(store.clone(), 3, move |i| room(i + 1, "dm:peer_small", "small")).await?;
+    fill_with(store.clone(), 3, move |i| {
+        room(i + 1, "dm:peer_small", "small")
+    })
+    .await?;
     let fill_s = started.elapsed().as_secs_f64();
     let settler = store.clone();
     tokio::task::spawn_blocking(move || settler.settle())
@@ -287,7 +300,10 @@ pub async fn inbox(config: &InboxConfig) -> anyhow::Result<Report> {
     for (user, room_name) in [("big", "dm:big_peer"), ("small", "dm:peer_small")] {
         let list = store.conversations(user, None, None, 50)?;
         let unread = list.iter().find(|c| c.room == room_name).map(|c| c.unread);
-        anyhow::ensure!(unread == Some(3), "{user}: expected 3 unread, got {unread:?}");
+        anyhow::ensure!(
+            unread == Some(3),
+            "{user}: expected 3 unread, got {unread:?}"
+        );
     }
 
     let samples = config.samples.max(1);
@@ -358,7 +374,9 @@ pub async fn inbox(config: &InboxConfig) -> anyhow::Result<Report> {
                 .context("the applier stopped")?;
             let applied = batch.result.map_err(|(error, _)| error)?;
             anyhow::ensure!(
-                applied.iter().all(|a| !matches!(a.outcome, Outcome::Purged { .. })),
+                applied
+                    .iter()
+                    .all(|a| !matches!(a.outcome, Outcome::Purged { .. })),
                 "unexpected outcome"
             );
             latencies.record(started.elapsed());
@@ -374,11 +392,19 @@ pub async fn inbox(config: &InboxConfig) -> anyhow::Result<Report> {
     report.add("fill_s", fill_s, "s");
     report.add("conversations_big_room_us", big_room_us, "µs");
     report.add("conversations_small_room_us", small_room_us, "µs");
-    report.add("big_over_small", ratio(big_room_us.unwrap_or(0.0), small_room_us.unwrap_or(0.0)), "");
+    report.add(
+        "big_over_small",
+        ratio(big_room_us.unwrap_or(0.0), small_room_us.unwrap_or(0.0)),
+        "",
+    );
     report.add("conversations_many_first_page_us", hub_first_us, "µs");
     report.add("conversations_many_deep_page_us", hub_deep_us, "µs");
     report.add("conversations_few_us", few_us, "µs");
-    report.add("many_over_few", ratio(hub_deep_us.unwrap_or(0.0), few_us.unwrap_or(0.0)), "");
+    report.add(
+        "many_over_few",
+        ratio(hub_deep_us.unwrap_or(0.0), few_us.unwrap_or(0.0)),
+        "",
+    );
     report.add("read_big_room_us", read_us[0], "µs");
     report.add("read_small_room_us", read_us[1], "µs");
     report.add("peak_rss_kib", proc::own_peak_rss_kib()?, "KiB");

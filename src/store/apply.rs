@@ -32,8 +32,8 @@ use super::read::{find_message, position, room_id, room_state};
 use super::record::{self, Context, RecordRef, Sid, Stamp};
 use super::room::RoomState;
 use super::schema::{
-    APPLIED_SEQ_KEY, CHUNKS, CIDS, EID_LOG, EIDS, INBOX, NEXT_ROOM_KEY, OLDEST, ROOM_IDS, ROOMS,
-    STAGED, STATE, SWEEP, bucket, read_u64, write_u64,
+    APPLIED_SEQ_KEY, CHUNKS, CIDS, CidTable, EID_LOG, EIDS, INBOX, NEXT_ROOM_KEY, OLDEST, ROOM_IDS,
+    ROOMS, STAGED, STATE, SWEEP, bucket, read_u64, write_u64,
 };
 use super::{StoreError, StoredMessage};
 
@@ -54,12 +54,13 @@ pub(crate) fn tail_builder(
         .ctx("reading chunks")?;
     if let Some((key, value)) = tail {
         let first_ts = key.value().1;
-        let builder =
-            Builder::resume(first_ts, value.value()).map_err(|reason| StoreError::CorruptMessage {
+        let builder = Builder::resume(first_ts, value.value()).map_err(|reason| {
+            StoreError::CorruptMessage {
                 room: st.name.clone(),
                 ts: first_ts,
                 reason,
-            })?;
+            }
+        })?;
         if builder.last_ts().is_some_and(|last| last >= st.floor) {
             return Ok(builder);
         }
@@ -83,7 +84,7 @@ pub(crate) struct Tables<'t> {
     pub chunks: Table<'t, (u32, u64), &'static [u8]>,
     pub staged: Table<'t, (u8, u64), &'static [u8]>,
     pub inbox: Table<'t, (&'static [u8], u64, &'static [u8]), ()>,
-    pub cids: Table<'t, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
+    pub cids: CidTable<'t>,
     pub eids: Table<'t, [u8; 16], (u64, u32, u64)>,
     pub eid_log: Table<'t, u64, [u8; 16]>,
     pub oldest: Table<'t, (u64, u32), ()>,
@@ -224,12 +225,19 @@ impl<'t> Batch<'t> {
             return Ok(Outcome::Duplicate(original));
         }
         let id = self.room_for_message(m)?;
-        let st = &mut self.touched.get_mut(&id).expect("room_for_message loads it").state;
-        let ts = m.time_us.max(st.newest_ts.checked_add(1).ok_or_else(|| {
-            StoreError::TsExhausted {
-                room: m.room.clone(),
-            }
-        })?);
+        let st = &mut self
+            .touched
+            .get_mut(&id)
+            .expect("room_for_message loads it")
+            .state;
+        let ts =
+            m.time_us.max(
+                st.newest_ts
+                    .checked_add(1)
+                    .ok_or_else(|| StoreError::TsExhausted {
+                        room: m.room.clone(),
+                    })?,
+            );
         let (side, names) = st.sender(&m.from, &m.to);
         let record = RecordRef {
             ts,
@@ -384,7 +392,12 @@ impl<'t> Batch<'t> {
     }
 
     // The stored (not purged) message of room `id` at `ts`.
-    fn find(&mut self, id: u32, ts: u64, seq: Option<u64>) -> Result<Option<StoredMessage>, StoreError> {
+    fn find(
+        &mut self,
+        id: u32,
+        ts: u64,
+        seq: Option<u64>,
+    ) -> Result<Option<StoredMessage>, StoreError> {
         if !self.load(id)? {
             return Ok(None);
         }
@@ -446,7 +459,12 @@ impl<'t> Batch<'t> {
                 // `before`: as of the last commit in `oldest`, and as of
                 // now for the rooms this batch changed.
                 let mut ids = BTreeSet::new();
-                for item in self.t.oldest.range((0, 0)..(*before, 0)).ctx("reading oldest")? {
+                for item in self
+                    .t
+                    .oldest
+                    .range((0, 0)..(*before, 0))
+                    .ctx("reading oldest")?
+                {
                     ids.insert(item.ctx("reading oldest")?.0.value().1);
                 }
                 ids.extend(
@@ -614,7 +632,12 @@ impl<'t> Batch<'t> {
         }
         for (seq, eid) in forget {
             // Only if it still points at this position.
-            let current = self.t.eids.get(eid).ctx("pruning eids")?.map(|v| v.value().0);
+            let current = self
+                .t
+                .eids
+                .get(eid)
+                .ctx("pruning eids")?
+                .map(|v| v.value().0);
             if current == Some(seq) {
                 self.t.eids.remove(eid).ctx("pruning eids")?;
             }
@@ -702,9 +725,15 @@ mod tests {
             limit: 10,
             ..Default::default()
         };
-        assert_eq!(store.history_page(ROOM, &q).unwrap().messages, [first.clone(), second.clone()]);
+        assert_eq!(
+            store.history_page(ROOM, &q).unwrap().messages,
+            [first.clone(), second.clone()]
+        );
         fold_all(&store);
-        assert_eq!(store.history_page(ROOM, &q).unwrap().messages, [first, second]);
+        assert_eq!(
+            store.history_page(ROOM, &q).unwrap().messages,
+            [first, second]
+        );
     }
 
     #[test]
@@ -744,9 +773,20 @@ mod tests {
         stored(with_cid("Bob", "Ann", ROOM, "bob's", 30));
         // Folded, it is still found; after a restart too.
         fold_all(&store);
-        assert!(matches!(with_cid("Ann", "Bob", ROOM, "x", 40), Outcome::Duplicate(m) if m == original));
+        assert!(
+            matches!(with_cid("Ann", "Bob", ROOM, "x", 40), Outcome::Duplicate(m) if m == original)
+        );
         // A purge forgets it: the next send with it is new.
-        assert_eq!(purge(&store, PurgeCommand::Room { room: ROOM.into(), before: Some(11) }), 1);
+        assert_eq!(
+            purge(
+                &store,
+                PurgeCommand::Room {
+                    room: ROOM.into(),
+                    before: Some(11)
+                }
+            ),
+            1
+        );
         let again = stored(with_cid("Ann", "Bob", ROOM, "after purge", 50));
         assert_eq!(again.text, "after purge");
         assert_eq!(texts(&store, ROOM), ["bob's", "after purge"]);
@@ -773,7 +813,10 @@ mod tests {
         // The window's old end is pruned by position.
         let txn = store.db.begin_write().unwrap();
         let t = Tables::open(&txn).unwrap();
-        assert_eq!(t.eid_log.first().unwrap().unwrap().0.value(), 1 + EID_WINDOW);
+        assert_eq!(
+            t.eid_log.first().unwrap().unwrap().0.value(),
+            1 + EID_WINDOW
+        );
     }
 
     #[test]
@@ -800,10 +843,22 @@ mod tests {
         let b3 = stored(send(&store, "Bob", "b3", 400)).ts;
         stored(send(&store, "Bob", "b4", 500));
         fold_all(&store);
-        assert!(matches!(read(&store, "Ann", b3 + 1), Outcome::ReadMoved { .. }));
+        assert!(matches!(
+            read(&store, "Ann", b3 + 1),
+            Outcome::ReadMoved { .. }
+        ));
         assert_eq!(unread(&store, "Ann")[0].1, 1);
         // Not a room, not a member, nothing to read.
-        let unknown = |o: Outcome| matches!(o, Outcome::ReadUnchanged { known: false, ts: 0, .. });
+        let unknown = |o: Outcome| {
+            matches!(
+                o,
+                Outcome::ReadUnchanged {
+                    known: false,
+                    ts: 0,
+                    ..
+                }
+            )
+        };
         assert!(unknown(read(&store, "Cy", b2)));
         assert!(unknown(
             store
@@ -841,9 +896,21 @@ mod tests {
         fold_all(&store);
         assert_eq!(unread(&store, "Ann")[0].1, want);
         // Purge below Ann's cursor changes nothing; above it, what is gone is not unread.
-        purge(&store, PurgeCommand::Room { room: ROOM.into(), before: Some(ts[1000]) });
+        purge(
+            &store,
+            PurgeCommand::Room {
+                room: ROOM.into(),
+                before: Some(ts[1000]),
+            },
+        );
         assert_eq!(unread(&store, "Ann")[0].1, want);
-        purge(&store, PurgeCommand::Room { room: ROOM.into(), before: Some(ts[2500]) });
+        purge(
+            &store,
+            PurgeCommand::Room {
+                room: ROOM.into(),
+                before: Some(ts[2500]),
+            },
+        );
         assert_eq!(unread(&store, "Ann")[0].1, 500);
         assert_eq!(texts(&store, ROOM).len(), 500);
     }
@@ -854,20 +921,53 @@ mod tests {
         for t in 1..=4 {
             send(&store, "Ann", "x", t * 10);
             store
-                .apply(Change::Message(msg("dm:Ann_Cy", "Cy", "Ann", "y", t * 10 + 1)))
+                .apply(Change::Message(msg(
+                    "dm:Ann_Cy",
+                    "Cy",
+                    "Ann",
+                    "y",
+                    t * 10 + 1,
+                )))
                 .unwrap();
         }
         read(&store, "Bob", 40);
-        assert_eq!(purge(&store, PurgeCommand::Room { room: ROOM.into(), before: Some(25) }), 2);
+        assert_eq!(
+            purge(
+                &store,
+                PurgeCommand::Room {
+                    room: ROOM.into(),
+                    before: Some(25)
+                }
+            ),
+            2
+        );
         assert_eq!(texts(&store, ROOM).len(), 2);
         // Nothing twice.
-        assert_eq!(purge(&store, PurgeCommand::Room { room: ROOM.into(), before: Some(25) }), 0);
+        assert_eq!(
+            purge(
+                &store,
+                PurgeCommand::Room {
+                    room: ROOM.into(),
+                    before: Some(25)
+                }
+            ),
+            0
+        );
         // Everything before a ts, in every room.
         assert_eq!(purge(&store, PurgeCommand::All { before: 32 }), 4);
         assert_eq!(texts(&store, "dm:Ann_Cy"), ["y"]);
         assert_eq!(texts(&store, ROOM), ["x"]);
         // A room emptied leaves the inbox; its cursors go back to 0.
-        assert_eq!(purge(&store, PurgeCommand::Room { room: ROOM.into(), before: None }), 1);
+        assert_eq!(
+            purge(
+                &store,
+                PurgeCommand::Room {
+                    room: ROOM.into(),
+                    before: None
+                }
+            ),
+            1
+        );
         assert_eq!(store.rooms().unwrap(), ["dm:Ann_Cy"]);
         assert_eq!(unread(&store, "Bob"), []);
         assert_eq!(store.read_cursor(ROOM, "Bob").unwrap(), 0);
@@ -878,7 +978,16 @@ mod tests {
         assert_eq!(m.ts, 41, "ts never repeats in a room");
         assert_eq!(texts(&store, ROOM), ["back"]);
         assert_eq!(unread(&store, "Ann"), [(ROOM.into(), 1, 0, 41)]);
-        assert_eq!(purge(&store, PurgeCommand::Room { room: "dm:nope".into(), before: None }), 0);
+        assert_eq!(
+            purge(
+                &store,
+                PurgeCommand::Room {
+                    room: "dm:nope".into(),
+                    before: None
+                }
+            ),
+            0
+        );
     }
 
     #[test]

@@ -275,7 +275,7 @@ mod tests {
             },
             sid: Sid::of("jxKCSoWK6t4p8vojAAAD"),
             names: None,
-            cid: (ts % 7 == 0).then_some("cid"),
+            cid: ts.is_multiple_of(7).then_some("cid"),
             text,
         }
     }
@@ -314,7 +314,11 @@ mod tests {
             }
             all.extend(records);
         }
-        assert!(all.iter().map(|(ts, _)| *ts).eq((0..1000).map(|i| 1_000_000 + i * 5000)));
+        assert!(
+            all.iter()
+                .map(|(ts, _)| *ts)
+                .eq((0..1000).map(|i| 1_000_000 + i * 5000))
+        );
         // 32-byte texts take about 52 bytes each, page overhead included.
         let per_message = (sealed.len() * 4096) as f64 / 1000.0;
         assert!(per_message < 60.0, "{per_message} bytes per message");
@@ -366,7 +370,10 @@ mod tests {
         let chunk = builder.seal();
         let decodes = |bytes: &[u8]| -> Result<usize, String> {
             let (_, records) = open(chunk.first_ts, bytes)?;
-            records.map(|r| r.map(|_| ())).collect::<Result<Vec<_>, _>>().map(|v| v.len())
+            records
+                .map(|r| r.map(|_| ()))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| v.len())
         };
         assert_eq!(decodes(&chunk.bytes), Ok(20));
         for n in 0..chunk.bytes.len() {
@@ -380,7 +387,9 @@ mod tests {
         for _ in 0..3000 {
             let mut bytes = chunk.bytes.clone();
             for _ in 0..3 {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let at = (seed >> 33) as usize % bytes.len();
                 bytes[at] = (seed >> 13) as u8;
             }

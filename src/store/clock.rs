@@ -86,8 +86,14 @@ mod tests {
     #[test]
     fn formats_on_a_twelve_hour_clock_in_the_given_offset() {
         assert_eq!(format_time(T, 0), "28/12/2025, 2:45:46 am");
-        assert_eq!(format_time(1_766_880_000_000_000, 0), "28/12/2025, 12:00:00 am");
-        assert_eq!(format_time(1_766_926_800_000_000, 0), "28/12/2025, 1:00:00 pm");
+        assert_eq!(
+            format_time(1_766_880_000_000_000, 0),
+            "28/12/2025, 12:00:00 am"
+        );
+        assert_eq!(
+            format_time(1_766_926_800_000_000, 0),
+            "28/12/2025, 1:00:00 pm"
+        );
         assert_eq!(format_time(T, 5 * 3600 + 1800), "28/12/2025, 8:15:46 am");
         assert_eq!(format_time(T, -8 * 3600), "27/12/2025, 6:45:46 pm");
         assert_eq!(format_time(0, 0), "01/01/1970, 12:00:00 am");

@@ -27,7 +27,7 @@ use super::chunk::Sealed;
 use super::error::DbContext;
 use super::read::{room_state, staged_entry, staged_record};
 use super::room::RoomState;
-use super::schema::{BUCKETS, CHUNKS, CIDS, ROOMS, STAGED};
+use super::schema::{BUCKETS, CHUNKS, CIDS, CidTable, ROOMS, STAGED};
 use super::sweep::forget_cid;
 use super::{Store, StoreError};
 
@@ -81,7 +81,10 @@ pub(crate) fn fold_step(store: &Store, b: u8, budget: usize) -> Result<Folded, S
                     reason: format!("seq {seq}: too short"),
                 });
             };
-            by_room.entry(room).or_default().push((seq, value.value().to_vec()));
+            by_room
+                .entry(room)
+                .or_default()
+                .push((seq, value.value().to_vec()));
             last_seq = Some(seq);
             taken += 1;
         }
@@ -130,7 +133,7 @@ pub(crate) fn fold_step(store: &Store, b: u8, budget: usize) -> Result<Folded, S
 // staged counts.
 fn append(
     chunks: &mut redb::Table<'_, (u32, u64), &'static [u8]>,
-    cids: &mut redb::Table<'_, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
+    cids: &mut CidTable<'_>,
     st: &mut RoomState,
     entries: &[(u64, Vec<u8>)],
 ) -> Result<(), StoreError> {
@@ -177,11 +180,10 @@ mod tests {
     }
 
     fn keys(store: &Store) -> Vec<(String, u64)> {
-        let mut all = Vec::new();
-        store
-            .export_all::<StoreError>(|m| Ok(all.push((m.room.clone(), m.ts))))
-            .unwrap();
-        all
+        exported(store)
+            .into_iter()
+            .map(|m| (m.room, m.ts))
+            .collect()
     }
 
     const CRASH_DIR_ENV: &str = "CHATD_FOLD_CRASH_DIR";
@@ -196,7 +198,10 @@ mod tests {
         fill(&store, 3000);
         // Folds dm:A_B (bucket 0); the commit after it makes that durable.
         while !fold_step(&store, 0, STEP).unwrap().bucket_empty {}
-        stage_all(&store, [Change::Message(msg("dm:A_B", "A", "B", "late", 9000))]);
+        stage_all(
+            &store,
+            [Change::Message(msg("dm:A_B", "A", "B", "late", 9000))],
+        );
         // Folds the other rooms: never followed by a commit.
         for b in 0..BUCKETS {
             while !fold_step(&store, b, STEP).unwrap().bucket_empty {}

@@ -17,7 +17,10 @@ pub fn stored_value(data: &[u8]) {
     match which % 3 {
         0 => chunk_round_trip(bytes),
         1 => {
-            let prev = Context { ts: 1_000, offset_s: 0 };
+            let prev = Context {
+                ts: 1_000,
+                offset_s: 0,
+            };
             let mut input = bytes;
             if let Ok(r) = record::decode(&mut input, prev) {
                 let mut again = Vec::new();
@@ -29,7 +32,11 @@ pub fn stored_value(data: &[u8]) {
         _ => {
             if let Ok(state) = RoomState::decode(bytes) {
                 let again = RoomState::decode(&state.encode());
-                assert_eq!(again.as_ref(), Ok(&state), "a room state changed in a round trip");
+                assert_eq!(
+                    again.as_ref(),
+                    Ok(&state),
+                    "a room state changed in a round trip"
+                );
             }
         }
     }
@@ -63,7 +70,8 @@ mod tests {
 
     #[test]
     fn the_fuzz_seeds_and_random_bytes_never_panic() {
-        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/stored_record");
+        let seeds =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/stored_record");
         for name in ["seed-chunk", "seed-staged", "seed-room"] {
             let seed = std::fs::read(seeds.join(name)).unwrap();
             stored_value(&seed);
@@ -71,7 +79,14 @@ mod tests {
             // the inside of the format.
             let decodes = match seed[0] {
                 0 => chunk::open(1_000, &seed[1..]).is_ok_and(|(_, mut r)| r.all(|r| r.is_ok())),
-                1 => record::decode(&mut &seed[1..], Context { ts: 1_000, offset_s: 0 }).is_ok(),
+                1 => record::decode(
+                    &mut &seed[1..],
+                    Context {
+                        ts: 1_000,
+                        offset_s: 0,
+                    },
+                )
+                .is_ok(),
                 _ => RoomState::decode(&seed[1..]).is_ok(),
             };
             assert!(decodes, "{name}");
@@ -79,9 +94,13 @@ mod tests {
         let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
         for _ in 0..5000 {
             let mut bytes = Vec::new();
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             for _ in 0..(seed >> 58) {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 bytes.push((seed >> 33) as u8);
             }
             stored_value(&bytes);

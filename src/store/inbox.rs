@@ -123,7 +123,13 @@ mod tests {
         // 300 peers of Ann; rooms share last ts in threes.
         let changes = (0..300u64).map(|i| {
             let peer = format!("p{i:03}");
-            Change::Message(msg(&format!("dm:Ann_{peer}"), &peer, "Ann", "hi", 1000 + i / 3))
+            Change::Message(msg(
+                &format!("dm:Ann_{peer}"),
+                &peer,
+                "Ann",
+                "hi",
+                1000 + i / 3,
+            ))
         });
         apply_all(&store, changes);
         let mut want: Vec<(u64, String)> = (0..300u64)
@@ -151,12 +157,30 @@ mod tests {
         let older = store.conversations("Ann", Some(1050), None, 1000).unwrap();
         assert!(older.iter().all(|c| c.last.ts < 1050));
         assert_eq!(older.len(), 150);
-        assert!(store.conversations("Ann", Some(0), None, 10).unwrap().is_empty());
-        assert!(store.conversations("Nobody", None, None, 10).unwrap().is_empty());
-        assert!(store.conversations("Ann", None, None, 0).unwrap().is_empty());
+        assert!(
+            store
+                .conversations("Ann", Some(0), None, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .conversations("Nobody", None, None, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .conversations("Ann", None, None, 0)
+                .unwrap()
+                .is_empty()
+        );
         // A user whose name is a prefix of another's sees only their own.
         assert_eq!(store.conversations("p00", None, None, 10).unwrap().len(), 0);
-        assert_eq!(store.conversations("p001", None, None, 10).unwrap().len(), 1);
+        assert_eq!(
+            store.conversations("p001", None, None, 10).unwrap().len(),
+            1
+        );
     }
 
     #[test]
@@ -183,9 +207,15 @@ mod tests {
         assert_eq!(ann[0].last.text, "there?");
         assert_eq!((ann[0].unread, ann[0].read, ann[0].peer_read), (1, 20, 30));
         let bob = &store.conversations("Bob", None, None, 10).unwrap()[0];
-        assert_eq!((bob.peer.as_str(), bob.unread, bob.read, bob.peer_read), ("Ann", 0, 30, 20));
+        assert_eq!(
+            (bob.peer.as_str(), bob.unread, bob.read, bob.peer_read),
+            ("Ann", 0, 30, 20)
+        );
         // A newer message moves the room up, folded or not.
-        apply_all(&store, [Change::Message(msg("dm:Ann_Cy", "Cy", "Ann", "yo", 25))]);
+        apply_all(
+            &store,
+            [Change::Message(msg("dm:Ann_Cy", "Cy", "Ann", "yo", 25))],
+        );
         fold_all(&store);
         let rooms: Vec<_> = store
             .conversations("Ann", None, None, 10)

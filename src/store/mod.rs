@@ -26,8 +26,8 @@ mod schema;
 mod sweep;
 mod upgrade;
 
-mod apply;
 mod applier;
+mod apply;
 mod compat;
 
 use std::path::{Path, PathBuf};
@@ -40,8 +40,8 @@ pub use self::apply::EID_WINDOW;
 pub use self::change::{
     Applied, AppliedBatch, Change, NotApplied, Outcome, Pending, PurgeCommand, ReadMark,
 };
-pub use self::compat::{Committed, CommittedBatch, NewMessage, Unstored, Writer, WriterHandle};
 pub use self::clock::{format_time, now_us, utc_offset_s};
+pub use self::compat::{Committed, CommittedBatch, NewMessage, Unstored, Writer, WriterHandle};
 use self::error::DbContext;
 pub use self::error::StoreError;
 pub use self::inbox::Conversation;
@@ -155,9 +155,9 @@ impl Store {
 pub(crate) mod testutil {
     //! Helpers for tests that need a store with known contents.
 
+    use super::change::NewMessage;
     use super::fold::fold_step;
     use super::schema::{BUCKETS, STAGED};
-    use super::change::NewMessage;
     use super::{Change, Store};
 
     /// A store in a fresh temporary directory (kept alive by the `TempDir`).
@@ -196,7 +196,10 @@ pub(crate) mod testutil {
 
     /// Applies `changes` in one transaction, as one group commit would
     /// (a room with many messages in it skips `staged`).
-    pub fn apply_all(store: &Store, changes: impl IntoIterator<Item = Change>) -> Vec<super::Outcome> {
+    pub fn apply_all(
+        store: &Store,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> Vec<super::Outcome> {
         let batch: Vec<super::Pending<()>> = changes
             .into_iter()
             .map(|change| super::Pending {
@@ -206,12 +209,19 @@ pub(crate) mod testutil {
             })
             .collect();
         let committed = super::applier::commit(store, &batch).unwrap();
-        committed.outcomes.into_iter().filter_map(|(_, o)| o).collect()
+        committed
+            .outcomes
+            .into_iter()
+            .filter_map(|(_, o)| o)
+            .collect()
     }
 
     /// Applies `changes` in one transaction, staging every message, as a
     /// commit of live traffic does (one or two messages per room).
-    pub fn stage_all(store: &Store, changes: impl IntoIterator<Item = Change>) -> Vec<super::Outcome> {
+    pub fn stage_all(
+        store: &Store,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> Vec<super::Outcome> {
         let txn = store.db.begin_write().unwrap();
         let mut batch = super::apply::Batch::begin(&txn).unwrap();
         let outcomes = changes
@@ -224,6 +234,18 @@ pub(crate) mod testutil {
         batch.finish().unwrap();
         txn.commit().unwrap();
         outcomes
+    }
+
+    /// Every message, as `export_all` streams them.
+    pub fn exported(store: &Store) -> Vec<super::StoredMessage> {
+        let mut all = Vec::new();
+        store
+            .export_all::<super::StoreError>(|m| {
+                all.push(m.clone());
+                Ok(())
+            })
+            .unwrap();
+        all
     }
 
     /// How many messages wait in `staged`.
@@ -270,7 +292,12 @@ mod tests {
     fn newer_schema_is_refused() {
         let (dir, store) = tmp_store();
         let txn = store.db.begin_write().unwrap();
-        write_u64(&mut txn.open_table(STATE).unwrap(), SCHEMA_KEY, SCHEMA_VERSION + 1).unwrap();
+        write_u64(
+            &mut txn.open_table(STATE).unwrap(),
+            SCHEMA_KEY,
+            SCHEMA_VERSION + 1,
+        )
+        .unwrap();
         txn.commit().unwrap();
         drop(store);
         match Store::open(dir.path()) {

@@ -11,8 +11,8 @@ use super::clock::format_time;
 use super::fold::fold_step;
 use super::schema::BUCKETS;
 use super::sweep::sweep_step;
-use super::testutil::{apply_all, stage_all};
-use super::{HistoryQuery, Store, StoreError, StoredMessage};
+use super::testutil::{apply_all, exported, stage_all};
+use super::{HistoryQuery, Store, StoredMessage};
 
 /// A room of the model: its pair, its messages (oldest first), cursors.
 #[derive(Debug, Default)]
@@ -127,7 +127,11 @@ impl Model {
             .iter()
             .filter(|(_, room)| room.users.iter().any(|u| u == user) && !room.messages.is_empty())
             .map(|(name, room)| {
-                let peer = room.users.iter().find(|u| *u != user).unwrap_or(&room.users[0]);
+                let peer = room
+                    .users
+                    .iter()
+                    .find(|u| *u != user)
+                    .unwrap_or(&room.users[0]);
                 let read = room.cursors.get(user).copied().unwrap_or(0);
                 let peer_read = room.cursors.get(peer).copied().unwrap_or(0);
                 let unread = room
@@ -181,7 +185,11 @@ fn random_change(rng: &mut Rng, clock: &mut u64) -> Change {
     };
     let from = *rng.pick(&USERS);
     let to = *rng.pick(&USERS);
-    let to = if to == from { USERS[(USERS.iter().position(|u| *u == from).unwrap() + 1) % 4] } else { to };
+    let to = if to == from {
+        USERS[(USERS.iter().position(|u| *u == from).unwrap() + 1) % 4]
+    } else {
+        to
+    };
     let room = room_of(from, to);
     match rng.below(100) {
         0..70 => {
@@ -192,7 +200,9 @@ fn random_change(rng: &mut Rng, clock: &mut u64) -> Change {
             };
             Change::Message(NewMessage {
                 room,
-                sid: rng.pick(&["jxKCSoWK6t4p8vojAAAD", "sock-1", "Bre91jFhRIFHalbm0001"]).to_string(),
+                sid: rng
+                    .pick(&["jxKCSoWK6t4p8vojAAAD", "sock-1", "Bre91jFhRIFHalbm0001"])
+                    .to_string(),
                 from: from.into(),
                 to: to.into(),
                 text: "é".repeat(len / 2),
@@ -219,10 +229,7 @@ fn random_change(rng: &mut Rng, clock: &mut u64) -> Change {
 
 // Checks every read the chat makes against the model.
 fn check(store: &Store, model: &Model, rng: &mut Rng, context: &str) {
-    let mut exported = Vec::new();
-    store
-        .export_all::<StoreError>(|m| Ok(exported.push(m.clone())))
-        .unwrap();
+    let exported = exported(store);
     let want: Vec<StoredMessage> = model
         .rooms
         .values()
@@ -261,13 +268,21 @@ fn check(store: &Store, model: &Model, rng: &mut Rng, context: &str) {
                 .map(|m| (*m).clone())
                 .collect(),
         };
-        assert_eq!(store.history_page(name, &q).unwrap().messages, page, "history {name} {q:?}, {context}");
+        assert_eq!(
+            store.history_page(name, &q).unwrap().messages,
+            page,
+            "history {name} {q:?}, {context}"
+        );
         for user in &room.users {
             let cursor = match room.messages.is_empty() {
                 true => 0,
                 false => room.cursors.get(user).copied().unwrap_or(0),
             };
-            assert_eq!(store.read_cursor(name, user).unwrap(), cursor, "cursor {name} {user}, {context}");
+            assert_eq!(
+                store.read_cursor(name, user).unwrap(),
+                cursor,
+                "cursor {name} {user}, {context}"
+            );
         }
     }
     for user in USERS {
@@ -277,7 +292,11 @@ fn check(store: &Store, model: &Model, rng: &mut Rng, context: &str) {
             .into_iter()
             .map(|c| (c.room, c.peer, c.last, c.unread, c.read, c.peer_read))
             .collect();
-        assert_eq!(got, model.conversations(user), "conversations of {user}, {context}");
+        assert_eq!(
+            got,
+            model.conversations(user),
+            "conversations of {user}, {context}"
+        );
     }
 }
 
@@ -317,7 +336,12 @@ fn random_changes_read_back_as_the_model_says() {
                 }
                 _ => {}
             }
-            check(&store, &model, &mut rng, &format!("seed {seed} round {round}"));
+            check(
+                &store,
+                &model,
+                &mut rng,
+                &format!("seed {seed} round {round}"),
+            );
         }
     }
 }

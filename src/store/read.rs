@@ -19,7 +19,9 @@ use super::clock::format_time;
 use super::error::DbContext;
 use super::record::{self, Context, RecordRef, Stamp};
 use super::room::RoomState;
-use super::schema::{APPLIED_SEQ_KEY, CHUNKS, LOG_ID_KEY, ROOM_IDS, ROOMS, STAGED, STATE, bucket, read_u64};
+use super::schema::{
+    APPLIED_SEQ_KEY, CHUNKS, LOG_ID_KEY, ROOM_IDS, ROOMS, STAGED, STATE, bucket, read_u64,
+};
 use super::{Store, StoreError, StoredMessage};
 
 /// A history page request; see [`Store::history_page`].
@@ -175,7 +177,7 @@ pub(crate) fn message(st: &RoomState, r: &RecordRef<'_>) -> StoredMessage {
     StoredMessage {
         room: st.name.clone(),
         ts: r.ts,
-        id: r.sid.to_string(),
+        id: r.sid.text(),
         from,
         to,
         text: r.text.to_owned(),
@@ -210,7 +212,9 @@ pub(crate) fn find_message(
         return Ok(None);
     }
     if let Some(seq) = seq
-        && let Some(value) = staged.get((bucket(st.id), seq)).ctx("reading staged message")?
+        && let Some(value) = staged
+            .get((bucket(st.id), seq))
+            .ctx("reading staged message")?
         && let Some((room, at, bytes)) = staged_entry(value.value())
         && (room, at) == (st.id, ts)
     {
@@ -298,7 +302,8 @@ pub(crate) fn position(
             .ctx("reading chunks")?;
         if let Some((key, value)) = after {
             let first_ts = key.value().1;
-            let (header, _) = chunk::open(first_ts, value.value()).map_err(|e| corrupt(st, first_ts, e))?;
+            let (header, _) =
+                chunk::open(first_ts, value.value()).map_err(|e| corrupt(st, first_ts, e))?;
             // Everything before this chunk is below `floor`.
             return Ok((header.before, Some(first_ts)));
         }
@@ -342,7 +347,10 @@ fn for_range(
         .ctx("reading chunks")?
         .map_or(lo, |(key, _)| key.value().1);
     let mut going = true;
-    for item in chunks.range((st.id, start)..=(st.id, hi)).ctx("reading chunks")? {
+    for item in chunks
+        .range((st.id, start)..=(st.id, hi))
+        .ctx("reading chunks")?
+    {
         let (key, value) = item.ctx("reading chunks")?;
         for_chunk_records(st, key.value().1, value.value(), |r| {
             if r.ts > hi {
@@ -396,7 +404,11 @@ fn newest_in_range(
         newest_first.push(message(st, &staged_record(st, *ts, bytes)?));
     }
     let mut page = Vec::new();
-    for item in chunks.range((st.id, 0)..=(st.id, hi)).ctx("reading chunks")?.rev() {
+    for item in chunks
+        .range((st.id, 0)..=(st.id, hi))
+        .ctx("reading chunks")?
+        .rev()
+    {
         if newest_first.len() >= limit {
             break;
         }
@@ -617,11 +629,13 @@ fn export_one<E: From<StoreError>>(
         None => st,
     };
     let mut failed = None;
-    for_range(chunks, staged, walk, lo, hi, |r| match emit(&message(st, r)) {
-        Ok(()) => Ok(true),
-        Err(e) => {
-            failed = Some(e);
-            Ok(false)
+    for_range(chunks, staged, walk, lo, hi, |r| {
+        match emit(&message(st, r)) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                failed = Some(e);
+                Ok(false)
+            }
         }
     })?;
     if let Some(e) = failed {
@@ -662,7 +676,12 @@ mod tests {
         Unswept,
     }
 
-    const LAYOUTS: [Layout; 4] = [Layout::Staged, Layout::Folded, Layout::Half, Layout::Unswept];
+    const LAYOUTS: [Layout; 4] = [
+        Layout::Staged,
+        Layout::Folded,
+        Layout::Half,
+        Layout::Unswept,
+    ];
 
     // ROOM holds ts 10, 20, ..., 100, with 19 other rooms around it (some
     // in its bucket of `staged`), whose messages must never leak in.
@@ -698,7 +717,13 @@ mod tests {
         (dir, store)
     }
 
-    fn ts(store: &Store, before: Option<u64>, after: Option<u64>, limit: usize, max_ts: Option<u64>) -> Vec<u64> {
+    fn ts(
+        store: &Store,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+        max_ts: Option<u64>,
+    ) -> Vec<u64> {
         let q = HistoryQuery {
             before,
             after,
@@ -781,11 +806,17 @@ mod tests {
                 })
                 .unwrap();
             assert_eq!(n, 3);
-            assert_eq!(seen, [(20, "m20".into()), (30, "m30".into()), (40, "m40".into())]);
-            let all = s.export_room::<StoreError>(ROOM, None, None, |_| Ok(())).unwrap();
+            assert_eq!(
+                seen,
+                [(20, "m20".into()), (30, "m30".into()), (40, "m40".into())]
+            );
+            let all = s
+                .export_room::<StoreError>(ROOM, None, None, |_| Ok(()))
+                .unwrap();
             assert_eq!(all, 10, "{layout:?}");
             assert_eq!(
-                s.export_room::<StoreError>(ROOM, Some(50), Some(40), |_| Ok(())).unwrap(),
+                s.export_room::<StoreError>(ROOM, Some(50), Some(40), |_| Ok(()))
+                    .unwrap(),
                 0
             );
         }
@@ -809,7 +840,11 @@ mod tests {
             let mut calls = 0;
             let r = s.export_all(|_| {
                 calls += 1;
-                if calls == 3 { Err(StopOr::Stop) } else { Ok(()) }
+                if calls == 3 {
+                    Err(StopOr::Stop)
+                } else {
+                    Ok(())
+                }
             });
             assert!(matches!(r, Err(StopOr::Stop)));
             assert_eq!(calls, 3);
@@ -854,12 +889,20 @@ mod tests {
                     bytes[last] = 0xff;
                     bytes
                 };
-                let keys: Vec<_> = staged.iter().unwrap().map(|i| i.unwrap().0.value()).collect();
+                let keys: Vec<_> = staged
+                    .iter()
+                    .unwrap()
+                    .map(|i| i.unwrap().0.value())
+                    .collect();
                 for key in keys {
                     let value = damage(staged.get(key).unwrap().unwrap().value());
                     staged.insert(key, value.as_slice()).unwrap();
                 }
-                let keys: Vec<_> = chunks.iter().unwrap().map(|i| i.unwrap().0.value()).collect();
+                let keys: Vec<_> = chunks
+                    .iter()
+                    .unwrap()
+                    .map(|i| i.unwrap().0.value())
+                    .collect();
                 for key in keys {
                     let value = damage(chunks.get(key).unwrap().unwrap().value());
                     chunks.insert(key, value.as_slice()).unwrap();
@@ -888,10 +931,8 @@ mod tests {
     #[test]
     fn a_fold_step_leaves_every_message_readable_once() {
         let (_dir, s) = fixture(Layout::Staged);
-        let all = |s: &Store| {
-            let mut keys = Vec::new();
-            s.export_all::<StoreError>(|m| Ok(keys.push((m.room.clone(), m.ts)))).unwrap();
-            keys
+        let all = |s: &Store| -> Vec<(String, u64)> {
+            exported(s).into_iter().map(|m| (m.room, m.ts)).collect()
         };
         let before = all(&s);
         for b in 0..crate::store::schema::BUCKETS {

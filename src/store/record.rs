@@ -89,7 +89,7 @@ impl<'a> Sid<'a> {
     }
 
     /// The id as clients see it.
-    pub(crate) fn to_string(self) -> String {
+    pub(crate) fn text(self) -> String {
         match self {
             Sid::Raw(raw) => URL_SAFE_NO_PAD.encode(raw),
             Sid::Text(text) => text.to_owned(),
@@ -393,8 +393,14 @@ mod tests {
     fn only_canonical_base64url_ids_are_raw() {
         let id = "jxKCSoWK6t4p8vojAAAD";
         assert!(matches!(Sid::of(id), Sid::Raw(_)));
-        assert_eq!(Sid::of(id).to_string(), id);
-        for other in ["sock1", "jxKCSoWK6t4p8vojAAA=", "jxKCSoWK6t4p8vojAA+D", "", "é"] {
+        assert_eq!(Sid::of(id).text(), id);
+        for other in [
+            "sock1",
+            "jxKCSoWK6t4p8vojAAA=",
+            "jxKCSoWK6t4p8vojAA+D",
+            "",
+            "é",
+        ] {
             assert_eq!(Sid::of(other), Sid::Text(other), "{other}");
         }
     }

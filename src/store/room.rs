@@ -139,7 +139,8 @@ impl RoomState {
             take_str(&mut input)?.to_owned(),
         ];
         let mut one = || take_varint(&mut input);
-        let (newest_ts, oldest_ts, floor, staged_from, newest_seq) = (one()?, one()?, one()?, one()?, one()?);
+        let (newest_ts, oldest_ts, floor, staged_from, newest_seq) =
+            (one()?, one()?, one()?, one()?, one()?);
         let mut pair = || -> Result<[u64; 2], String> { Ok([one()?, one()?]) };
         let state = RoomState {
             id,

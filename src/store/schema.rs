@@ -45,9 +45,17 @@ pub(crate) const CHUNKS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::n
 pub(crate) const STAGED: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("staged");
 /// (user, u64::MAX - ts of the room's newest message, room name) → ().
 pub(crate) const INBOX: TableDefinition<(&[u8], u64, &[u8]), ()> = TableDefinition::new("inbox");
+/// A `cids` key: (sender, cid).
+pub(crate) type CidKey = (&'static [u8], &'static [u8]);
+
+/// A `cids` value: (room id, ts, seq) of the message that carries the cid.
+pub(crate) type CidValue = (u32, u64, u64);
+
+/// The `cids` table as a write transaction opens it.
+pub(crate) type CidTable<'t> = redb::Table<'t, CidKey, CidValue>;
+
 /// (sender, cid) → (room id, ts, seq) of the message that carries it.
-pub(crate) const CIDS: TableDefinition<(&[u8], &[u8]), (u32, u64, u64)> =
-    TableDefinition::new("cids");
+pub(crate) const CIDS: TableDefinition<CidKey, CidValue> = TableDefinition::new("cids");
 /// Entry id → (seq, room id, ts) of the message it produced.
 pub(crate) const EIDS: TableDefinition<[u8; 16], (u64, u32, u64)> = TableDefinition::new("eids");
 /// seq → entry id applied there, for pruning `eids` by log position.

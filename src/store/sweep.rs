@@ -15,7 +15,7 @@ use super::error::DbContext;
 use super::read::{for_staged, room_state, staged_record};
 use super::record::RecordRef;
 use super::room::RoomState;
-use super::schema::{CHUNKS, CIDS, ROOMS, STAGED, SWEEP, bucket};
+use super::schema::{CHUNKS, CIDS, CidTable, ROOMS, STAGED, SWEEP, bucket};
 use super::{Store, StoreError};
 
 /// What a sweep step did.
@@ -56,7 +56,8 @@ pub(crate) fn sweep_step(store: &Store, budget: usize) -> Result<Swept, StoreErr
             Some(id) => {
                 let (deleted, finished) = match room_state(&rooms, id)? {
                     Some(mut st) => {
-                        let swept = sweep_room(&mut chunks, &mut staged, &mut cids, &mut st, budget)?;
+                        let swept =
+                            sweep_room(&mut chunks, &mut staged, &mut cids, &mut st, budget)?;
                         rooms
                             .insert(id, st.encode().as_slice())
                             .ctx("writing room state")?;
@@ -85,7 +86,7 @@ pub(crate) fn sweep_step(store: &Store, budget: usize) -> Result<Swept, StoreErr
 fn sweep_room(
     chunks: &mut Table<'_, (u32, u64), &'static [u8]>,
     staged: &mut Table<'_, (u8, u64), &'static [u8]>,
-    cids: &mut Table<'_, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
+    cids: &mut CidTable<'_>,
     st: &mut RoomState,
     budget: usize,
 ) -> Result<(usize, bool), StoreError> {
@@ -158,14 +159,12 @@ fn sweep_room(
 // does not decode).
 fn drop_chunk(
     chunks: &mut Table<'_, (u32, u64), &'static [u8]>,
-    cids: &mut Table<'_, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
+    cids: &mut CidTable<'_>,
     st: &RoomState,
     first_ts: u64,
     bytes: &[u8],
 ) -> Result<usize, StoreError> {
-    chunks
-        .remove((st.id, first_ts))
-        .ctx("deleting chunk")?;
+    chunks.remove((st.id, first_ts)).ctx("deleting chunk")?;
     let Ok((header, records)) = chunk::open(first_ts, bytes) else {
         return Ok(1);
     };
@@ -182,7 +181,7 @@ fn drop_chunk(
 // returns how many records went.
 fn trim_chunk(
     chunks: &mut Table<'_, (u32, u64), &'static [u8]>,
-    cids: &mut Table<'_, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
+    cids: &mut CidTable<'_>,
     st: &RoomState,
     first_ts: u64,
     bytes: &[u8],
@@ -206,9 +205,7 @@ fn trim_chunk(
             rest.push(&r, &mut sealed);
         }
     }
-    chunks
-        .remove((st.id, first_ts))
-        .ctx("deleting chunk")?;
+    chunks.remove((st.id, first_ts)).ctx("deleting chunk")?;
     if !rest.is_empty() {
         sealed.push(rest.seal());
     }
@@ -222,7 +219,7 @@ fn trim_chunk(
 
 /// Forgets the cid a purged record carried, if the cid still names it.
 pub(crate) fn forget_cid(
-    cids: &mut Table<'_, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
+    cids: &mut CidTable<'_>,
     st: &RoomState,
     r: &RecordRef<'_>,
 ) -> Result<(), StoreError> {
@@ -241,7 +238,7 @@ fn sender<'a>(st: &'a RoomState, r: &RecordRef<'a>) -> &'a str {
 }
 
 fn forget(
-    cids: &mut Table<'_, (&'static [u8], &'static [u8]), (u32, u64, u64)>,
+    cids: &mut CidTable<'_>,
     room: u32,
     ts: u64,
     from: &str,
@@ -273,7 +270,13 @@ mod tests {
         let (dir, store) = tmp_store();
         let changes = |range: std::ops::Range<u64>| {
             range.map(|i| {
-                let mut m = msg(ROOM, "A", "B", &format!("message {i} {}", "x".repeat(40)), i + 1);
+                let mut m = msg(
+                    ROOM,
+                    "A",
+                    "B",
+                    &format!("message {i} {}", "x".repeat(40)),
+                    i + 1,
+                );
                 m.cid = Some(format!("c{i}"));
                 Change::Message(m)
             })
@@ -294,7 +297,11 @@ mod tests {
         use redb::ReadableDatabase;
         let txn = store.db.begin_read().unwrap();
         let chunks = txn.open_table(CHUNKS).unwrap();
-        chunks.iter().unwrap().map(|i| i.unwrap().0.value().1).collect()
+        chunks
+            .iter()
+            .unwrap()
+            .map(|i| i.unwrap().0.value().1)
+            .collect()
     }
 
     fn purge_in_batch(store: &Store, before: u64) -> u64 {

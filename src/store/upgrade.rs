@@ -302,7 +302,10 @@ impl<'n> RoomCopy<'n> {
         for user in &st.users {
             copier
                 .inbox
-                .insert((user.as_bytes(), u64::MAX - st.newest_ts, st.name.as_bytes()), ())
+                .insert(
+                    (user.as_bytes(), u64::MAX - st.newest_ts, st.name.as_bytes()),
+                    (),
+                )
                 .ctx("writing inbox")?;
         }
         copier
@@ -322,11 +325,13 @@ mod tests {
 
     use super::*;
     use crate::store::schema::LEGACY_VERSION_KEY;
-    use crate::store::testutil::msg;
+    use crate::store::testutil::{exported as everything, msg};
     use crate::store::{Change, DB_FILE_NAME, HistoryQuery, Outcome, Store, StoredMessage};
 
     fn fixture(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
     }
 
     // A copy of the schema 2 fixture in a fresh data directory.
@@ -357,17 +362,6 @@ mod tests {
             .collect()
     }
 
-    fn everything(store: &Store) -> Vec<StoredMessage> {
-        let mut all = Vec::new();
-        store
-            .export_all::<StoreError>(|m| {
-                all.push(m.clone());
-                Ok(())
-            })
-            .unwrap();
-        all
-    }
-
     #[test]
     fn a_schema_2_file_reads_back_identically_after_the_upgrade() {
         let dir = schema2_copy();
@@ -393,7 +387,13 @@ mod tests {
         let inbox = store.conversations("Dummy-1", None, None, 10).unwrap();
         assert_eq!(inbox.len(), 1);
         assert_eq!(inbox[0].unread, 0);
-        assert_eq!(inbox[0].last, *want.iter().rfind(|m| m.room == "dm:Dummy-1_Dummy-2").unwrap());
+        assert_eq!(
+            inbox[0].last,
+            *want
+                .iter()
+                .rfind(|m| m.room == "dm:Dummy-1_Dummy-2")
+                .unwrap()
+        );
 
         // The old tables are gone; the file reopens as schema 3, unchanged.
         drop(store);
@@ -406,7 +406,12 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(everything(&store), want);
         // New messages follow the old ones in their room.
-        let newest = want.iter().filter(|m| m.room == "dm:A_B").map(|m| m.ts).max().unwrap();
+        let newest = want
+            .iter()
+            .filter(|m| m.room == "dm:A_B")
+            .map(|m| m.ts)
+            .max()
+            .unwrap();
         let Outcome::Stored(m) = store
             .apply(Change::Message(msg("dm:A_B", "B", "A", "after", 1)))
             .unwrap()
@@ -426,11 +431,19 @@ mod tests {
             let db = redb::Database::create(dir.path().join(DB_FILE_NAME)).unwrap();
             let txn = db.begin_write().unwrap();
             let mut messages = txn.open_table(LEGACY_MESSAGES).unwrap();
-            for (room, ts, text) in [("dm:A_B", 5, "one"), ("dm:A_B", 9, "two"), ("dm:B_C", 7, "three")] {
+            for (room, ts, text) in [
+                ("dm:A_B", 5, "one"),
+                ("dm:A_B", 9, "two"),
+                ("dm:B_C", 7, "three"),
+            ] {
                 let mut bytes = vec![LEGACY_RECORD_VERSION];
                 let fields = ("sock", "B", "A", text, "01/01/1970, 12:00:00 am");
-                bincode::serde::encode_into_std_write(fields, &mut bytes, bincode::config::standard())
-                    .unwrap();
+                bincode::serde::encode_into_std_write(
+                    fields,
+                    &mut bytes,
+                    bincode::config::standard(),
+                )
+                .unwrap();
                 messages.insert((room, ts), bytes.as_slice()).unwrap();
             }
             drop(messages);
@@ -463,8 +476,17 @@ mod tests {
             let db = redb::Database::open(dir.path().join(DB_FILE_NAME)).unwrap();
             let txn = db.begin_write().unwrap();
             let mut messages = txn.open_table(LEGACY_MESSAGES).unwrap();
-            let ts = expected().iter().find(|m| m.room == "dm:Zed_alice").unwrap().ts;
-            messages.insert(("dm:Zed_alice", ts), [LEGACY_RECORD_VERSION, 0xfd].as_slice()).unwrap();
+            let ts = expected()
+                .iter()
+                .find(|m| m.room == "dm:Zed_alice")
+                .unwrap()
+                .ts;
+            messages
+                .insert(
+                    ("dm:Zed_alice", ts),
+                    [LEGACY_RECORD_VERSION, 0xfd].as_slice(),
+                )
+                .unwrap();
             drop(messages);
             txn.commit().unwrap();
         }
@@ -477,7 +499,10 @@ mod tests {
         let txn = db.begin_read().unwrap();
         assert!(txn.open_table(STATE).is_err());
         let meta = txn.open_table(LEGACY_META).unwrap();
-        let version = ReadableTable::get(&meta, LEGACY_VERSION_KEY).unwrap().unwrap().value();
+        let version = ReadableTable::get(&meta, LEGACY_VERSION_KEY)
+            .unwrap()
+            .unwrap()
+            .value();
         assert_eq!(version, 2);
     }
 }
