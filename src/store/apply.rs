@@ -293,7 +293,12 @@ impl<'t> Batch<'t> {
                 .ctx("recording cid")?;
         }
         self.remember_eid(seq, m.eid, id, ts)?;
-        Ok(Outcome::Stored(StoredMessage {
+        Ok(Outcome::Stored(self.stored(m, ts)))
+    }
+
+    // The message object of `m` stored with `ts`.
+    fn stored(&mut self, m: &NewMessage, ts: u64) -> StoredMessage {
+        StoredMessage {
             room: m.room.clone(),
             ts,
             id: m.sid.clone(),
@@ -301,7 +306,7 @@ impl<'t> Batch<'t> {
             to: m.to.clone(),
             text: m.text.clone(),
             time: self.time(m.time_us, m.utc_offset_s),
-        }))
+        }
     }
 
     // `format_time`, remembering the last one: a commit's messages mostly
@@ -361,18 +366,10 @@ impl<'t> Batch<'t> {
         if seq.saturating_sub(at) >= EID_WINDOW {
             return Ok(None);
         }
-        if let Some(original) = self.find(room, ts, Some(at))? {
-            return Ok(Some(original));
+        match self.find(room, ts, Some(at))? {
+            Some(original) => Ok(Some(original)),
+            None => Ok(Some(self.stored(m, ts))),
         }
-        Ok(Some(StoredMessage {
-            room: m.room.clone(),
-            ts,
-            id: m.sid.clone(),
-            from: m.from.clone(),
-            to: m.to.clone(),
-            text: m.text.clone(),
-            time: format_time(m.time_us, m.utc_offset_s),
-        }))
     }
 
     fn remember_eid(
@@ -685,6 +682,13 @@ mod tests {
         }
     }
 
+    fn before(ts: u64) -> PurgeCommand {
+        PurgeCommand::Room {
+            room: ROOM.into(),
+            before: Some(ts),
+        }
+    }
+
     fn texts(store: &Store, room: &str) -> Vec<String> {
         let q = HistoryQuery {
             limit: 1000,
@@ -896,21 +900,9 @@ mod tests {
         fold_all(&store);
         assert_eq!(unread(&store, "Ann")[0].1, want);
         // Purge below Ann's cursor changes nothing; above it, what is gone is not unread.
-        purge(
-            &store,
-            PurgeCommand::Room {
-                room: ROOM.into(),
-                before: Some(ts[1000]),
-            },
-        );
+        purge(&store, before(ts[1000]));
         assert_eq!(unread(&store, "Ann")[0].1, want);
-        purge(
-            &store,
-            PurgeCommand::Room {
-                room: ROOM.into(),
-                before: Some(ts[2500]),
-            },
-        );
+        purge(&store, before(ts[2500]));
         assert_eq!(unread(&store, "Ann")[0].1, 500);
         assert_eq!(texts(&store, ROOM).len(), 500);
     }

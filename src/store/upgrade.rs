@@ -22,14 +22,13 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::Deserialize;
 
 use super::StoreError;
+use super::apply::Tables;
 use super::chunk::{Builder, Sealed};
 use super::clock::offset_of;
 use super::error::DbContext;
 use super::record::{RecordRef, Sid, Stamp};
 use super::room::RoomState;
-use super::schema::{
-    self, CHUNKS, INBOX, LEGACY_META, NEXT_ROOM_KEY, OLDEST, ROOM_IDS, ROOMS, STATE, write_u64,
-};
+use super::schema::{self, LEGACY_META, NEXT_ROOM_KEY, write_u64};
 
 /// Schema 1 and 2: `(room, ts)` → record.
 const LEGACY_MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -127,7 +126,7 @@ pub(crate) fn from_legacy(
             names.insert(room.clone());
             last = Some(room);
         }
-        let mut copier = Copier::open(txn)?;
+        let mut copier = Tables::open(txn)?;
         for (id, name) in (0u32..).zip(&names) {
             let mut room = RoomCopy::new(id, name);
             let mut folded_upto = None;
@@ -184,36 +183,19 @@ fn next_room(
     Ok(entry.map(|(k, _)| k.value().0.to_owned()))
 }
 
-/// The schema 3 tables the copy writes.
-struct Copier<'t> {
-    state: redb::Table<'t, &'static [u8], &'static [u8]>,
-    room_ids: redb::Table<'t, &'static [u8], u32>,
-    rooms: redb::Table<'t, u32, &'static [u8]>,
-    chunks: redb::Table<'t, (u32, u64), &'static [u8]>,
-    inbox: redb::Table<'t, (&'static [u8], u64, &'static [u8]), ()>,
-    oldest: redb::Table<'t, (u64, u32), ()>,
-}
-
-impl<'t> Copier<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Copier<'t>, StoreError> {
-        Ok(Copier {
-            state: txn.open_table(STATE).ctx("opening state")?,
-            room_ids: txn.open_table(ROOM_IDS).ctx("opening room ids")?,
-            rooms: txn.open_table(ROOMS).ctx("opening rooms")?,
-            chunks: txn.open_table(CHUNKS).ctx("opening chunks")?,
-            inbox: txn.open_table(INBOX).ctx("opening inbox")?,
-            oldest: txn.open_table(OLDEST).ctx("opening oldest")?,
-        })
+// Writes sealed chunks of room `id`.
+fn write_chunks(
+    tables: &mut Tables<'_>,
+    id: u32,
+    sealed: &mut Vec<Sealed>,
+) -> Result<(), StoreError> {
+    for chunk in sealed.drain(..) {
+        tables
+            .chunks
+            .insert((id, chunk.first_ts), chunk.bytes.as_slice())
+            .ctx("writing chunk")?;
     }
-
-    fn write_chunks(&mut self, id: u32, sealed: &mut Vec<Sealed>) -> Result<(), StoreError> {
-        for chunk in sealed.drain(..) {
-            self.chunks
-                .insert((id, chunk.first_ts), chunk.bytes.as_slice())
-                .ctx("writing chunk")?;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// One room being copied, oldest message first.
@@ -240,7 +222,7 @@ impl<'n> RoomCopy<'n> {
         &mut self,
         ts: u64,
         bytes: &[u8],
-        copier: &mut Copier<'_>,
+        copier: &mut Tables<'_>,
         upgraded: &mut Upgraded,
     ) -> Result<(), StoreError> {
         let old = decode_legacy(self.name, ts, bytes)?;
@@ -274,10 +256,10 @@ impl<'n> RoomCopy<'n> {
         st.newest_ts = ts;
         st.count[side] += 1;
         upgraded.messages += 1;
-        copier.write_chunks(self.id, &mut self.sealed)
+        write_chunks(copier, self.id, &mut self.sealed)
     }
 
-    fn finish(mut self, copier: &mut Copier<'_>) -> Result<(), StoreError> {
+    fn finish(mut self, copier: &mut Tables<'_>) -> Result<(), StoreError> {
         // A room whose every message went in a purge is not copied.
         let Some(mut st) = self.state.take() else {
             return Ok(());
@@ -285,7 +267,7 @@ impl<'n> RoomCopy<'n> {
         if !self.builder.is_empty() {
             self.sealed.push(self.builder.seal());
         }
-        copier.write_chunks(self.id, &mut self.sealed)?;
+        write_chunks(copier, self.id, &mut self.sealed)?;
         // What was there before the upgrade counts as read.
         for side in 0..2 {
             st.cursor[side] = st.newest_ts;
@@ -324,7 +306,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::store::schema::LEGACY_VERSION_KEY;
+    use crate::store::schema::{LEGACY_VERSION_KEY, STATE};
     use crate::store::testutil::{exported as everything, msg};
     use crate::store::{Change, DB_FILE_NAME, HistoryQuery, Outcome, Store, StoredMessage};
 
