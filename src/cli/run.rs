@@ -251,11 +251,7 @@ impl RunCommand {
         let admin = AdminServer::start(&data_dir, chat.clone())?;
         let background = CancellationToken::new();
         if let Some(retention) = self.retention {
-            tokio::spawn(retention::run(
-                chat.store().clone(),
-                retention,
-                background.clone(),
-            ));
+            tokio::spawn(retention::run(chat.clone(), retention, background.clone()));
         }
 
         let mut server = Server::new(

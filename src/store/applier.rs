@@ -720,19 +720,7 @@ mod tests {
             panic!("expected a log gap")
         };
         assert_eq!(back[0].ticket, Some(5));
-        assert_eq!(
-            store
-                .history(
-                    "dm:A_B",
-                    &HistoryQuery {
-                        limit: 10,
-                        ..Default::default()
-                    }
-                )
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(exported(&store).len(), 2);
     }
 
     #[tokio::test]

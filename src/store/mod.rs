@@ -28,7 +28,6 @@ mod upgrade;
 
 mod applier;
 mod apply;
-mod compat;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,10 +37,10 @@ use redb::Database;
 pub use self::applier::{Applier, ApplierHandle, ApplierMode, MAX_BATCH};
 pub use self::apply::EID_WINDOW;
 pub use self::change::{
-    Applied, AppliedBatch, Change, NotApplied, Outcome, Pending, PurgeCommand, ReadMark,
+    Applied, AppliedBatch, Change, NewMessage, NotApplied, Outcome, Pending, PurgeCommand,
+    ReadMark,
 };
 pub use self::clock::{format_time, now_us, utc_offset_s};
-pub use self::compat::{Committed, CommittedBatch, NewMessage, Unstored, Writer, WriterHandle};
 use self::error::DbContext;
 pub use self::error::StoreError;
 pub use self::inbox::Conversation;
