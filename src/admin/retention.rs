@@ -33,7 +33,10 @@ pub async fn run<L: Log<Ticket>>(chat: Arc<Chat<L>>, retention: Duration, stop: 
             _ = ticks.tick() => {}
         }
         let before = cutoff(now_us(), retention);
-        match chat.apply(Change::Purge(PurgeCommand::All { before })).await {
+        match chat
+            .apply(Change::Purge(PurgeCommand::All { before }))
+            .await
+        {
             Ok(Outcome::Purged { count: 0 }) => {}
             Ok(Outcome::Purged { count }) => {
                 tracing::info!(purged = count, before, "retention: purged old messages");

@@ -132,8 +132,6 @@ pub(crate) struct Batch<'t> {
     busy: HashSet<String>,
     // Busy rooms' messages on their way straight into chunks.
     direct: HashMap<u32, Direct>,
-    // The last `time` formatted: (second, offset) and the string.
-    last_time: Option<((u64, i32), String)>,
 }
 
 /// A room's messages going straight into its chunks, skipping `staged`.
@@ -157,7 +155,6 @@ impl<'t> Batch<'t> {
             buf: Vec::new(),
             busy: HashSet::new(),
             direct: HashMap::new(),
-            last_time: None,
         })
     }
 
@@ -297,7 +294,7 @@ impl<'t> Batch<'t> {
     }
 
     // The message object of `m` stored with `ts`.
-    fn stored(&mut self, m: &NewMessage, ts: u64) -> StoredMessage {
+    fn stored(&self, m: &NewMessage, ts: u64) -> StoredMessage {
         StoredMessage {
             room: m.room.clone(),
             ts,
@@ -305,21 +302,7 @@ impl<'t> Batch<'t> {
             from: m.from.clone(),
             to: m.to.clone(),
             text: m.text.clone(),
-            time: self.time(m.time_us, m.utc_offset_s),
-        }
-    }
-
-    // `format_time`, remembering the last one: a commit's messages mostly
-    // share their second.
-    fn time(&mut self, time_us: u64, offset_s: i32) -> String {
-        let key = (time_us / 1_000_000, offset_s);
-        match &self.last_time {
-            Some((last, time)) if *last == key => time.clone(),
-            _ => {
-                let time = format_time(time_us, offset_s);
-                self.last_time = Some((key, time.clone()));
-                time
-            }
+            time: format_time(m.time_us, m.utc_offset_s),
         }
     }
 

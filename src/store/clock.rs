@@ -5,6 +5,7 @@
 //! node's clock reading and UTC offset carried in the change, so every node
 //! of a cluster writes the same string for the same message.
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -48,6 +49,23 @@ pub fn utc_offset_s(time_us: u64) -> i32 {
 /// instant or offset chrono cannot represent (past year 262,000, or an
 /// offset of a day or more).
 pub fn format_time(time_us: u64, utc_offset_s: i32) -> String {
+    // Messages read or applied together mostly share their second: the
+    // last string is kept per thread.
+    thread_local! {
+        static LAST: RefCell<Option<((u64, i32), String)>> = const { RefCell::new(None) };
+    }
+    let key = (time_us / 1_000_000, utc_offset_s);
+    LAST.with_borrow_mut(|last| match last {
+        Some((at, time)) if *at == key => time.clone(),
+        _ => {
+            let time = format_uncached(time_us, utc_offset_s);
+            *last = Some((key, time.clone()));
+            time
+        }
+    })
+}
+
+fn format_uncached(time_us: u64, utc_offset_s: i32) -> String {
     // Parsed once: the layout is the same for every message.
     static ITEMS: OnceLock<Vec<Item<'static>>> = OnceLock::new();
     let items = ITEMS.get_or_init(|| StrftimeItems::new(TIME_FORMAT).collect());

@@ -30,15 +30,14 @@ mod applier;
 mod apply;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use redb::Database;
 
 pub use self::applier::{Applier, ApplierHandle, ApplierMode, MAX_BATCH};
 pub use self::apply::EID_WINDOW;
 pub use self::change::{
-    Applied, AppliedBatch, Change, NewMessage, NotApplied, Outcome, Pending, PurgeCommand,
-    ReadMark,
+    Applied, AppliedBatch, Change, NewMessage, NotApplied, Outcome, Pending, PurgeCommand, ReadMark,
 };
 pub use self::clock::{format_time, now_us, utc_offset_s};
 use self::error::DbContext;
@@ -77,8 +76,45 @@ pub struct StoredMessage {
 /// A cheaply clonable handle on the open database.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<OpenDatabase>,
     path: Arc<PathBuf>,
+}
+
+/// The database, and the process's count of open ones: redb marks a file
+/// cleanly closed only when its `Database` is dropped, and a file that was
+/// not must be walked whole (checksums, allocator state) at its next open,
+/// which takes seconds for a large history. [`Store::wait_closed`] lets a
+/// process wait for that before it exits.
+struct OpenDatabase {
+    db: Database,
+    // Dropped after `db` (fields drop in order): counts the close.
+    _open: OpenCount,
+}
+
+impl std::ops::Deref for OpenDatabase {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+static OPEN: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+struct OpenCount;
+
+impl OpenCount {
+    fn new() -> OpenCount {
+        *OPEN.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        OpenCount
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        *OPEN.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        OPEN.1.notify_all();
+    }
 }
 
 // Manual impl: the database handle has nothing useful to print.
@@ -128,9 +164,26 @@ impl Store {
         }
         txn.commit().ctx("committing schema check")?;
         Ok(Store {
-            db: Arc::new(db),
+            db: Arc::new(OpenDatabase {
+                db,
+                _open: OpenCount::new(),
+            }),
             path: Arc::new(path),
         })
+    }
+
+    /// Waits (at most `timeout`) until every store this process opened is
+    /// closed, its last handle dropped (the applier's thread holds one until
+    /// its queue is drained and its last commit made): call it after
+    /// dropping everything that uses the store, before exiting, so the file
+    /// is marked cleanly closed. False if some store is still open.
+    pub fn wait_closed(timeout: std::time::Duration) -> bool {
+        let open = OPEN.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (open, _) = OPEN
+            .1
+            .wait_timeout_while(open, timeout, |open| *open > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *open == 0
     }
 
     /// Path of the database file.
