@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Store benchmark: fills a temporary data directory with MESSAGES messages
 # over ROOMS rooms (default 1,000,000 over 1,000) through the library's
-# group-commit writer, then times
+# applier, lets the server settle it, then measures
 #
+#   bytes on disk per message (allocated blocks of chatd.redb)
+#   chatd run: time from start to "Listening at", resident memory when idle
 #   chatd export --all --out FILE             (server stopped: direct mode)
 #   chatd export --all --out FILE             (through a running server)
 #   chatd purge --all --before <now> --yes    (server stopped: direct mode)
@@ -32,7 +34,34 @@ DATA="$WORK/data"
 
 echo "== filling $MESSAGES messages over $ROOMS rooms"
 "$FILL" "$DATA" "$MESSAGES" "$ROOMS"
-echo "store file: $(du -h "$DATA/chatd.redb" | cut -f1)"
+
+# start_server: starts chatd run on $DATA in the background ($SERVER), waits
+# for "Listening at" and sets $STARTUP to how long that took.
+start_server() {
+    local start
+    start=$(date +%s.%N)
+    "$CHATD" run --no-tls --no-auth --listen 127.0.0.1:0 --data-dir "$DATA" \
+        > "$WORK/server.out" 2> "$WORK/server.err" &
+    SERVER=$!
+    for _ in $(seq 1 3000); do
+        grep -q '^Listening at' "$WORK/server.out" && break
+        kill -0 "$SERVER" 2> /dev/null || { cat "$WORK/server.err" >&2; exit 1; }
+        sleep 0.01
+    done
+    STARTUP=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.3f", e - s }')
+}
+
+echo "== chatd run on the filled store: startup, idle memory"
+for run in 1 2 3; do
+    start_server
+    # Idle for a while: the applier folds what the fill left staged, then waits.
+    sleep 5
+    echo "run $run: ${STARTUP}s to 'Listening at'; idle RSS: $(awk '/VmRSS/ {printf "%.1f MiB", $2 / 1024}' "/proc/$SERVER/status")"
+    kill -TERM "$SERVER"
+    wait "$SERVER"
+done
+blocks=$(( $(stat -c '%b' "$DATA/chatd.redb") * $(stat -c '%B' "$DATA/chatd.redb") ))
+echo "store file: $(( blocks / 1048576 )) MiB allocated ($(du -h --apparent-size "$DATA/chatd.redb" | cut -f1) apparent), $(( blocks / MESSAGES )) bytes per message"
 
 # timed LABEL COMMAND...: runs COMMAND under /usr/bin/time -v and reports.
 timed() {
@@ -63,14 +92,7 @@ if [[ $exported -ne $MESSAGES ]]; then
 fi
 
 echo "== export --all --out FILE through a running server (admin socket)"
-"$CHATD" run --no-tls --no-auth --listen 127.0.0.1:0 --data-dir "$DATA" \
-    > "$WORK/server.out" 2> "$WORK/server.err" &
-SERVER=$!
-for _ in $(seq 1 300); do
-    grep -q '^Listening at' "$WORK/server.out" && break
-    kill -0 "$SERVER" 2> /dev/null || { cat "$WORK/server.err" >&2; exit 1; }
-    sleep 0.1
-done
+start_server
 timed via-srv "$CHATD" export --all --out "$WORK/export-srv.json" --data-dir "$DATA"
 echo "server peak RSS: $(awk '/VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$SERVER/status")"
 kill -TERM "$SERVER"

@@ -292,14 +292,15 @@ fn bad_input_fails_and_writes_nothing() {
 
     // A store written by a newer chatd is refused, and left as it was.
     let db_path = dir.join(chatd::store::DB_FILE_NAME);
-    let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
-    let newer = chatd::store::SCHEMA_VERSION + 1;
+    // Schema 3 keeps its version in `state`, little-endian.
+    let state: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("state");
+    let newer = (chatd::store::SCHEMA_VERSION + 1).to_le_bytes();
     {
         let db = redb::Database::open(&db_path).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(meta)
+        txn.open_table(state)
             .unwrap()
-            .insert("schema_version", newer)
+            .insert(b"schema".as_slice(), newer.as_slice())
             .unwrap();
         txn.commit().unwrap();
     }
@@ -311,12 +312,12 @@ fn bad_input_fails_and_writes_nothing() {
     let db = redb::Database::open(&db_path).unwrap();
     let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
     let version = txn
-        .open_table(meta)
+        .open_table(state)
         .unwrap()
-        .get("schema_version")
+        .get(b"schema".as_slice())
         .unwrap()
-        .map(|v| v.value());
-    assert_eq!(version, Some(newer));
+        .map(|v| v.value().to_vec());
+    assert_eq!(version, Some(newer.to_vec()));
 }
 
 #[test]

@@ -32,15 +32,10 @@ use std::io::{self, Write};
 
 use crate::chat::message::MessageView;
 use crate::chat::room::parse_room;
-use crate::store::{Store, StoreError, StoredMessage};
+use crate::store::{Change, Outcome, PurgeCommand, Store, StoreError, StoredMessage};
 
 /// Name of the admin socket inside the data directory.
 pub const SOCKET_FILE: &str = "admin.sock";
-
-/// Most messages one purge transaction deletes when purging every room (the
-/// `--all` purge and the retention sweep), so the live writer is never held
-/// up for long.
-pub const PURGE_BATCH: usize = 1000;
 
 /// Which messages an export covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,16 +56,14 @@ pub enum ExportScope {
 /// Which messages a purge deletes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PurgeScope {
-    /// One room's messages older than `before` (all of them without it),
-    /// in one transaction.
+    /// One room's messages older than `before` (all of them without it).
     Room {
         /// Canonical room id, `dm:A_B`.
         room: String,
         /// Exclusive upper bound on ts.
         before: Option<u64>,
     },
-    /// Every room's messages older than `before`, [`PURGE_BATCH`] per
-    /// transaction.
+    /// Every room's messages older than `before`.
     All {
         /// Exclusive upper bound on ts.
         before: u64,
@@ -173,12 +166,23 @@ impl PurgeScope {
         }
     }
 
+    /// The change that purges this.
+    pub fn command(&self) -> PurgeCommand {
+        match self {
+            PurgeScope::Room { room, before } => PurgeCommand::Room {
+                room: room.clone(),
+                before: *before,
+            },
+            PurgeScope::All { before } => PurgeCommand::All { before: *before },
+        }
+    }
+
     /// Deletes the messages for good; returns how many went. Blocks on
     /// write transactions: call it off the async threads.
     pub fn run(&self, store: &Store) -> Result<u64, StoreError> {
-        match self {
-            PurgeScope::Room { room, before } => store.purge_room(room, *before),
-            PurgeScope::All { before } => store.purge_all_before(*before, PURGE_BATCH),
+        match store.apply(Change::Purge(self.command()))? {
+            Outcome::Purged { count } => Ok(count),
+            _ => Ok(0),
         }
     }
 
@@ -347,8 +351,8 @@ mod tests {
         assert_eq!(
             text,
             "[\n\
-             {\"roomId\":\"dm:A_B\",\"id\":\"sock\",\"from\":\"A\",\"text\":\"one\\nline\",\"to\":\"B\",\"time\":\"t\",\"__v\":0},\n\
-             {\"roomId\":\"dm:A_B\",\"id\":\"sock\",\"from\":\"A\",\"text\":\"two\",\"to\":\"B\",\"time\":\"t\",\"__v\":0}\n\
+             {\"roomId\":\"dm:A_B\",\"id\":\"jxKCSoWK6t4p8vojAAAD\",\"from\":\"A\",\"text\":\"one\\nline\",\"to\":\"B\",\"time\":\"01/01/1970, 12:00:00 am\",\"__v\":0},\n\
+             {\"roomId\":\"dm:A_B\",\"id\":\"jxKCSoWK6t4p8vojAAAD\",\"from\":\"A\",\"text\":\"two\",\"to\":\"B\",\"time\":\"01/01/1970, 12:00:00 am\",\"__v\":0}\n\
              ]\n"
         );
         assert_eq!(exported_count(text.matches('\n').count() as u64), 2);

@@ -3,16 +3,20 @@
 //!
 //! A sweep runs when the server starts and then every [`SWEEP_INTERVAL`]
 //! (once a minute), so no message outlives the retention period by much more
-//! than a minute. Each sweep deletes in write transactions of at most
-//! [`PURGE_BATCH`] messages on the blocking pool: the chat writer waits for
-//! one small transaction at most, never for a whole sweep.
+//! than a minute. A sweep is one purge change through the chat's log, in
+//! order with everything else (in a cluster, on every node): it raises the
+//! floor of the rooms it touches at once, and the store deletes the bytes
+//! in small steps between commits, so the chat never waits for a whole
+//! sweep.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::PURGE_BATCH;
-use crate::store::{Store, now_us};
+use crate::chat::service::{Chat, Ticket};
+use crate::log::Log;
+use crate::store::{Change, Outcome, PurgeCommand, now_us};
 
 /// Time between retention sweeps.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -20,7 +24,7 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Purges messages older than `retention` now and every
 /// [`SWEEP_INTERVAL`] until `stop` is cancelled. A failed sweep is logged
 /// and tried again at the next interval.
-pub async fn run(store: Store, retention: Duration, stop: CancellationToken) {
+pub async fn run<L: Log<Ticket>>(chat: Arc<Chat<L>>, retention: Duration, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -29,12 +33,15 @@ pub async fn run(store: Store, retention: Duration, stop: CancellationToken) {
             _ = ticks.tick() => {}
         }
         let before = cutoff(now_us(), retention);
-        let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.purge_all_before(before, PURGE_BATCH)).await
+        match chat
+            .apply(Change::Purge(PurgeCommand::All { before }))
+            .await
         {
-            Ok(Ok(0)) => {}
-            Ok(Ok(purged)) => tracing::info!(purged, before, "retention: purged old messages"),
-            Ok(Err(error)) => tracing::error!(%error, "retention sweep failed"),
+            Ok(Outcome::Purged { count: 0 }) => {}
+            Ok(Outcome::Purged { count }) => {
+                tracing::info!(purged = count, before, "retention: purged old messages");
+            }
+            Ok(other) => tracing::error!(?other, "retention sweep: unexpected outcome"),
             Err(error) => tracing::error!(%error, "retention sweep failed"),
         }
     }
@@ -48,6 +55,8 @@ pub fn cutoff(now_us: u64, retention: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::rate::RateLimit;
+    use crate::chat::service::ChatConfig;
     use crate::store::testutil::{put, tmp_store};
 
     #[test]
@@ -63,8 +72,16 @@ mod tests {
         let now = now_us();
         put(&store, "dm:A_B", now - 3_600_000_000, "old");
         put(&store, "dm:A_B", now, "new");
+        let config = ChatConfig {
+            auth: None,
+            max_message_bytes: 4096,
+            rate: RateLimit::per_second(0),
+            console: false,
+            unacked_per_connection: 4,
+        };
+        let chat = Chat::start(store.clone(), config).unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(store.clone(), Duration::from_secs(60), stop.clone()));
+        let task = tokio::spawn(run(chat, Duration::from_secs(60), stop.clone()));
         // The first tick is immediate; wait for its purge to land.
         for _ in 0..500 {
             let left = store

@@ -1,8 +1,9 @@
 //! The server side of the admin channel: `<data_dir>/admin.sock`, served
 //! inside `chatd run` with hyper's HTTP/1.1 on a tokio `UnixListener`.
 //!
-//! Presence comes from the hub; exports and purges run on the blocking pool
-//! against the same [`Store`] the chat writes to, so live traffic goes on.
+//! Presence comes from the hub; exports run on the blocking pool against
+//! the same [`Store`](crate::store::Store) the chat writes to, so live
+//! traffic goes on; purges are changes applied through the chat's log.
 //! An export is streamed: a blocking task reads the store and sends chunks of
 //! at most [`CHUNK_BYTES`] down a channel of [`CHUNKS_IN_FLIGHT`] slots that
 //! is the response body, so memory stays flat and a slow client slows the
@@ -35,6 +36,7 @@ use super::{ExportError, ExportScope, PurgeScope, SOCKET_FILE, write_export};
 use crate::chat::service::{Chat, Ticket};
 use crate::datadir::temp_sibling;
 use crate::log::Log;
+use crate::store::{Change, Outcome};
 
 /// Bytes gathered before an export chunk is sent.
 pub const CHUNK_BYTES: usize = 64 * 1024;
@@ -269,26 +271,27 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// A purge goes through the log like every other change: in order with
+/// the messages around it (and, in a cluster, on every node).
 async fn purge<L: Log<Ticket>>(chat: &Chat<L>, scope: PurgeScope) -> Response<AdminBody> {
-    let store = chat.store().clone();
     let described = scope.describe().to_owned();
-    match tokio::task::spawn_blocking(move || scope.run(&store)).await {
-        Ok(Ok(purged)) => {
-            tracing::info!(purged, scope = described, "purged");
-            let json = serde_json::json!({ "purged": purged }).to_string();
+    match chat.apply(Change::Purge(scope.command())).await {
+        Ok(Outcome::Purged { count }) => {
+            tracing::info!(purged = count, scope = described, "purged");
+            let json = serde_json::json!({ "purged": count }).to_string();
             whole(StatusCode::OK, "application/json", json.into_bytes())
         }
-        Ok(Err(error)) => {
+        Ok(other) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("purge of {described}: unexpected outcome {other:?}"),
+        ),
+        Err(error) => {
             tracing::error!(%error, scope = described, "purge failed");
             text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("purge of {described} failed: {error}"),
             )
         }
-        Err(error) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("purge of {described} failed: {error}"),
-        ),
     }
 }
 

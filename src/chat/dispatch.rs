@@ -181,7 +181,8 @@ fn answer(applied: Applied<Ticket>) -> Option<Event> {
             }
             None
         }
-        Outcome::Purged { .. } => None,
+        // Purges have no event; a replayed position has no answer to give.
+        Outcome::Purged { .. } | Outcome::AlreadyApplied => None,
     }
 }
 

@@ -13,7 +13,6 @@ use super::console::Console;
 use super::dispatch::dispatch;
 use super::drain::InFlight;
 use super::fanout::Fanout;
-use super::message::format_time;
 use super::rate::{RateBuckets, RateLimit};
 use super::typing::{TYPING_RATE, Typists};
 use crate::log::{LocalLog, Log, Settled};
@@ -94,7 +93,7 @@ impl Chat<LocalLog<Ticket>> {
     /// The chat of a node that runs alone: its store is the log, its
     /// connections are everyone.
     pub fn start(store: Store, config: ChatConfig) -> Result<Arc<Self>, StoreError> {
-        let (log, settled) = LocalLog::start(store.clone(), LOG_QUEUE, format_time)?;
+        let (log, settled) = LocalLog::start(store.clone(), LOG_QUEUE)?;
         let fanout = Arc::new(Fanout::default());
         let presence = Arc::new(LocalPresence::new(fanout.clone()));
         Ok(Chat::new(log, settled, presence, fanout, store, config))

@@ -8,7 +8,6 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::handshake::Session;
-use super::message::utc_offset_at;
 use super::room::dm_room;
 use super::service::{Chat, ClientTicket, Submitted, Ticket};
 use super::validate::validate;
@@ -17,7 +16,7 @@ use crate::metrics::METRICS;
 use crate::refusal::RefusalReason;
 use crate::socketio::{Event, Socket};
 use crate::store::change::{Change, NewMessage, Outcome};
-use crate::store::now_us;
+use crate::store::{now_us, utc_offset_s};
 
 impl<L: Log<Ticket>> Chat<L> {
     /// `chat message`: checked, then appended; refused at once if it fails
@@ -52,7 +51,7 @@ impl<L: Log<Ticket>> Chat<L> {
             text: draft.text.to_owned(),
             cid: draft.cid.map(str::to_owned),
             time_us,
-            utc_offset_s: utc_offset_at(time_us),
+            utc_offset_s: utc_offset_s(time_us),
             eid: None,
         });
         let ticket = Ticket::Client(ClientTicket {

@@ -10,7 +10,7 @@ use argh::FromArgs;
 use crate::bench::connect::{self, ConnectConfig};
 use crate::bench::idle::{self, IdleConfig};
 use crate::bench::pairs::{self, Load, PairsConfig};
-use crate::bench::store::{self, StoreConfig};
+use crate::bench::store::{self, InboxConfig, StoreConfig};
 use crate::bench::target::Target;
 use crate::bench::{Report, proc};
 
@@ -240,7 +240,7 @@ impl ConnectCommand {
     }
 }
 
-/// The store alone, on a temporary data directory: durable inserts/s through the group-commit writer, export/s, peak RSS.
+/// The store alone, on a temporary data directory: durable inserts/s through the applier, bytes on disk per message once settled, resident memory, export/s, reopen time; with --inbox, conversations and read at scale.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "store")]
 pub struct StoreCommand {
@@ -250,6 +250,19 @@ pub struct StoreCommand {
     /// rooms to spread them over (default 1000)
     #[argh(option, default = "1000")]
     rooms: u64,
+    /// bytes of text per message (default: about 57)
+    #[argh(option)]
+    text_bytes: Option<usize>,
+    /// run the inbox scenario instead: a room of --room-messages with 3
+    /// unread, a user of --conversations rooms
+    #[argh(switch)]
+    inbox: bool,
+    /// messages in the inbox scenario's big room (default 1000000)
+    #[argh(option, default = "1_000_000")]
+    room_messages: u64,
+    /// rooms of the inbox scenario's busy user (default 10000)
+    #[argh(option, default = "10_000")]
+    conversations: u64,
     /// print one JSON object instead of a table
     #[argh(switch)]
     json: bool,
@@ -257,9 +270,18 @@ pub struct StoreCommand {
 
 impl StoreCommand {
     async fn run(&self) -> anyhow::Result<Report> {
+        if self.inbox {
+            let config = InboxConfig {
+                room_messages: self.room_messages,
+                conversations: self.conversations,
+                samples: 200,
+            };
+            return store::inbox(&config).await;
+        }
         let config = StoreConfig {
             messages: self.messages,
             rooms: self.rooms,
+            text_bytes: self.text_bytes,
         };
         store::run(&config).await
     }

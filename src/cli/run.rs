@@ -31,6 +31,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for sessions to flush and close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long shutdown waits for the store's file to be closed cleanly.
+const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Run the chat server.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "run")]
@@ -143,7 +146,16 @@ impl RunCommand {
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
-        runtime.block_on(self.serve())
+        let served = runtime.block_on(self.serve());
+        // Dropping the runtime drops every task, and with them the chat's
+        // handles on the store; the store's applier then makes its last
+        // commit and the file is closed cleanly, so the next start need
+        // not check it whole.
+        runtime.shutdown_timeout(STORE_CLOSE_TIMEOUT);
+        if !Store::wait_closed(STORE_CLOSE_TIMEOUT) {
+            tracing::warn!("the store was not closed in time: the next start checks it whole");
+        }
+        served
     }
 
     /// The --cors-origin values as browsers send them in `Origin`.
@@ -251,11 +263,7 @@ impl RunCommand {
         let admin = AdminServer::start(&data_dir, chat.clone())?;
         let background = CancellationToken::new();
         if let Some(retention) = self.retention {
-            tokio::spawn(retention::run(
-                chat.store().clone(),
-                retention,
-                background.clone(),
-            ));
+            tokio::spawn(retention::run(chat.clone(), retention, background.clone()));
         }
 
         let mut server = Server::new(

@@ -1,34 +1,35 @@
-//! The log of a single node: changes go straight to the store's writer,
-//! whose commit order is the log order.
+//! The log of a single node: changes go straight to the store's applier,
+//! which gives each the next log position in its commit order.
 
 use tokio::sync::mpsc;
 
 use super::{Log, NotAppended, Settled};
-use crate::store::change::{Applied, Change, Outcome};
-use crate::store::{CommittedBatch, NewMessage, Store, StoreError, Writer, WriterHandle};
+use crate::store::change::{AppliedBatch, Change, Pending};
+use crate::store::{Applier, ApplierHandle, ApplierMode, Store, StoreError};
 
-/// Settled batches that may wait for the chat before the writer waits.
+/// Settled batches that may wait for the chat before the applier waits.
 const SETTLED_QUEUE: usize = 64;
 
 /// The log of a node that runs alone.
 pub struct LocalLog<T> {
-    writer: WriterHandle<T>,
+    applier: ApplierHandle<T>,
 }
 
 impl<T: Send + 'static> LocalLog<T> {
-    /// Starts the store's writer with a queue of `queue` changes; returns
+    /// Starts the store's applier with a queue of `queue` changes; returns
     /// the log and the settled changes, in commit order.
     pub fn start(
         store: Store,
         queue: usize,
-        stamp: fn(u64) -> String,
     ) -> Result<(LocalLog<T>, mpsc::Receiver<Settled<T>>), StoreError> {
-        let writer = Writer::<T>::spawn(store, queue, stamp)?;
+        // A failed commit is handed back: its senders are told
+        // `unavailable`, and nothing of it was stored.
+        let applier = Applier::<T>::spawn(store, queue, ApplierMode::HandBack)?;
         let (tx, rx) = mpsc::channel(SETTLED_QUEUE);
-        tokio::spawn(forward(writer.batches, tx));
+        tokio::spawn(forward(applier.batches, tx));
         Ok((
             LocalLog {
-                writer: writer.handle,
+                applier: applier.handle,
             },
             rx,
         ))
@@ -37,58 +38,29 @@ impl<T: Send + 'static> LocalLog<T> {
 
 impl<T: Send + 'static> Log<T> for LocalLog<T> {
     async fn append(&self, change: Change, ticket: T) -> Result<(), NotAppended<T>> {
-        let Change::Message(message) = change else {
-            return Err((change, ticket));
+        let pending = Pending {
+            seq: None,
+            change,
+            ticket: Some(ticket),
         };
-        let submitted = NewMessage {
-            room: message.room,
-            id: message.sid,
-            from: message.from,
-            to: message.to,
-            text: message.text,
-        };
-        self.writer
-            .submit(submitted, ticket)
-            .await
-            .map_err(|(back, ticket)| {
-                let change = Change::Message(crate::store::change::NewMessage {
-                    room: back.room,
-                    sid: back.id,
-                    from: back.from,
-                    to: back.to,
-                    text: back.text,
-                    cid: message.cid,
-                    time_us: message.time_us,
-                    utc_offset_s: message.utc_offset_s,
-                    eid: message.eid,
-                });
-                (change, ticket)
-            })
+        self.applier.submit(pending).await.map_err(|back| {
+            let ticket = back.ticket.expect("submitted with a ticket");
+            (back.change, ticket)
+        })
     }
 }
 
-/// Turns the writer's committed batches into settled changes.
+/// Turns the applier's batches into settled changes.
 async fn forward<T>(
-    mut batches: mpsc::Receiver<CommittedBatch<T>>,
+    mut batches: mpsc::Receiver<AppliedBatch<T>>,
     settled: mpsc::Sender<Settled<T>>,
 ) {
     while let Some(batch) = batches.recv().await {
         let next = match batch.result {
-            Ok(committed) => Settled::Applied(
-                committed
-                    .into_iter()
-                    .map(|(message, ticket)| Applied {
-                        // Today's ts is unique across rooms and increases in
-                        // commit order: the log position.
-                        seq: message.ts,
-                        outcome: Outcome::Stored(message),
-                        ticket: Some(ticket),
-                    })
-                    .collect(),
-            ),
-            Err((error, unstored)) => Settled::Dropped {
+            Ok(applied) => Settled::Applied(applied),
+            Err((error, pendings)) => Settled::Dropped {
                 error: error.to_string(),
-                tickets: unstored.into_iter().map(|(_, ticket)| ticket).collect(),
+                tickets: pendings.into_iter().filter_map(|p| p.ticket).collect(),
             },
         };
         if settled.send(next).await.is_err() {

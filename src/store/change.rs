@@ -109,6 +109,10 @@ pub enum Outcome {
         /// Messages deleted.
         count: u64,
     },
+    /// The change's log position was applied before (a replay after a
+    /// restart): nothing changed now. Reported only for a change submitted
+    /// with a ticket; what it did then is not kept.
+    AlreadyApplied,
 }
 
 /// A change waiting to be applied. `seq` is its log position when the log

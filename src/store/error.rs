@@ -71,35 +71,50 @@ pub enum StoreError {
         source: redb::Error,
     },
 
-    /// Record bytes that do not decode (see [`decode_record`](super::decode_record)).
-    #[error("bad record: {0}")]
-    BadRecord(String),
-
-    /// A stored message whose record does not decode.
-    #[error("corrupt message record at room {room:?} ts {ts}: {reason}")]
+    /// A stored message that does not decode.
+    #[error("corrupt message record in room {room:?} at ts {ts}: {reason}")]
     CorruptMessage {
-        /// Room of the key.
+        /// The room.
         room: String,
-        /// Timestamp of the key.
+        /// The ts of the message (or of the first message of its chunk).
         ts: u64,
         /// Why it did not decode.
         reason: String,
     },
 
-    /// `last_ts` is so high that another ts would wrap around.
-    #[error("timestamps exhausted: last_ts is {last_ts}")]
-    TsExhausted {
-        /// The stored last_ts.
-        last_ts: u64,
+    /// Some other stored value that does not decode.
+    #[error("corrupt {what}: {reason}")]
+    Corrupt {
+        /// What it was.
+        what: &'static str,
+        /// Why it did not decode.
+        reason: String,
     },
 
-    /// The writer thread could not be started.
-    #[error("cannot start the writer thread: {0}")]
-    Spawn(#[source] std::io::Error),
+    /// The room's newest ts is u64::MAX: no later ts exists.
+    #[error("timestamps exhausted in room {room:?}")]
+    TsExhausted {
+        /// The room.
+        room: String,
+    },
 
-    /// A record could not be encoded (should not happen for string fields).
-    #[error("cannot encode record: {0}")]
-    Encode(String),
+    /// Every room id (u32) is taken.
+    #[error("room ids exhausted")]
+    RoomsExhausted,
+
+    /// A change came with a log position past the next one: the log has a
+    /// gap the store cannot fill (a bug in whoever feeds the applier).
+    #[error("log position {got} does not follow the last applied one, {applied}")]
+    LogGap {
+        /// The last position applied.
+        applied: u64,
+        /// The position given.
+        got: u64,
+    },
+
+    /// The applier thread could not be started.
+    #[error("cannot start the applier thread: {0}")]
+    Spawn(#[source] std::io::Error),
 }
 
 /// Attaches a context string to any redb error, so `?` stays short at call sites.

@@ -1,313 +1,192 @@
-//! Folding: moving the `recent` log into the per-room `messages` table.
+//! Folding: moving staged messages into their rooms' chunks.
 //!
-//! The writer appends every new message to `recent`, keyed by ts within 16
-//! buckets of rooms, so a commit dirties at most one tail page per bucket
-//! however many rooms it touches; inserting into `messages` directly
-//! rewrote one page per room per commit, which was most of the server's CPU
-//! under load. Once `recent`
-//! holds [`FOLD_AT`] messages, a [`FoldPass`] copies them into `messages`
-//! room by room, then deletes them from `recent`: each room's tail page is
-//! rewritten about once per pass instead of once per commit.
+//! Every message is applied into `staged`, keyed by (bucket of its room,
+//! log position), so a commit appends to at most [`BUCKETS`] tail pages
+//! however many rooms it touches. Between commits the applier folds: a
+//! step takes the oldest messages of one bucket (about [`STEP`]), appends
+//! each room's to its last chunk (sealing full ones, see `chunk.rs`),
+//! deletes them from `staged` and updates the rooms' states, all in one
+//! transaction. A room's messages are in one bucket, and a step takes a
+//! prefix of it, so a room's history is always its chunks followed by its
+//! staged messages, and readers see every message exactly once at every
+//! step.
 //!
-//! A pass works in steps of about [`STEP`] messages, one transaction each,
-//! between the writer's commits, so new messages never wait for a whole
-//! pass. Until a pass ends, a folded message is in both tables; readers
-//! take a room's `recent` entries only above its last ts in `messages`
-//! (see `read.rs`), which is exact at every step: a room is copied whole,
-//! and its newer messages are above everything copied. Steps skip the
-//! fsync: the writer's next commit makes them durable, and a crash before
-//! it returns the file to that of the last commit, itself a state between
-//! two steps. A pass cut short leaves only copies behind; the next pass
-//! copies them again, to the same keys.
+//! Steps skip the fsync: the applier's next commit makes them durable, and
+//! a crash before it leaves the file as the last commit left it, with the
+//! messages still staged; the next fold moves them again.
 //!
-//! A room with [`DIRECT_AT`] or more messages in one commit and none
-//! waiting in `recent` skips it: the commit rewrites the room's tail page
-//! of `messages` once for all of them, cheaper than appending, copying
-//! and deleting each. [`RecentRooms`] is how the writer knows which rooms
-//! have messages waiting.
+//! Messages below a room's purge floor are dropped on the way (with their
+//! cids), never brought back into chunks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::BTreeMap;
 
-use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Durability, ReadableTable, ReadableTableMetadata};
 
+use super::apply::tail_builder;
+use super::chunk::Sealed;
 use super::error::DbContext;
-use super::read::recent_by_room;
-use super::schema::{BUCKETS, MESSAGES, RECENT, bucket};
+use super::read::{room_state, staged_entry, staged_record};
+use super::room::RoomState;
+use super::schema::{BUCKETS, CHUNKS, CIDS, CidTable, ROOMS, STAGED};
+use super::sweep::forget_cid;
 use super::{Store, StoreError};
 
-/// How many messages `recent` collects before a pass folds them. Readers
-/// scan their room's bucket of `recent` for its newest messages, so this
-/// also bounds that scan (about 0.1 ms when full).
+/// How many staged messages start a fold pass over every bucket. Readers
+/// scan their room's bucket of `staged` for its newest messages, so this
+/// also bounds that scan.
 pub(crate) const FOLD_AT: u64 = 16384;
 
-/// About how many messages one step of a pass copies or deletes at least:
-/// a few milliseconds of work, which is all a new message may wait behind
-/// it. After a commit of n messages a step does at least 2n (each message
-/// is copied once and deleted once), so passes keep up with any inflow
-/// and `recent` stays near [`FOLD_AT`].
+/// About how many messages one fold step moves at least: a few
+/// milliseconds of work, which is all a new change may wait behind it.
 pub(crate) const STEP: usize = 1024;
 
-/// How many messages a room needs in one commit to go straight to
-/// `messages` (if it has none in `recent`). Live chat brings a room one or
-/// two per commit; bulk inflow (a busy room, an import) brings dozens.
-pub(crate) const DIRECT_AT: usize = 8;
-
-/// The rooms with messages in `recent`, each with the newest ts it has
-/// there, kept by the writer, which appends all of them. Such a room keeps
-/// appending to `recent` until a pass has folded it, since readers take a
-/// room's `recent` entries only above its last ts in `messages`. Purges
-/// only remove messages, so a room listed may have none left (it then
-/// merely misses a shortcut); a room with messages in `recent` is never
-/// missing.
-#[derive(Debug, Default)]
-pub(crate) struct RecentRooms {
-    newest: HashMap<String, u64>,
+/// What a fold step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Folded {
+    /// Messages taken out of `staged` (moved, or dropped as purged).
+    pub moved: usize,
+    /// The bucket has nothing left.
+    pub bucket_empty: bool,
+    /// Messages left in `staged`, all buckets.
+    pub staged: u64,
 }
 
-impl RecentRooms {
-    /// The rooms of everything in `recent` now, copies a cut-short pass
-    /// left included.
-    pub(crate) fn load(store: &Store) -> Result<RecentRooms, StoreError> {
-        let txn = store.db.begin_read().ctx("reading recent rooms")?;
-        let recent = txn.open_table(RECENT).ctx("opening recent table")?;
-        let newest = recent_by_room(&recent)?
-            .into_iter()
-            .filter_map(|(room, list)| Some((room, *list.last()?)))
-            .collect();
-        Ok(RecentRooms { newest })
-    }
+/// Moves up to `budget` (at least 1) of bucket `b`'s oldest staged messages
+/// into chunks, in one non-durable transaction.
+pub(crate) fn fold_step(store: &Store, b: u8, budget: usize) -> Result<Folded, StoreError> {
+    debug_assert!(b < BUCKETS);
+    let mut txn = store.db.begin_write().ctx("starting fold step")?;
+    txn.set_durability(Durability::None)
+        .ctx("making the fold step non-durable")?;
+    let folded = {
+        let mut staged = txn.open_table(STAGED).ctx("opening staged messages")?;
+        let mut chunks = txn.open_table(CHUNKS).ctx("opening chunks")?;
+        let mut rooms = txn.open_table(ROOMS).ctx("opening rooms")?;
+        let mut cids = txn.open_table(CIDS).ctx("opening cids")?;
 
-    /// The rooms of `batch` that go straight to `messages`: at least
-    /// [`DIRECT_AT`] messages in it, none in `recent`.
-    pub(crate) fn direct<'b>(
-        &self,
-        batch: impl ExactSizeIterator<Item = &'b str>,
-    ) -> HashSet<&'b str> {
-        if batch.len() < DIRECT_AT {
-            return HashSet::new();
-        }
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for room in batch {
-            *counts.entry(room).or_default() += 1;
-        }
-        counts
-            .into_iter()
-            .filter(|&(room, n)| n >= DIRECT_AT && !self.newest.contains_key(room))
-            .map(|(room, _)| room)
-            .collect()
-    }
-
-    /// Notes a message of `room` appended to `recent` with `ts`.
-    pub(crate) fn appended(&mut self, room: &str, ts: u64) {
-        match self.newest.get_mut(room) {
-            Some(newest) => *newest = ts,
-            None => {
-                self.newest.insert(room.to_owned(), ts);
-            }
-        }
-    }
-
-    /// Forgets the rooms a finished pass has emptied: all their messages in
-    /// `recent` were at or below `upto`, and are folded and deleted.
-    pub(crate) fn folded(&mut self, upto: u64) {
-        self.newest.retain(|_, newest| *newest > upto);
-    }
-}
-
-/// What one step of a pass left behind.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Step {
-    /// The pass is complete.
-    pub done: bool,
-    /// Messages left in `recent`, copies included.
-    pub recent: u64,
-}
-
-/// A fold in progress: the rooms still to copy and where the copied
-/// messages end.
-#[derive(Debug)]
-pub(crate) struct FoldPass {
-    // Every ts in `recent` up to here is copied by this pass.
-    upto: u64,
-    // Rooms still to copy (last first), with their ts in `recent`.
-    rooms: Vec<(String, Vec<u64>)>,
-}
-
-impl FoldPass {
-    /// Plans a pass over everything in `recent` now (nothing to do when empty).
-    pub(crate) fn start(store: &Store) -> Result<FoldPass, StoreError> {
-        let txn = store.db.begin_read().ctx("starting fold")?;
-        let recent = txn.open_table(RECENT).ctx("opening recent table")?;
-        let rooms = recent_by_room(&recent)?;
-        let upto = rooms.values().filter_map(|list| list.last().copied()).max();
-        // Popped from the end: the rooms go in key order.
-        let mut rooms: Vec<_> = rooms.into_iter().collect();
-        rooms.reverse();
-        Ok(FoldPass {
-            upto: upto.unwrap_or(0),
-            rooms,
-        })
-    }
-
-    /// The newest ts this pass copies: after it, every message up to here
-    /// is out of `recent`.
-    pub(crate) fn upto(&self) -> u64 {
-        self.upto
-    }
-
-    /// Does one step in its own transaction: copies the next rooms
-    /// (about `budget` messages), or once all are copied deletes up to
-    /// `budget` copied messages from `recent`.
-    pub(crate) fn step(&mut self, store: &Store, budget: usize) -> Result<Step, StoreError> {
-        let mut txn = store.db.begin_write().ctx("starting fold step")?;
-        // No fsync of its own: the writer's next commit makes it durable.
-        // A crash before that loses only moves that had not happened yet:
-        // the file is as after the last commit, messages still in `recent`.
-        txn.set_durability(Durability::None)
-            .ctx("making the fold step non-durable")?;
-        let step = {
-            let mut recent = txn.open_table(RECENT).ctx("opening recent table")?;
-            let done = if self.rooms.is_empty() {
-                // The copied messages: each bucket's entries up to `upto`.
-                let mut deleted = 0;
-                for b in 0..BUCKETS {
-                    deleted += recent
-                        .extract_from_if((b, 0)..=(b, self.upto), |_, _| true)
-                        .ctx("deleting folded messages")?
-                        .take(budget - deleted)
-                        .try_fold(0, |n, item| item.map(|_| n + 1))
-                        .ctx("deleting folded messages")?;
-                    if deleted == budget {
-                        break;
-                    }
-                }
-                deleted < budget
-            } else {
-                let mut messages = txn.open_table(MESSAGES).ctx("opening messages table")?;
-                let mut copied = 0;
-                while copied < budget
-                    && let Some((room, list)) = self.rooms.pop()
-                {
-                    let b = bucket(&room);
-                    for ts in list {
-                        // Gone if purged since the pass began: not brought back.
-                        let Some(value) = recent.get((b, ts)).ctx("reading recent message")? else {
-                            continue;
-                        };
-                        let (_, bytes) = value.value();
-                        messages
-                            .insert((room.as_str(), ts), bytes)
-                            .ctx("folding message")?;
-                        copied += 1;
-                    }
-                }
-                false
+        // The bucket's oldest entries, by room, each room's in order.
+        let mut by_room: BTreeMap<u32, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+        let mut last_seq = None;
+        let mut taken = 0;
+        for item in staged
+            .range((b, 0)..=(b, u64::MAX))
+            .ctx("reading staged messages")?
+            .take(budget.max(1))
+        {
+            let (key, value) = item.ctx("reading staged messages")?;
+            let seq = key.value().1;
+            let Some((room, _, _)) = staged_entry(value.value()) else {
+                return Err(StoreError::Corrupt {
+                    what: "staged message",
+                    reason: format!("seq {seq}: too short"),
+                });
             };
-            Step {
-                done,
-                recent: recent.len().ctx("counting recent messages")?,
+            by_room
+                .entry(room)
+                .or_default()
+                .push((seq, value.value().to_vec()));
+            last_seq = Some(seq);
+            taken += 1;
+        }
+        let bucket_empty = match last_seq {
+            None => true,
+            Some(last) => {
+                for item in staged
+                    .extract_from_if((b, 0)..=(b, last), |_, _| true)
+                    .ctx("deleting folded messages")?
+                {
+                    item.ctx("deleting folded messages")?;
+                }
+                staged
+                    .range((b, last)..=(b, u64::MAX))
+                    .ctx("reading staged messages")?
+                    .next()
+                    .is_none()
             }
         };
-        txn.commit().ctx("committing fold step")?;
-        Ok(step)
+        for (id, entries) in by_room {
+            let Some(mut st) = room_state(&rooms, id)? else {
+                return Err(StoreError::Corrupt {
+                    what: "staged message",
+                    reason: format!("room id {id} does not exist"),
+                });
+            };
+            let next_seq = entries.last().map_or(0, |&(seq, _)| seq + 1);
+            append(&mut chunks, &mut cids, &mut st, &entries)?;
+            st.staged_from = next_seq;
+            rooms
+                .insert(id, st.encode().as_slice())
+                .ctx("writing room state")?;
+        }
+        Folded {
+            moved: taken,
+            bucket_empty,
+            staged: staged.len().ctx("counting staged messages")?,
+        }
+    };
+    txn.commit().ctx("committing fold step")?;
+    Ok(folded)
+}
+
+// Appends a room's staged `entries` (oldest first, all of the room's
+// oldest staged ones) to its chunks, dropping purged ones; updates its
+// staged counts.
+fn append(
+    chunks: &mut redb::Table<'_, (u32, u64), &'static [u8]>,
+    cids: &mut CidTable<'_>,
+    st: &mut RoomState,
+    entries: &[(u64, Vec<u8>)],
+) -> Result<(), StoreError> {
+    let mut builder = tail_builder(chunks, st)?;
+    let mut sealed: Vec<Sealed> = Vec::new();
+    for (_, value) in entries {
+        let Some((_, ts, bytes)) = staged_entry(value) else {
+            continue;
+        };
+        let record = staged_record(st, ts, bytes)?;
+        st.staged[record.side] = st.staged[record.side].saturating_sub(1);
+        if ts < st.floor {
+            forget_cid(cids, st, &record)?;
+            builder.skip(record.side);
+            continue;
+        }
+        builder.push(&record, &mut sealed);
     }
+    if !builder.is_empty() {
+        sealed.push(builder.seal());
+    }
+    for chunk in sealed {
+        chunks
+            .insert((st.id, chunk.first_ts), chunk.bytes.as_slice())
+            .ctx("writing chunk")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::*;
     use super::*;
-    use crate::store::StoredMessage;
+    use crate::store::change::Change;
+    use crate::store::testutil::*;
 
-    // Every message as export_all streams it.
-    fn everything(store: &Store) -> Vec<StoredMessage> {
-        let mut all = Vec::new();
-        store
-            .export_all::<StoreError>(|m| {
-                all.push(m.clone());
-                Ok(())
-            })
-            .unwrap();
-        all
+    const ROOMS: [&str; 3] = ["dm:A_B", "dm:A_C", "dm:B_C"];
+
+    fn fill(store: &Store, n: u64) {
+        let changes = (0..n).map(|i| {
+            let room = ROOMS[(i % 3) as usize];
+            Change::Message(msg(room, "A", "B", &format!("m{i}"), 1000 + i))
+        });
+        stage_all(store, changes);
     }
 
-    // Rooms of very different sizes, interleaved in ts as live traffic is.
-    fn rows() -> Vec<(&'static str, u64)> {
-        (1..=3000u64)
-            .map(|ts| {
-                let room = match ts % 10 {
-                    0 => "dm:A_B",
-                    1..=3 => "dm:A_C",
-                    _ => "dm:B_C",
-                };
-                (room, ts)
-            })
+    fn keys(store: &Store) -> Vec<(String, u64)> {
+        exported(store)
+            .into_iter()
+            .map(|m| (m.room, m.ts))
             .collect()
     }
 
-    #[test]
-    fn every_step_of_a_pass_reads_the_same_and_the_pass_empties_recent() {
-        let (_dir, store) = tmp_store();
-        // Folded up to ts 1000, as after an earlier pass.
-        put_many_split(&store, &rows(), 1001);
-        let before = everything(&store);
-        let mut pass = FoldPass::start(&store).unwrap();
-        let mut steps = 0;
-        loop {
-            let done = pass.step(&store, STEP).unwrap().done;
-            steps += 1;
-            assert_eq!(everything(&store), before, "after step {steps}");
-            if done {
-                break;
-            }
-        }
-        assert_eq!(recent_len(&store), 0);
-        // 2000 to copy in rooms of 200, 600 and 1200, then 2000 to delete.
-        assert!((3..=6).contains(&steps), "{steps} steps");
-
-        // New messages during a pass stay in `recent`, above what it copies.
-        put_many_split(&store, &[("dm:A_B", 5000)], 0);
-        let mut pass = FoldPass::start(&store).unwrap();
-        put_many_split(&store, &[("dm:A_B", 5001)], 0);
-        while !pass.step(&store, STEP).unwrap().done {}
-        assert_eq!(recent_len(&store), 1);
-        assert_eq!(everything(&store).len(), 3002);
-    }
-
-    #[test]
-    fn a_room_may_skip_recent_once_a_pass_has_emptied_it() {
-        let (_dir, store) = tmp_store();
-        put_many_split(&store, &rows(), 1001);
-        let mut rooms = RecentRooms::load(&store).unwrap();
-        let busy = ["dm:A_B", "dm:new"].repeat(DIRECT_AT);
-        let direct = |rooms: &RecentRooms| {
-            let mut direct: Vec<_> = rooms.direct(busy.iter().copied()).into_iter().collect();
-            direct.sort();
-            direct
-        };
-        assert_eq!(direct(&rooms), ["dm:new"]);
-        // Too few of a room's messages in a commit to skip `recent`.
-        assert!(rooms.direct(busy[..DIRECT_AT].iter().copied()).is_empty());
-
-        let mut pass = FoldPass::start(&store).unwrap();
-        // Appended during the pass, so above what it copies: still waiting.
-        put_many_split(&store, &[("dm:A_C", 5000)], 0);
-        rooms.appended("dm:A_C", 5000);
-        while !pass.step(&store, STEP).unwrap().done {}
-        rooms.folded(pass.upto());
-        assert_eq!(direct(&rooms), ["dm:A_B", "dm:new"]);
-        let waiting = ["dm:A_C"; DIRECT_AT];
-        assert!(rooms.direct(waiting.iter().copied()).is_empty());
-    }
-
     const CRASH_DIR_ENV: &str = "CHATD_FOLD_CRASH_DIR";
-
-    // The last ts `room` has in `messages`.
-    fn folded_last(store: &Store, room: &str) -> Option<u64> {
-        let txn = store.db.begin_read().unwrap();
-        let messages = txn.open_table(MESSAGES).unwrap();
-        crate::store::read::folded_upto(&messages, room).unwrap()
-    }
 
     #[test]
     #[ignore = "helper: run by a_crash_loses_only_fold_steps_after_the_last_commit in a child process"]
@@ -316,14 +195,18 @@ mod tests {
             return;
         };
         let store = Store::open(std::path::Path::new(&dir)).unwrap();
-        put_many_split(&store, &rows(), 0);
-        let mut pass = FoldPass::start(&store).unwrap();
-        // Copies dm:A_B and dm:A_C; the commit after it makes that durable.
-        pass.step(&store, STEP).unwrap();
-        put_many_split(&store, &[("dm:A_B", 5000)], 0);
-        // Copies dm:B_C and deletes every copy: never followed by a commit.
-        while !pass.step(&store, STEP).unwrap().done {}
-        assert_eq!(recent_len(&store), 1);
+        fill(&store, 3000);
+        // Folds dm:A_B (bucket 0); the commit after it makes that durable.
+        while !fold_step(&store, 0, STEP).unwrap().bucket_empty {}
+        stage_all(
+            &store,
+            [Change::Message(msg("dm:A_B", "A", "B", "late", 9000))],
+        );
+        // Folds the other rooms: never followed by a commit.
+        for b in 0..BUCKETS {
+            while !fold_step(&store, b, STEP).unwrap().bucket_empty {}
+        }
+        assert_eq!(staged_len(&store), 0);
         // Exit runs no destructor: the file is left as a crash leaves it.
         std::process::exit(0);
     }
@@ -345,51 +228,38 @@ mod tests {
         assert!(status.success());
 
         let store = Store::open(dir.path()).unwrap();
-        // The steps after the last commit are gone, their messages still
-        // in `recent`; the step before it stayed.
-        assert_eq!(recent_len(&store), 3001);
-        assert_eq!(folded_last(&store, "dm:A_C"), Some(2993));
-        assert_eq!(folded_last(&store, "dm:B_C"), None);
-        // Every message reads once, in order, before and after another pass.
-        let mut want: Vec<(String, u64)> = rows().iter().map(|&(r, ts)| (r.into(), ts)).collect();
-        want.push(("dm:A_B".into(), 5000));
+        // dm:A_C and dm:B_C are staged again; dm:A_B stayed folded, but
+        // for the message committed after its fold.
+        assert_eq!(staged_len(&store), 2001);
+        let mut want: Vec<(String, u64)> = (0..3000)
+            .map(|i| (ROOMS[(i % 3) as usize].to_string(), 1000 + i))
+            .collect();
+        want.push(("dm:A_B".into(), 9000));
         want.sort();
-        let keys = |store: &Store| -> Vec<(String, u64)> {
-            everything(store)
-                .into_iter()
-                .map(|m| (m.room, m.ts))
-                .collect()
+        assert_eq!(keys(&store), want);
+        fold_all(&store);
+        assert_eq!(keys(&store), want);
+    }
+
+    #[test]
+    fn a_fold_drops_what_was_purged_while_it_waited() {
+        let (_dir, store) = tmp_store();
+        fill(&store, 30);
+        let purge = crate::store::change::PurgeCommand::Room {
+            room: "dm:A_B".into(),
+            before: Some(1015),
         };
-        assert_eq!(keys(&store), want);
-        let mut pass = FoldPass::start(&store).unwrap();
-        while !pass.step(&store, STEP).unwrap().done {}
-        assert_eq!(recent_len(&store), 0);
-        assert_eq!(keys(&store), want);
-    }
-
-    #[test]
-    fn a_pass_does_not_bring_back_what_was_purged_meanwhile() {
-        let (_dir, store) = tmp_store();
-        put_many_split(&store, &rows(), 0);
-        let mut pass = FoldPass::start(&store).unwrap();
-        store.purge_room("dm:B_C", None).unwrap();
-        while !pass.step(&store, STEP).unwrap().done {}
-        assert_eq!(store.rooms().unwrap(), ["dm:A_B", "dm:A_C"]);
-        assert_eq!(everything(&store).len(), 1200);
-    }
-
-    #[test]
-    fn a_pass_cut_short_leaves_copies_the_next_pass_repeats() {
-        let (_dir, store) = tmp_store();
-        put_many_split(&store, &rows(), 0);
-        let before = everything(&store);
-        let mut cut = FoldPass::start(&store).unwrap();
-        cut.step(&store, STEP).unwrap();
-        drop(cut);
-        assert_eq!(everything(&store), before);
-        let mut pass = FoldPass::start(&store).unwrap();
-        while !pass.step(&store, STEP).unwrap().done {}
-        assert_eq!(recent_len(&store), 0);
-        assert_eq!(everything(&store), before);
+        stage_all(&store, [Change::Purge(purge)]);
+        fold_all(&store);
+        let left: Vec<u64> = keys(&store)
+            .into_iter()
+            .filter(|(room, _)| room == "dm:A_B")
+            .map(|(_, ts)| ts)
+            .collect();
+        assert_eq!(left, [1015, 1018, 1021, 1024, 1027]);
+        // Counts stay exact after it: B has 5 unread from A.
+        let inbox = store.conversations("B", None, None, 10).unwrap();
+        let ab = inbox.iter().find(|c| c.room == "dm:A_B").unwrap();
+        assert_eq!(ab.unread, 5);
     }
 }

@@ -1,46 +1,65 @@
-//! Durable message storage on redb.
+//! Durable storage on redb: the ordered log of changes applied, and the
+//! reads the chat needs.
 //!
-//! One file, `<data_dir>/chatd.redb`, holds every room's history. Reads
-//! (`history`, `export_*`, `rooms`) run on any thread against MVCC
-//! snapshots; new messages are written only by the group-commit writer
-//! ([`Writer::spawn`]), which is what makes `ts` unique and increasing.
+//! One file, `<data_dir>/chatd.redb`, holds every room's history, the read
+//! cursors, the cids and the applied log position (schema 3, see
+//! `schema.rs`). Every change goes through the [`Applier`] (one thread,
+//! group commit), which applies [`Change`]s in log order by the rules of
+//! `apply.rs`; reads (`history`, `conversations`, `export_*`, `rooms`) run
+//! on any thread against MVCC snapshots. An older file is upgraded in
+//! place the first time it is opened (`upgrade.rs`).
 
 pub mod change;
+mod chunk;
+pub mod clock;
 mod error;
 mod fold;
-mod purge;
+#[doc(hidden)]
+pub mod fuzzing;
+mod inbox;
+#[cfg(test)]
+mod model;
 mod read;
 mod record;
+mod room;
 mod schema;
-mod writer;
+mod sweep;
+mod upgrade;
+
+mod applier;
+mod apply;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use redb::Database;
 
+pub use self::applier::{Applier, ApplierHandle, ApplierMode, MAX_BATCH};
+pub use self::apply::EID_WINDOW;
+pub use self::change::{
+    Applied, AppliedBatch, Change, NewMessage, NotApplied, Outcome, Pending, PurgeCommand, ReadMark,
+};
+pub use self::clock::{format_time, now_us, utc_offset_s};
 use self::error::DbContext;
 pub use self::error::StoreError;
+pub use self::inbox::Conversation;
 pub use self::read::{HistoryPage, HistoryQuery};
-pub use self::record::{RECORD_VERSION, Record, decode_record, encode_record};
 pub use self::schema::SCHEMA_VERSION;
-pub use self::writer::{
-    Committed, CommittedBatch, MAX_BATCH, Unstored, Writer, WriterHandle, now_us,
-};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE_NAME: &str = "chatd.redb";
 
-// redb's default cache may grow to 1 GiB; a chat server on a small VM should
-// not, and history reads are mostly of the recent tail anyway.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+// redb's cache may grow to this much. Reads are mostly of the recent tail
+// and of room states; what the server holds must not grow with the history.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A message as stored and as read back. `room` like "dm:Dummy-1_Dummy-2".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     /// Room id, e.g. `dm:Dummy-1_Dummy-2`.
     pub room: String,
-    /// Microseconds since the Unix epoch; unique, the history cursor.
+    /// Microseconds since the Unix epoch; unique and increasing within the
+    /// room, the history cursor.
     pub ts: u64,
     /// Socket id of the sending connection.
     pub id: String,
@@ -50,45 +69,52 @@ pub struct StoredMessage {
     pub to: String,
     /// Message text.
     pub text: String,
-    /// Formatted local time, as clients were sent it.
+    /// Formatted local time of acceptance, as clients were sent it.
     pub time: String,
-}
-
-impl StoredMessage {
-    /// Joins a key and its decoded record.
-    pub fn from_record(room: String, ts: u64, r: Record) -> Self {
-        StoredMessage {
-            room,
-            ts,
-            id: r.id,
-            from: r.from,
-            to: r.to,
-            text: r.text,
-            time: r.time,
-        }
-    }
-}
-
-/// What a session hands the writer; the writer assigns ts and time.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    /// Room id.
-    pub room: String,
-    /// Socket id of the sending connection.
-    pub id: String,
-    /// Sender.
-    pub from: String,
-    /// Recipient.
-    pub to: String,
-    /// Message text.
-    pub text: String,
 }
 
 /// A cheaply clonable handle on the open database.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<OpenDatabase>,
     path: Arc<PathBuf>,
+}
+
+/// The database, and the process's count of open ones: redb marks a file
+/// cleanly closed only when its `Database` is dropped, and a file that was
+/// not must be walked whole (checksums, allocator state) at its next open,
+/// which takes seconds for a large history. [`Store::wait_closed`] lets a
+/// process wait for that before it exits.
+struct OpenDatabase {
+    db: Database,
+    // Dropped after `db` (fields drop in order): counts the close.
+    _open: OpenCount,
+}
+
+impl std::ops::Deref for OpenDatabase {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+static OPEN: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+struct OpenCount;
+
+impl OpenCount {
+    fn new() -> OpenCount {
+        *OPEN.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        OpenCount
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        *OPEN.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        OPEN.1.notify_all();
+    }
 }
 
 // Manual impl: the database handle has nothing useful to print.
@@ -124,26 +150,67 @@ impl Store {
                 },
             })?;
         let txn = db.begin_write().ctx("starting schema check")?;
-        schema::check_or_init(&txn, &path)?;
+        if let schema::Found::Legacy(version) = schema::check_or_init(&txn, &path)? {
+            let started = std::time::Instant::now();
+            tracing::info!(path = %path.display(), version, "upgrading the store to schema {SCHEMA_VERSION}");
+            let upgraded = upgrade::from_legacy(&txn, version, &path)?;
+            tracing::info!(
+                messages = upgraded.messages,
+                rooms = upgraded.rooms,
+                literal_times = upgraded.literal_times,
+                secs = started.elapsed().as_secs_f64(),
+                "store upgraded"
+            );
+        }
         txn.commit().ctx("committing schema check")?;
         Ok(Store {
-            db: Arc::new(db),
+            db: Arc::new(OpenDatabase {
+                db,
+                _open: OpenCount::new(),
+            }),
             path: Arc::new(path),
         })
+    }
+
+    /// Waits (at most `timeout`) until every store this process opened is
+    /// closed, its last handle dropped (the applier's thread holds one until
+    /// its queue is drained and its last commit made): call it after
+    /// dropping everything that uses the store, before exiting, so the file
+    /// is marked cleanly closed. False if some store is still open.
+    pub fn wait_closed(timeout: std::time::Duration) -> bool {
+        let open = OPEN.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (open, _) = OPEN
+            .1
+            .wait_timeout_while(open, timeout, |open| *open > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *open == 0
     }
 
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Records the identity of the log this store follows (a cluster's
+    /// stream), so a node can refuse to apply another log on top of it.
+    pub fn set_log_id(&self, id: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().ctx("starting write")?;
+        txn.open_table(schema::STATE)
+            .ctx("opening state")?
+            .insert(schema::LOG_ID_KEY, id)
+            .ctx("writing log id")?;
+        txn.commit().ctx("committing log id")
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod testutil {
-    //! Helpers that write straight into the tables, so tests control ts exactly.
+    //! Helpers for tests that need a store with known contents.
 
-    use super::schema::{MESSAGES, META, RECENT, bucket};
-    use super::{Record, Store, encode_record};
+    use super::change::NewMessage;
+    use super::fold::fold_step;
+    use super::schema::{BUCKETS, STAGED};
+    use super::{Change, Store};
 
     /// A store in a fresh temporary directory (kept alive by the `TempDir`).
     pub fn tmp_store() -> (tempfile::TempDir, Store) {
@@ -152,77 +219,100 @@ pub(crate) mod testutil {
         (dir, store)
     }
 
-    /// The record `put` writes for `text`.
-    pub fn record(text: &str) -> Record {
-        Record {
-            id: "sock".into(),
-            from: "A".into(),
-            to: "B".into(),
+    /// A message from `from` to `to` accepted at `time_us` (UTC).
+    pub fn msg(room: &str, from: &str, to: &str, text: &str, time_us: u64) -> NewMessage {
+        NewMessage {
+            room: room.into(),
+            sid: "jxKCSoWK6t4p8vojAAAD".into(),
+            from: from.into(),
+            to: to.into(),
             text: text.into(),
-            time: "t".into(),
+            cid: None,
+            time_us,
+            utc_offset_s: 0,
+            eid: None,
         }
     }
 
-    /// Stores a message with an exact key.
+    /// Stores a message from A to B with exactly this `ts` (above the
+    /// room's newest), as the server would have.
     pub fn put(store: &Store, room: &str, ts: u64, text: &str) {
-        put_raw(store, room, ts, &encode_record(&record(text)).unwrap());
-    }
-
-    /// Stores arbitrary value bytes under a key.
-    pub fn put_raw(store: &Store, room: &str, ts: u64, bytes: &[u8]) {
-        let txn = store.db.begin_write().unwrap();
-        txn.open_table(MESSAGES)
-            .unwrap()
-            .insert((room, ts), bytes)
+        let outcome = store
+            .apply(Change::Message(msg(room, "A", "B", text, ts)))
             .unwrap();
-        txn.commit().unwrap();
+        assert!(
+            matches!(&outcome, super::Outcome::Stored(m) if m.ts == ts),
+            "{outcome:?}"
+        );
     }
 
-    /// Stores arbitrary value bytes in `recent` under `ts`, as the writer
-    /// does before a fold (keep its ts above every ts in `messages`).
-    pub fn put_recent_raw(store: &Store, room: &str, ts: u64, bytes: &[u8]) {
+    /// Applies `changes` in one transaction, as one group commit would
+    /// (a room with many messages in it skips `staged`).
+    pub fn apply_all(
+        store: &Store,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> Vec<super::Outcome> {
+        let batch: Vec<super::Pending<()>> = changes
+            .into_iter()
+            .map(|change| super::Pending {
+                seq: None,
+                change,
+                ticket: None,
+            })
+            .collect();
+        let committed = super::applier::commit(store, &batch).unwrap();
+        committed
+            .outcomes
+            .into_iter()
+            .filter_map(|(_, o)| o)
+            .collect()
+    }
+
+    /// Applies `changes` in one transaction, staging every message, as a
+    /// commit of live traffic does (one or two messages per room).
+    pub fn stage_all(
+        store: &Store,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> Vec<super::Outcome> {
         let txn = store.db.begin_write().unwrap();
-        txn.open_table(RECENT)
-            .unwrap()
-            .insert((bucket(room), ts), (room, bytes))
+        let mut batch = super::apply::Batch::begin(&txn).unwrap();
+        let outcomes = changes
+            .into_iter()
+            .map(|change| {
+                let seq = batch.position_of(None).unwrap().unwrap();
+                batch.apply(seq, &change).unwrap()
+            })
+            .collect();
+        batch.finish().unwrap();
+        txn.commit().unwrap();
+        outcomes
+    }
+
+    /// Every message, as `export_all` streams them.
+    pub fn exported(store: &Store) -> Vec<super::StoredMessage> {
+        let mut all = Vec::new();
+        store
+            .export_all::<super::StoreError>(|m| {
+                all.push(m.clone());
+                Ok(())
+            })
             .unwrap();
-        txn.commit().unwrap();
+        all
     }
 
-    /// Stores many `(room, ts)` messages (text "x") in one transaction:
-    /// those with ts >= `recent_from` in `recent`, the others in
-    /// `messages`, as if the last fold ended just before `recent_from`.
-    pub fn put_many_split(store: &Store, keys: &[(&str, u64)], recent_from: u64) {
-        let bytes = encode_record(&record("x")).unwrap();
-        let txn = store.db.begin_write().unwrap();
-        {
-            let mut folded = txn.open_table(MESSAGES).unwrap();
-            let mut recent = txn.open_table(RECENT).unwrap();
-            for &(room, ts) in keys {
-                if ts >= recent_from {
-                    recent
-                        .insert((bucket(room), ts), (room, bytes.as_slice()))
-                        .unwrap();
-                } else {
-                    folded.insert((room, ts), bytes.as_slice()).unwrap();
-                }
-            }
-        }
-        txn.commit().unwrap();
-    }
-
-    /// How many messages wait in `recent` for a fold.
-    pub fn recent_len(store: &Store) -> u64 {
+    /// How many messages wait in `staged`.
+    pub fn staged_len(store: &Store) -> u64 {
         use redb::{ReadableDatabase, ReadableTableMetadata};
         let txn = store.db.begin_read().unwrap();
-        txn.open_table(RECENT).unwrap().len().unwrap()
+        txn.open_table(STAGED).unwrap().len().unwrap()
     }
 
-    /// Overwrites a meta value.
-    pub fn set_meta(store: &Store, key: &str, value: u64) {
-        let txn = store.db.begin_write().unwrap();
-        txn.open_table(META).unwrap().insert(key, value).unwrap();
-        txn.commit().unwrap();
+    /// Folds everything staged into chunks, in small steps.
+    pub fn fold_all(store: &Store) {
+        for b in 0..BUCKETS {
+            while !fold_step(store, b, 100).unwrap().bucket_empty {}
+        }
+        assert_eq!(staged_len(store), 0);
     }
 }
 
@@ -233,7 +323,7 @@ mod tests {
 
     use redb::TableDefinition;
 
-    use super::schema::SCHEMA_VERSION_KEY;
+    use super::schema::{LEGACY_META, LEGACY_VERSION_KEY, SCHEMA_KEY, STATE, write_u64};
     use super::testutil::*;
     use super::*;
 
@@ -247,12 +337,20 @@ mod tests {
         drop(store);
         let store = Store::open(&data).unwrap();
         assert_eq!(store.rooms().unwrap(), vec!["r".to_string()]);
+        assert_eq!(store.applied_seq().unwrap(), 1);
     }
 
     #[test]
     fn newer_schema_is_refused() {
         let (dir, store) = tmp_store();
-        set_meta(&store, SCHEMA_VERSION_KEY, SCHEMA_VERSION + 1);
+        let txn = store.db.begin_write().unwrap();
+        write_u64(
+            &mut txn.open_table(STATE).unwrap(),
+            SCHEMA_KEY,
+            SCHEMA_VERSION + 1,
+        )
+        .unwrap();
+        txn.commit().unwrap();
         drop(store);
         match Store::open(dir.path()) {
             Err(StoreError::NewerSchema { found, supported }) => {
@@ -263,35 +361,44 @@ mod tests {
     }
 
     #[test]
-    fn version_1_file_is_upgraded_in_place() {
+    fn a_fresh_file_carries_the_marker_older_chatd_reads() {
+        // chatd 0.1 reads meta["schema_version"]: 3 makes it refuse the file.
         let (dir, store) = tmp_store();
-        put(&store, "r", 1, "x");
-        // What chatd 0.1 left: schema version 1 and no `recent` table.
-        let txn = store.db.begin_write().unwrap();
-        assert!(txn.delete_table(schema::RECENT).unwrap());
-        txn.commit().unwrap();
-        set_meta(&store, SCHEMA_VERSION_KEY, 1);
-        drop(store);
-
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(recent_len(&store), 0);
-        assert_eq!(store.rooms().unwrap(), ["r"]);
         drop(store);
         let db = redb::Database::open(dir.path().join(DB_FILE_NAME)).unwrap();
         let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-        let meta = txn.open_table(schema::META).unwrap();
-        let version = redb::ReadableTable::get(&meta, SCHEMA_VERSION_KEY).unwrap();
+        let meta = txn.open_table(LEGACY_META).unwrap();
+        let version = redb::ReadableTable::get(&meta, LEGACY_VERSION_KEY).unwrap();
         assert_eq!(version.map(|v| v.value()), Some(SCHEMA_VERSION));
     }
 
+    /// A redb file that some other program (or an old chatd) wrote with `fill`.
+    fn legacy_meta(version: u64) -> tempfile::TempDir {
+        foreign_db(|txn| {
+            txn.open_table(LEGACY_META)
+                .unwrap()
+                .insert(LEGACY_VERSION_KEY, version)
+                .unwrap();
+        })
+    }
+
     #[test]
-    fn version_0_is_refused() {
-        let (dir, store) = tmp_store();
-        set_meta(&store, SCHEMA_VERSION_KEY, 0);
-        drop(store);
+    fn legacy_versions_outside_the_upgrade_range_are_refused() {
+        let dir = legacy_meta(0);
         assert!(matches!(
             Store::open(dir.path()),
             Err(StoreError::OlderSchema { found: 0, .. })
+        ));
+        let dir = legacy_meta(SCHEMA_VERSION + 1);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::NewerSchema { .. })
+        ));
+        // The marker without the tables it marks.
+        let dir = legacy_meta(SCHEMA_VERSION);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::NotChatd { .. })
         ));
     }
 
@@ -318,15 +425,17 @@ mod tests {
     }
 
     #[test]
-    fn meta_table_of_another_type_is_not_chatd() {
-        let dir = foreign_db(|txn| {
-            let t: TableDefinition<u64, &str> = TableDefinition::new("meta");
-            txn.open_table(t).unwrap().insert(1, "x").unwrap();
-        });
-        assert!(matches!(
-            Store::open(dir.path()),
-            Err(StoreError::NotChatd { .. })
-        ));
+    fn meta_or_state_table_of_another_type_is_not_chatd() {
+        for name in ["meta", "state"] {
+            let dir = foreign_db(|txn| {
+                let t: TableDefinition<u64, u64> = TableDefinition::new(name);
+                txn.open_table(t).unwrap().insert(1, 2).unwrap();
+            });
+            assert!(
+                matches!(Store::open(dir.path()), Err(StoreError::NotChatd { .. })),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -1,22 +1,30 @@
-//! Read paths: history pages, streaming exports and the room list.
+//! Read paths: history pages, streaming exports, the room list, cursors.
 //!
 //! Each call reads one MVCC snapshot, so it never blocks (or is blocked by)
-//! the writer, and a page is consistent with itself. A room's history is
-//! its range of `messages` followed by its entries in `recent` above the
-//! last ts it has in `messages` (below it, `recent` holds copies a fold
-//! pass has made and not yet deleted, see `fold.rs`). They are found by
-//! scanning the room's bucket of `recent`, which the fold keeps small.
+//! the applier, and a page is consistent with itself and with the
+//! `applied_seq` it reports. A room's history is its chunks, oldest first,
+//! then its messages in `staged` (found by scanning the room's bucket from
+//! the position its state names, which folding keeps short). Messages below
+//! the room's purge floor are skipped: a sweep may not have deleted them yet.
+//!
+//! The helpers here work on any snapshot, the applier's write transaction
+//! included, so applying and reading decode messages with the same code.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
+use std::collections::BTreeMap;
 
-use redb::{AccessGuard, ReadOnlyTable, ReadableDatabase, ReadableTable, StorageError};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
 
+use super::chunk;
+use super::clock::format_time;
 use super::error::DbContext;
-use super::schema::{LAST_TS_KEY, MESSAGES, META, RECENT, RecentKey, bucket};
-use super::{Store, StoreError, StoredMessage, decode_record};
+use super::record::{self, Context, RecordRef, Stamp};
+use super::room::RoomState;
+use super::schema::{
+    APPLIED_SEQ_KEY, CHUNKS, LOG_ID_KEY, ROOM_IDS, ROOMS, STAGED, STATE, bucket, read_u64,
+};
+use super::{Store, StoreError, StoredMessage};
 
-/// A history page request; see [`Store::history`].
+/// A history page request; see [`Store::history_page`].
 #[derive(Debug, Clone, Default)]
 pub struct HistoryQuery {
     /// Exclusive upper bound on ts.
@@ -25,7 +33,7 @@ pub struct HistoryQuery {
     pub after: Option<u64>,
     /// Most messages to return (0 returns none).
     pub limit: usize,
-    /// Ignore messages newer than this (inclusive), for a consistent snapshot.
+    /// Ignore messages newer than this (inclusive).
     pub max_ts: Option<u64>,
 }
 
@@ -48,224 +56,447 @@ impl HistoryQuery {
 }
 
 /// A history page and the log position of the snapshot it was read from:
-/// every change up to `applied_seq` is in it, none after it.
+/// every change up to `applied_seq` is in it, none after.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryPage {
-    /// The messages, oldest first.
+    /// Oldest first.
     pub messages: Vec<StoredMessage>,
-    /// The snapshot's log position.
+    /// The last log position applied in the snapshot read.
     pub applied_seq: u64,
 }
 
-type KeyBounds<'a> = (Bound<(&'a str, u64)>, Bound<(&'a str, u64)>);
+/// The `chunks` table as any snapshot opens it.
+pub(crate) trait Chunks: ReadableTable<(u32, u64), &'static [u8]> {}
+impl<T: ReadableTable<(u32, u64), &'static [u8]>> Chunks for T {}
 
-type Entry<'a> = (
-    AccessGuard<'a, (&'static str, u64)>,
-    AccessGuard<'a, &'static [u8]>,
-);
+/// The `staged` table as any snapshot opens it.
+pub(crate) trait Staged: ReadableTable<(u8, u64), &'static [u8]> {}
+impl<T: ReadableTable<(u8, u64), &'static [u8]>> Staged for T {}
 
-type RecentTable = ReadOnlyTable<RecentKey, (&'static str, &'static [u8])>;
-
-// Decodes one `messages` entry.
-fn decode_entry(item: Result<Entry<'_>, StorageError>) -> Result<StoredMessage, StoreError> {
-    let (key, value) = item.ctx("reading messages")?;
-    let (room, ts) = key.value();
-    decode_message(room, ts, value.value())
-}
-
-// The last ts `room` has in `messages`: its `recent` entries up to there
-// are copies (see the module doc).
-pub(crate) fn folded_upto(
-    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
-    room: &str,
-) -> Result<Option<u64>, StoreError> {
-    let last = table
-        .range((room, 0)..=(room, u64::MAX))
-        .ctx("reading history")?
-        .next_back()
-        .transpose()
-        .ctx("reading history")?;
-    Ok(last.map(|(key, _)| key.value().1))
-}
-
-// A room's messages in `recent` with ts in `lo..=hi` and above `folded`,
-// oldest first; only the room's own records are decoded.
-fn recent_in_room<'t>(
-    recent: &'t RecentTable,
-    room: &'t str,
-    folded: Option<u64>,
-    lo: u64,
-    hi: u64,
-) -> Result<impl DoubleEndedIterator<Item = Result<StoredMessage, StoreError>> + 't, StoreError> {
-    let lo = match folded {
-        Some(upto) => lo.max(upto.saturating_add(1)),
-        None => lo,
+/// The state of room `id`, if it exists.
+pub(crate) fn room_state(
+    rooms: &impl ReadableTable<u32, &'static [u8]>,
+    id: u32,
+) -> Result<Option<RoomState>, StoreError> {
+    let Some(bytes) = rooms.get(id).ctx("reading room state")? else {
+        return Ok(None);
     };
-    let b = bucket(room);
-    // Above `folded`, lo may pass hi; the range stays well-formed and the
-    // filter drops the one entry it can then hold.
-    let range = recent
-        .range((b, lo)..=(b, hi.max(lo)))
-        .ctx("reading recent messages")?;
-    Ok(range.filter_map(move |item| {
-        let (key, value) = match item.ctx("reading recent messages") {
-            Ok(entry) => entry,
-            Err(e) => return Some(Err(e)),
-        };
-        let ((_, ts), (entry_room, bytes)) = (key.value(), value.value());
-        (entry_room == room && ts <= hi).then(|| decode_message(room, ts, bytes))
-    }))
+    RoomState::decode(bytes.value())
+        .map(Some)
+        .map_err(|reason| StoreError::Corrupt {
+            what: "room state",
+            reason: format!("room id {id}: {reason}"),
+        })
 }
 
-/// The ts of every entry in `recent`, by room, each room's in ts order:
-/// what an export or a fold pass walks, a few bytes per message rather
-/// than the messages themselves.
-pub(crate) fn recent_by_room(
-    recent: &impl ReadableTable<RecentKey, (&'static str, &'static [u8])>,
-) -> Result<BTreeMap<String, Vec<u64>>, StoreError> {
-    let mut rooms: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    // A room's messages are all in one bucket, so each list is in ts order.
-    for item in recent.iter().ctx("reading recent messages")? {
-        let (key, value) = item.ctx("reading recent messages")?;
-        let ((_, ts), (room, _)) = (key.value(), value.value());
-        match rooms.get_mut(room) {
-            Some(list) => list.push(ts),
-            None => {
-                rooms.insert(room.to_owned(), vec![ts]);
-            }
-        }
+/// The id of the room called `name`, if it exists.
+pub(crate) fn room_id(
+    ids: &impl ReadableTable<&'static [u8], u32>,
+    name: &str,
+) -> Result<Option<u32>, StoreError> {
+    Ok(ids
+        .get(name.as_bytes())
+        .ctx("reading room id")?
+        .map(|v| v.value()))
+}
+
+/// Splits a `staged` value into room id, ts and record bytes.
+pub(crate) fn staged_entry(bytes: &[u8]) -> Option<(u32, u64, &[u8])> {
+    let room = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+    let ts = u64::from_le_bytes(bytes.get(4..12)?.try_into().ok()?);
+    Some((room, ts, &bytes[12..]))
+}
+
+/// Decodes a staged record (encoded after its own ts).
+pub(crate) fn staged_record<'a>(
+    st: &RoomState,
+    ts: u64,
+    bytes: &'a [u8],
+) -> Result<RecordRef<'a>, StoreError> {
+    let mut input = bytes;
+    let decoded = record::decode(&mut input, Context { ts, offset_s: 0 });
+    match decoded {
+        Ok(r) if input.is_empty() && r.ts == ts => Ok(r),
+        Ok(_) => Err(corrupt(st, ts, "trailing bytes or a ts delta".into())),
+        Err(reason) => Err(corrupt(st, ts, reason)),
     }
-    Ok(rooms)
 }
 
-// Emits, and takes out of `newer`, the `recent` messages of every room
-// before `until` (of every room if None); in `folded`'s room only those
-// above its last ts in `messages`.
-fn emit_recent_before<E: From<StoreError>>(
-    recent: &RecentTable,
-    newer: &mut BTreeMap<String, Vec<u64>>,
-    until: Option<&str>,
-    folded: Option<&(String, u64)>,
-    emit: &mut impl FnMut(&StoredMessage) -> Result<(), E>,
-) -> Result<(), E> {
-    while let Some(entry) = newer.first_entry() {
-        if until.is_some_and(|room| entry.key().as_str() >= room) {
+/// Calls `f(seq, ts, record bytes)` for the room's messages in `staged`,
+/// oldest first, until it returns false.
+pub(crate) fn for_staged(
+    staged: &impl Staged,
+    st: &RoomState,
+    mut f: impl FnMut(u64, u64, &[u8]) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    if st.staged == [0, 0] {
+        return Ok(());
+    }
+    let b = bucket(st.id);
+    for item in staged
+        .range((b, st.staged_from)..=(b, u64::MAX))
+        .ctx("reading staged messages")?
+    {
+        let (key, value) = item.ctx("reading staged messages")?;
+        let Some((room, ts, bytes)) = staged_entry(value.value()) else {
+            return Err(StoreError::Corrupt {
+                what: "staged message",
+                reason: format!("seq {}: too short", key.value().1),
+            });
+        };
+        if room == st.id && !f(key.value().1, ts, bytes)? {
             break;
-        }
-        let floor = folded
-            .filter(|(room, _)| room == entry.key())
-            .map(|&(_, ts)| ts);
-        let (room, list) = entry.remove_entry();
-        let b = bucket(&room);
-        for ts in list {
-            if floor.is_some_and(|upto| ts <= upto) {
-                continue;
-            }
-            let value = recent.get((b, ts)).ctx("reading recent messages")?;
-            // Present: the index and this lookup read one snapshot.
-            if let Some(value) = value {
-                emit(&decode_message(&room, ts, value.value().1)?)?;
-            }
         }
     }
     Ok(())
 }
 
-// Decodes a record, naming its key if it is corrupt.
-fn decode_message(room: &str, ts: u64, bytes: &[u8]) -> Result<StoredMessage, StoreError> {
-    match decode_record(bytes) {
-        Ok(record) => Ok(StoredMessage::from_record(room.to_owned(), ts, record)),
-        Err(e) => Err(StoreError::CorruptMessage {
-            room: room.to_owned(),
-            ts,
-            reason: match e {
-                StoreError::BadRecord(reason) => reason,
-                other => other.to_string(),
-            },
-        }),
+/// Calls `f(record)` for the records of one chunk, oldest first, until it
+/// returns false.
+pub(crate) fn for_chunk_records(
+    st: &RoomState,
+    first_ts: u64,
+    bytes: &[u8],
+    mut f: impl FnMut(RecordRef<'_>) -> Result<bool, StoreError>,
+) -> Result<chunk::Header, StoreError> {
+    let (header, records) = chunk::open(first_ts, bytes).map_err(|e| corrupt(st, first_ts, e))?;
+    for r in records {
+        if !f(r.map_err(|e| corrupt(st, first_ts, e))?)? {
+            break;
+        }
+    }
+    Ok(header)
+}
+
+/// A stored message object from its room and record.
+pub(crate) fn message(st: &RoomState, r: &RecordRef<'_>) -> StoredMessage {
+    let (from, to) = match r.names {
+        Some((from, to)) => (from.to_owned(), to.to_owned()),
+        None => (st.users[r.side].clone(), st.users[1 - r.side].clone()),
+    };
+    StoredMessage {
+        room: st.name.clone(),
+        ts: r.ts,
+        id: r.sid.text(),
+        from,
+        to,
+        text: r.text.to_owned(),
+        time: match r.stamp {
+            Stamp::Literal(time) => time.to_owned(),
+            Stamp::Clock { delta_s, offset_s } => {
+                let time_s = (r.ts / 1_000_000).saturating_sub(delta_s);
+                format_time(time_s.saturating_mul(1_000_000), offset_s)
+            }
+        },
     }
 }
 
-/// The first room after `after` (or the first room at all), by byte order.
-pub(crate) fn next_room(
-    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
-    after: Option<&str>,
-) -> Result<Option<String>, StoreError> {
-    let entry = match after {
-        None => table.first().ctx("listing rooms")?,
-        Some(room) => {
-            let from: KeyBounds<'_> = (Bound::Excluded((room, u64::MAX)), Bound::Unbounded);
-            table
-                .range(from)
-                .ctx("listing rooms")?
-                .next()
-                .transpose()
-                .ctx("listing rooms")?
+fn corrupt(st: &RoomState, ts: u64, reason: String) -> StoreError {
+    StoreError::CorruptMessage {
+        room: st.name.clone(),
+        ts,
+        reason,
+    }
+}
+
+/// The room's message with this ts (not purged), if there is one. `seq`,
+/// when known, finds a staged message without a scan.
+pub(crate) fn find_message(
+    chunks: &impl Chunks,
+    staged: &impl Staged,
+    st: &RoomState,
+    ts: u64,
+    seq: Option<u64>,
+) -> Result<Option<StoredMessage>, StoreError> {
+    if ts < st.floor || !st.has_messages() || ts > st.newest_ts {
+        return Ok(None);
+    }
+    if let Some(seq) = seq
+        && let Some(value) = staged
+            .get((bucket(st.id), seq))
+            .ctx("reading staged message")?
+        && let Some((room, at, bytes)) = staged_entry(value.value())
+        && (room, at) == (st.id, ts)
+    {
+        return Ok(Some(message(st, &staged_record(st, ts, bytes)?)));
+    }
+    let mut found = None;
+    let chunk = chunks
+        .range((st.id, 0)..=(st.id, ts))
+        .ctx("reading chunks")?
+        .next_back()
+        .transpose()
+        .ctx("reading chunks")?;
+    if let Some((key, value)) = chunk {
+        for_chunk_records(st, key.value().1, value.value(), |r| {
+            if r.ts == ts {
+                found = Some(message(st, &r));
+            }
+            Ok(r.ts < ts)
+        })?;
+    }
+    if found.is_none() {
+        for_staged(staged, st, |_, at, bytes| {
+            if at == ts {
+                found = Some(message(st, &staged_record(st, ts, bytes)?));
+            }
+            Ok(at < ts)
+        })?;
+    }
+    Ok(found)
+}
+
+/// The room's newest message (not purged), if any.
+pub(crate) fn newest_message(
+    chunks: &impl Chunks,
+    staged: &impl Staged,
+    st: &RoomState,
+) -> Result<Option<StoredMessage>, StoreError> {
+    let seq = (st.staged != [0, 0]).then_some(st.newest_seq);
+    find_message(chunks, staged, st, st.newest_ts, seq)
+}
+
+/// Per side, how many of the room's messages (since it began) have a ts
+/// below `floor`, and the ts of its first message at or above it.
+/// Exact for any `floor` at or above the room's purge floor; below it, the
+/// counts are those at the purge floor.
+pub(crate) fn position(
+    chunks: &impl Chunks,
+    staged: &impl Staged,
+    st: &RoomState,
+    floor: u64,
+) -> Result<([u64; 2], Option<u64>), StoreError> {
+    if floor > st.newest_ts {
+        return Ok((st.count, None));
+    }
+    if floor <= st.floor {
+        return Ok((st.floor_count, st.has_messages().then_some(st.oldest_ts)));
+    }
+    // The last chunk starting below `floor`, and the one after it.
+    let below = chunks
+        .range((st.id, 0)..(st.id, floor))
+        .ctx("reading chunks")?
+        .next_back()
+        .transpose()
+        .ctx("reading chunks")?;
+    let mut counts = None;
+    let mut next = None;
+    if let Some((key, value)) = below {
+        let mut tally = [0u64; 2];
+        let header = for_chunk_records(st, key.value().1, value.value(), |r| {
+            if r.ts < floor {
+                tally[r.side] += 1;
+                return Ok(true);
+            }
+            next = Some(r.ts);
+            Ok(false)
+        })?;
+        counts = Some([header.before[0] + tally[0], header.before[1] + tally[1]]);
+    }
+    if next.is_none() {
+        let after = chunks
+            .range((st.id, floor)..=(st.id, u64::MAX))
+            .ctx("reading chunks")?
+            .next()
+            .transpose()
+            .ctx("reading chunks")?;
+        if let Some((key, value)) = after {
+            let first_ts = key.value().1;
+            let (header, _) =
+                chunk::open(first_ts, value.value()).map_err(|e| corrupt(st, first_ts, e))?;
+            // Everything before this chunk is below `floor`.
+            return Ok((header.before, Some(first_ts)));
         }
-    };
-    Ok(entry.map(|(k, _)| k.value().0.to_owned()))
+    }
+    if let (Some(counts), Some(_)) = (counts, next) {
+        return Ok((counts, next));
+    }
+    // Past the chunks: the messages before the staged ones, then those.
+    let mut counts = [st.count[0] - st.staged[0], st.count[1] - st.staged[1]];
+    for_staged(staged, st, |_, ts, bytes| {
+        if ts >= floor {
+            next = Some(ts);
+            return Ok(false);
+        }
+        counts[staged_record(st, ts, bytes)?.side] += 1;
+        Ok(true)
+    })?;
+    Ok((counts, next))
+}
+
+// The messages of a room with ts in `lo..=hi`, oldest first, to `f` until
+// it returns false.
+fn for_range(
+    chunks: &impl Chunks,
+    staged: &impl Staged,
+    st: &RoomState,
+    lo: u64,
+    hi: u64,
+    mut f: impl FnMut(&RecordRef<'_>) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let lo = lo.max(st.floor);
+    if lo > hi || !st.has_messages() {
+        return Ok(());
+    }
+    // Start in the chunk that holds `lo`.
+    let start = chunks
+        .range((st.id, 0)..=(st.id, lo))
+        .ctx("reading chunks")?
+        .next_back()
+        .transpose()
+        .ctx("reading chunks")?
+        .map_or(lo, |(key, _)| key.value().1);
+    let mut going = true;
+    for item in chunks
+        .range((st.id, start)..=(st.id, hi))
+        .ctx("reading chunks")?
+    {
+        let (key, value) = item.ctx("reading chunks")?;
+        for_chunk_records(st, key.value().1, value.value(), |r| {
+            if r.ts > hi {
+                going = false;
+            } else if r.ts >= lo {
+                going = f(&r)?;
+            }
+            Ok(going)
+        })?;
+        if !going {
+            return Ok(());
+        }
+    }
+    for_staged(staged, st, |_, ts, bytes| {
+        if ts > hi {
+            return Ok(false);
+        }
+        if ts < lo {
+            return Ok(true);
+        }
+        f(&staged_record(st, ts, bytes)?)
+    })
+}
+
+// The newest `limit` messages of a room with ts in `lo..=hi`, oldest first.
+fn newest_in_range(
+    chunks: &impl Chunks,
+    staged: &impl Staged,
+    st: &RoomState,
+    lo: u64,
+    hi: u64,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let lo = lo.max(st.floor);
+    let mut newest_first = Vec::new();
+    if lo > hi || !st.has_messages() {
+        return Ok(newest_first);
+    }
+    // Staged messages are the newest: take theirs first.
+    let mut staged_in_range = Vec::new();
+    for_staged(staged, st, |_, ts, bytes| {
+        if ts > hi {
+            return Ok(false);
+        }
+        if ts >= lo {
+            staged_in_range.push((ts, bytes.to_vec()));
+        }
+        Ok(true)
+    })?;
+    for (ts, bytes) in staged_in_range.iter().rev().take(limit) {
+        newest_first.push(message(st, &staged_record(st, *ts, bytes)?));
+    }
+    let mut page = Vec::new();
+    for item in chunks
+        .range((st.id, 0)..=(st.id, hi))
+        .ctx("reading chunks")?
+        .rev()
+    {
+        if newest_first.len() >= limit {
+            break;
+        }
+        let (key, value) = item.ctx("reading chunks")?;
+        let first_ts = key.value().1;
+        page.clear();
+        for_chunk_records(st, first_ts, value.value(), |r| {
+            if (lo..=hi).contains(&r.ts) {
+                page.push(message(st, &r));
+            }
+            Ok(r.ts <= hi)
+        })?;
+        let room_left = limit - newest_first.len();
+        newest_first.extend(page.drain(..).rev().take(room_left));
+        if first_ts <= lo {
+            break;
+        }
+    }
+    newest_first.reverse();
+    Ok(newest_first)
+}
+
+/// The tables a room read needs, opened on one snapshot.
+struct Snapshot {
+    txn: ReadTransaction,
+}
+
+impl Snapshot {
+    fn room(&self, name: &str) -> Result<Option<RoomState>, StoreError> {
+        let ids = self.txn.open_table(ROOM_IDS).ctx("opening room ids")?;
+        let Some(id) = room_id(&ids, name)? else {
+            return Ok(None);
+        };
+        let rooms = self.txn.open_table(ROOMS).ctx("opening rooms")?;
+        room_state(&rooms, id)
+    }
+
+    fn chunks(&self) -> Result<ReadOnlyTable<(u32, u64), &'static [u8]>, StoreError> {
+        self.txn.open_table(CHUNKS).ctx("opening chunks")
+    }
+
+    fn staged(&self) -> Result<ReadOnlyTable<(u8, u64), &'static [u8]>, StoreError> {
+        self.txn.open_table(STAGED).ctx("opening staged messages")
+    }
+
+    fn applied_seq(&self) -> Result<u64, StoreError> {
+        let state = self.txn.open_table(STATE).ctx("opening state")?;
+        Ok(read_u64(&state, APPLIED_SEQ_KEY)?.unwrap_or(0))
+    }
 }
 
 impl Store {
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot {
+            txn: self.db.begin_read().ctx("starting read transaction")?,
+        })
+    }
+
     /// History query, oldest first. `before`/`after` are exclusive bounds.
     /// Only `before`: the newest `limit` older than it; only `after`: the
     /// oldest `limit` newer than it; both: the oldest `limit` strictly
     /// between; neither: the newest `limit`. With `max_ts`, messages with
     /// ts > max_ts are ignored.
-    pub fn history(&self, room: &str, q: &HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
-        self.history_page(room, q).map(|page| page.messages)
-    }
-
-    /// [`Store::history`] with the log position of the snapshot it read.
     pub fn history_page(&self, room: &str, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
-        let txn = self.db.begin_read().ctx("starting read transaction")?;
-        let meta = txn.open_table(META).ctx("opening meta table")?;
-        // Today's ts is unique across rooms and increases in commit order:
-        // the highest one committed is the snapshot's log position.
-        let applied_seq = meta
-            .get(LAST_TS_KEY)
-            .ctx("reading last_ts")?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        let Some((lo, hi)) = q.inclusive_bounds() else {
-            return Ok(HistoryPage {
-                messages: Vec::new(),
-                applied_seq,
-            });
+        let snap = self.snapshot()?;
+        let applied_seq = snap.applied_seq()?;
+        let mut page = HistoryPage {
+            messages: Vec::new(),
+            applied_seq,
+        };
+        let (Some((lo, hi)), Some(st)) = (q.inclusive_bounds(), snap.room(room)?) else {
+            return Ok(page);
         };
         if q.limit == 0 {
-            return Ok(HistoryPage {
-                messages: Vec::new(),
-                applied_seq,
-            });
+            return Ok(page);
         }
-        let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
-        let recent = txn.open_table(RECENT).ctx("opening recent table")?;
-        let range = table
-            .range((room, lo)..=(room, hi))
-            .ctx("reading history")?;
-        let newer = recent_in_room(&recent, room, folded_upto(&table, room)?, lo, hi)?;
-        // Cap the up-front allocation: limit comes from a client.
-        let mut out = Vec::with_capacity(q.limit.min(256));
+        let (chunks, staged) = (snap.chunks()?, snap.staged()?);
         if q.after.is_some() {
-            for item in range.map(decode_entry).chain(newer).take(q.limit) {
-                out.push(item?);
-            }
+            // Capped: the limit comes from a client.
+            page.messages.reserve(q.limit.min(256));
+            for_range(&chunks, &staged, &st, lo, hi, |r| {
+                page.messages.push(message(&st, r));
+                Ok(page.messages.len() < q.limit)
+            })?;
         } else {
-            // Without a lower bound the page is the newest end: walk backwards.
-            for item in newer
-                .rev()
-                .chain(range.rev().map(decode_entry))
-                .take(q.limit)
-            {
-                out.push(item?);
-            }
-            out.reverse();
+            page.messages = newest_in_range(&chunks, &staged, &st, lo, hi, q.limit)?;
         }
-        Ok(HistoryPage {
-            messages: out,
-            applied_seq,
-        })
+        Ok(page)
     }
 
     /// Streams messages of one room (ts in `since..=until` when given),
@@ -278,157 +509,210 @@ impl Store {
         until: Option<u64>,
         mut f: impl FnMut(&StoredMessage) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let (lo, hi) = (since.unwrap_or(0), until.unwrap_or(u64::MAX));
-        if lo > hi {
+        let snap = self.snapshot()?;
+        let Some(st) = snap.room(room)? else {
             return Ok(0);
-        }
-        let txn = self.db.begin_read().ctx("starting read transaction")?;
-        let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
-        let recent = txn.open_table(RECENT).ctx("opening recent table")?;
-        let range = table.range((room, lo)..=(room, hi)).ctx("exporting room")?;
-        let newer = recent_in_room(&recent, room, folded_upto(&table, room)?, lo, hi)?;
-        let mut count = 0;
-        for item in range.map(decode_entry).chain(newer) {
-            f(&item?)?;
-            count += 1;
-        }
-        Ok(count)
-    }
-
-    /// Streams every message of every room (room order, then ts) to `f`.
-    pub fn export_all<E: From<StoreError>>(
-        &self,
-        mut f: impl FnMut(&StoredMessage) -> Result<(), E>,
-    ) -> Result<u64, E> {
-        let txn = self.db.begin_read().ctx("starting read transaction")?;
-        let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
-        let recent = txn.open_table(RECENT).ctx("opening recent table")?;
-        let mut newer = recent_by_room(&recent)?;
+        };
+        let (chunks, staged) = (snap.chunks()?, snap.staged()?);
+        let (lo, hi) = (since.unwrap_or(0), until.unwrap_or(u64::MAX));
         let mut count = 0;
         let mut emit = |m: &StoredMessage| -> Result<(), E> {
             f(m)?;
             count += 1;
             Ok(())
         };
-        // The room being read from `messages`, and its last ts so far.
-        let mut last: Option<(String, u64)> = None;
-        for item in table.iter().ctx("exporting all rooms")? {
-            let m = decode_entry(item)?;
-            match &mut last {
-                Some((room, ts)) if *room == m.room => *ts = m.ts,
-                _ => {
-                    // A new room: the rooms before it are complete in
-                    // `messages`, so their `recent` messages come now.
-                    emit_recent_before(
-                        &recent,
-                        &mut newer,
-                        Some(&m.room),
-                        last.as_ref(),
-                        &mut emit,
-                    )?;
-                    last = Some((m.room.clone(), m.ts));
-                }
-            }
-            emit(&m)?;
-        }
-        emit_recent_before(&recent, &mut newer, None, last.as_ref(), &mut emit)?;
+        export_one(&chunks, &staged, &st, lo, hi, None, &mut emit)?;
         Ok(count)
     }
 
-    /// The highest `ts` ever committed (0 for an empty store): every stored
-    /// message has a `ts` at or below it.
-    pub fn last_ts(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().ctx("starting read transaction")?;
-        let meta = txn.open_table(META).ctx("opening meta table")?;
-        let last = meta.get(LAST_TS_KEY).ctx("reading last_ts")?;
-        Ok(last.map(|v| v.value()).unwrap_or(0))
+    /// Streams every message of every room (rooms in byte order, each
+    /// oldest first) to `f`. Memory stays flat: one chunk at a time, and
+    /// the positions of what waits in `staged` (a bounded table).
+    pub fn export_all<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(&StoredMessage) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let snap = self.snapshot()?;
+        let (chunks, staged) = (snap.chunks()?, snap.staged()?);
+        // One pass over `staged` instead of one scan of a bucket per room.
+        let mut waiting: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for item in staged.iter().ctx("reading staged messages")? {
+            let (key, value) = item.ctx("reading staged messages")?;
+            if let Some((room, _, _)) = staged_entry(value.value()) {
+                waiting.entry(room).or_default().push(key.value().1);
+            }
+        }
+        let ids = snap.txn.open_table(ROOM_IDS).ctx("opening room ids")?;
+        let rooms = snap.txn.open_table(ROOMS).ctx("opening rooms")?;
+        let mut count = 0;
+        let mut emit = |m: &StoredMessage| -> Result<(), E> {
+            f(m)?;
+            count += 1;
+            Ok(())
+        };
+        for item in ids.iter().ctx("listing rooms")? {
+            let (_, id) = item.ctx("listing rooms")?;
+            let Some(st) = room_state(&rooms, id.value())? else {
+                continue;
+            };
+            let seqs = waiting.remove(&st.id).unwrap_or_default();
+            export_one(&chunks, &staged, &st, 0, u64::MAX, Some(&seqs), &mut emit)?;
+        }
+        Ok(count)
     }
 
     /// Names of rooms that have at least one message, in byte order.
     pub fn rooms(&self) -> Result<Vec<String>, StoreError> {
-        let txn = self.db.begin_read().ctx("starting read transaction")?;
-        let table = txn.open_table(MESSAGES).ctx("opening messages table")?;
-        let recent = txn.open_table(RECENT).ctx("opening recent table")?;
+        let snap = self.snapshot()?;
+        let ids = snap.txn.open_table(ROOM_IDS).ctx("opening room ids")?;
+        let rooms = snap.txn.open_table(ROOMS).ctx("opening rooms")?;
         let mut listed = Vec::new();
-        // One seek per room rather than a scan of every message.
-        while let Some(room) = next_room(&table, listed.last().map(String::as_str))? {
-            listed.push(room);
+        for item in ids.iter().ctx("listing rooms")? {
+            let (_, id) = item.ctx("listing rooms")?;
+            if let Some(st) = room_state(&rooms, id.value())?
+                && st.has_messages()
+            {
+                listed.push(st.name);
+            }
         }
-        let mut rooms: BTreeSet<String> = recent_by_room(&recent)?.into_keys().collect();
-        rooms.extend(listed);
-        Ok(rooms.into_iter().collect())
+        Ok(listed)
     }
+
+    /// `user`'s read cursor in `room`: the ts of the newest message read, 0
+    /// for none (or no such room).
+    pub fn read_cursor(&self, room: &str, user: &str) -> Result<u64, StoreError> {
+        let snap = self.snapshot()?;
+        Ok(snap
+            .room(room)?
+            .and_then(|st| Some(st.cursor[st.side_of(user)?]))
+            .unwrap_or(0))
+    }
+
+    /// The last log position applied (0 for none).
+    pub fn applied_seq(&self) -> Result<u64, StoreError> {
+        self.snapshot()?.applied_seq()
+    }
+
+    /// The identity of the log this store follows, as set by
+    /// [`Store::set_log_id`]; None until then.
+    pub fn log_id(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let snap = self.snapshot()?;
+        let state = snap.txn.open_table(STATE).ctx("opening state")?;
+        Ok(state
+            .get(LOG_ID_KEY)
+            .ctx("reading log id")?
+            .map(|v| v.value().to_vec()))
+    }
+}
+
+// One room's messages in `lo..=hi` to `emit`. `staged_seqs`, when given,
+// are where the room's staged messages are (export_all found them all at once).
+fn export_one<E: From<StoreError>>(
+    chunks: &impl Chunks,
+    staged: &impl Staged,
+    st: &RoomState,
+    lo: u64,
+    hi: u64,
+    staged_seqs: Option<&[u64]>,
+    emit: &mut impl FnMut(&StoredMessage) -> Result<(), E>,
+) -> Result<(), E> {
+    // With the staged positions known, the range walk need only do chunks.
+    let folded_only;
+    let walk = match staged_seqs {
+        Some(_) => {
+            folded_only = RoomState {
+                staged: [0, 0],
+                ..st.clone()
+            };
+            &folded_only
+        }
+        None => st,
+    };
+    let mut failed = None;
+    for_range(chunks, staged, walk, lo, hi, |r| {
+        match emit(&message(st, r)) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                failed = Some(e);
+                Ok(false)
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let b = bucket(st.id);
+    for &seq in staged_seqs.unwrap_or_default() {
+        let Some(value) = staged.get((b, seq)).ctx("reading staged messages")? else {
+            continue;
+        };
+        let Some((_, ts, bytes)) = staged_entry(value.value()) else {
+            continue;
+        };
+        if (lo.max(st.floor)..=hi).contains(&ts) {
+            emit(&message(st, &staged_record(st, ts, bytes)?))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::*;
     use super::*;
-    use crate::store::encode_record;
+    use crate::store::change::{Change, PurgeCommand};
+    use crate::store::fold::fold_step;
+    use crate::store::testutil::*;
 
     const ROOM: &str = "dm:A_B";
 
-    // Where the fixture's messages are, as the writer and fold passes leave
-    // them: from `recent_from` on in `recent`, before it in `messages`,
-    // and with `copies` also in `recent` (a pass copied, not yet deleted).
+    // Where the fixture's messages are when a test reads them.
     #[derive(Debug, Clone, Copy)]
-    struct Layout {
-        recent_from: u64,
-        copies: bool,
+    enum Layout {
+        Staged,
+        Folded,
+        // Folded up to ts 50, the rest staged.
+        Half,
+        // Half, plus a purge below ts 5 that no sweep has deleted yet.
+        Unswept,
     }
 
-    // All folded, folded up to ts 55, nothing folded, and copied up to 55
-    // but not yet deleted. Each read test runs on all four.
     const LAYOUTS: [Layout; 4] = [
-        Layout {
-            recent_from: u64::MAX,
-            copies: false,
-        },
-        Layout {
-            recent_from: 55,
-            copies: false,
-        },
-        Layout {
-            recent_from: 0,
-            copies: false,
-        },
-        Layout {
-            recent_from: 55,
-            copies: true,
-        },
+        Layout::Staged,
+        Layout::Folded,
+        Layout::Half,
+        Layout::Unswept,
     ];
 
-    fn put_at(store: &Store, room: &str, ts: u64, bytes: &[u8], layout: Layout) {
-        if ts >= layout.recent_from || layout.copies {
-            put_recent_raw(store, room, ts, bytes);
-        }
-        if ts < layout.recent_from {
-            put_raw(store, room, ts, bytes);
-        }
-    }
-
-    // ROOM holds ts 10, 20, ..., 100; neighbouring rooms must never leak in.
+    // ROOM holds ts 10, 20, ..., 100, with 19 other rooms around it (some
+    // in its bucket of `staged`), whose messages must never leak in.
     fn fixture(layout: Layout) -> (tempfile::TempDir, Store) {
         let (dir, store) = tmp_store();
-        // ts is unique across rooms, as the writer assigns it.
-        let others = (1..).zip(["dm:A_", "dm:A_B0", "dm:A_A"]);
-        let mut keys: Vec<(&str, u64)> = (10..=100).step_by(10).map(|ts| (ROOM, ts)).collect();
-        for (i, room) in others {
-            keys.extend([(room, 5 + i), (room, 55 + i), (room, 500 + i)]);
+        let others: Vec<String> = (0..19).map(|i| format!("dm:A_{i:02}")).collect();
+        let mut changes = Vec::new();
+        if matches!(layout, Layout::Unswept) {
+            changes.push(Change::Message(msg(ROOM, "A", "B", "purged", 1)));
         }
-        for (room, ts) in keys {
-            let text = if room == ROOM {
-                format!("m{ts}")
-            } else {
-                "x".into()
+        for ts in (10..=100).step_by(10) {
+            changes.push(Change::Message(msg(ROOM, "A", "B", &format!("m{ts}"), ts)));
+            for other in &others {
+                changes.push(Change::Message(msg(other, "A", "B", "x", ts + 1)));
+            }
+            if ts == 50 && !matches!(layout, Layout::Staged) {
+                stage_all(&store, changes.drain(..));
+                fold_all(&store);
+            }
+        }
+        stage_all(&store, changes);
+        if matches!(layout, Layout::Folded) {
+            fold_all(&store);
+        }
+        if matches!(layout, Layout::Unswept) {
+            // Purged through a batch: the sweep Store::apply would run does not.
+            let purge = PurgeCommand::Room {
+                room: ROOM.into(),
+                before: Some(5),
             };
-            put_at(
-                &store,
-                room,
-                ts,
-                &encode_record(&record(&text)).unwrap(),
-                layout,
-            );
+            stage_all(&store, [Change::Purge(purge)]);
         }
         (dir, store)
     }
@@ -446,44 +730,41 @@ mod tests {
             limit,
             max_ts,
         };
-        store
-            .history(ROOM, &q)
-            .unwrap()
-            .iter()
-            .map(|m| m.ts)
-            .collect()
+        let page = store.history_page(ROOM, &q).unwrap();
+        page.messages.iter().map(|m| m.ts).collect()
     }
 
     #[test]
     fn history_paging() {
         for layout in LAYOUTS {
             let (_dir, s) = fixture(layout);
+            let none: Vec<u64> = Vec::new();
             // neither: the newest `limit`
-            assert_eq!(ts(&s, None, None, 3, None), [80, 90, 100]);
+            assert_eq!(ts(&s, None, None, 3, None), [80, 90, 100], "{layout:?}");
             assert_eq!(ts(&s, None, None, 50, None).len(), 10);
             // only before: the newest `limit` older than it (exclusive)
             assert_eq!(ts(&s, Some(50), None, 2, None), [30, 40]);
             assert_eq!(ts(&s, Some(70), None, 3, None), [40, 50, 60]);
             assert_eq!(ts(&s, Some(50), None, 10, None), [10, 20, 30, 40]);
-            assert_eq!(ts(&s, Some(10), None, 10, None), Vec::<u64>::new());
+            assert_eq!(ts(&s, Some(10), None, 10, None), none);
             // only after: the oldest `limit` newer than it (exclusive)
             assert_eq!(ts(&s, None, Some(50), 2, None), [60, 70]);
-            assert_eq!(ts(&s, None, Some(0), 2, None), [10, 20]);
+            assert_eq!(ts(&s, None, Some(0), 2, None), [10, 20], "{layout:?}");
             assert_eq!(ts(&s, None, Some(30), 3, None), [40, 50, 60]);
-            assert_eq!(ts(&s, None, Some(100), 5, None), Vec::<u64>::new());
+            assert_eq!(ts(&s, None, Some(100), 5, None), none);
             // both: the oldest `limit` strictly between
             assert_eq!(ts(&s, Some(80), Some(20), 3, None), [30, 40, 50]);
-            assert_eq!(ts(&s, Some(30), Some(20), 3, None), Vec::<u64>::new());
-            assert_eq!(ts(&s, Some(20), Some(30), 3, None), Vec::<u64>::new());
+            assert_eq!(ts(&s, Some(30), Some(20), 3, None), none);
+            assert_eq!(ts(&s, Some(20), Some(30), 3, None), none);
             // max_ts hides newer messages (inclusive)
             assert_eq!(ts(&s, None, None, 2, Some(65)), [50, 60]);
             assert_eq!(ts(&s, None, None, 2, Some(60)), [50, 60]);
             assert_eq!(ts(&s, None, Some(40), 10, Some(65)), [50, 60]);
             assert_eq!(ts(&s, Some(90), None, 2, Some(45)), [30, 40]);
             // degenerate bounds
-            assert_eq!(ts(&s, None, None, 0, None), Vec::<u64>::new());
-            assert_eq!(ts(&s, Some(0), None, 5, None), Vec::<u64>::new());
-            assert_eq!(ts(&s, None, Some(u64::MAX), 5, None), Vec::<u64>::new());
+            assert_eq!(ts(&s, None, None, 0, None), none);
+            assert_eq!(ts(&s, Some(0), None, 5, None), none);
+            assert_eq!(ts(&s, None, Some(u64::MAX), 5, None), none);
         }
     }
 
@@ -495,12 +776,21 @@ mod tests {
                 limit: 1,
                 ..Default::default()
             };
-            let got = s.history(ROOM, &q).unwrap();
+            let page = s.history_page(ROOM, &q).unwrap();
             assert_eq!(
-                got,
-                [StoredMessage::from_record(ROOM.into(), 100, record("m100"))]
+                page.messages,
+                [StoredMessage {
+                    room: ROOM.into(),
+                    ts: 100,
+                    id: "jxKCSoWK6t4p8vojAAAD".into(),
+                    from: "A".into(),
+                    to: "B".into(),
+                    text: "m100".into(),
+                    time: "01/01/1970, 12:00:00 am".into(),
+                }]
             );
-            assert!(s.history("dm:X_Y", &q).unwrap().is_empty());
+            assert_eq!(page.applied_seq, s.applied_seq().unwrap());
+            assert!(s.history_page("dm:X_Y", &q).unwrap().messages.is_empty());
         }
     }
 
@@ -523,7 +813,7 @@ mod tests {
             let all = s
                 .export_room::<StoreError>(ROOM, None, None, |_| Ok(()))
                 .unwrap();
-            assert_eq!(all, 10);
+            assert_eq!(all, 10, "{layout:?}");
             assert_eq!(
                 s.export_room::<StoreError>(ROOM, Some(50), Some(40), |_| Ok(()))
                     .unwrap(),
@@ -544,11 +834,11 @@ mod tests {
     }
 
     #[test]
-    fn export_callback_error_stops_the_stream() {
+    fn an_export_callback_error_stops_the_stream() {
         for layout in LAYOUTS {
             let (_dir, s) = fixture(layout);
             let mut calls = 0;
-            let r = s.export_room(ROOM, None, None, |_| {
+            let r = s.export_all(|_| {
                 calls += 1;
                 if calls == 3 {
                     Err(StopOr::Stop)
@@ -562,7 +852,7 @@ mod tests {
     }
 
     #[test]
-    fn export_all_is_in_room_then_ts_order() {
+    fn export_all_is_rooms_in_byte_order_each_oldest_first() {
         for layout in LAYOUTS {
             let (_dir, s) = fixture(layout);
             let mut keys = Vec::new();
@@ -572,57 +862,85 @@ mod tests {
                     Ok(())
                 })
                 .unwrap();
-            assert_eq!(n, 19);
+            assert_eq!(n, 200, "{layout:?}");
             let mut sorted = keys.clone();
             sorted.sort();
             assert_eq!(keys, sorted);
-            assert_eq!(keys[0], ("dm:A_".into(), 6));
+            assert_eq!(keys[0], ("dm:A_00".into(), 11));
+            let rooms = s.rooms().unwrap();
+            assert_eq!(rooms.len(), 20);
+            assert!(rooms.is_sorted());
         }
     }
 
     #[test]
-    fn rooms_lists_each_room_once() {
-        for layout in LAYOUTS {
+    fn a_damaged_record_is_an_error_not_a_panic() {
+        for layout in [Layout::Staged, Layout::Folded] {
             let (_dir, s) = fixture(layout);
-            assert_eq!(s.rooms().unwrap(), ["dm:A_", "dm:A_A", "dm:A_B", "dm:A_B0"]);
-            let (_dir2, empty) = tmp_store();
-            assert!(empty.rooms().unwrap().is_empty());
-        }
-    }
-
-    #[test]
-    fn corrupt_record_is_an_error_not_a_panic() {
-        for layout in LAYOUTS {
-            let (_dir, s) = fixture(layout);
-            put_at(
-                &s,
-                ROOM,
-                55,
-                &[RECORD_VERSION_FOR_TEST, 0xFD, 0xFF, 0xFF],
-                layout,
-            );
+            // Flip bytes in the middle of the room's stored values.
+            let txn = s.db.begin_write().unwrap();
+            {
+                let mut staged = txn.open_table(STAGED).unwrap();
+                let mut chunks = txn.open_table(CHUNKS).unwrap();
+                let damage = |bytes: &[u8]| {
+                    let mut bytes = bytes.to_vec();
+                    let last = bytes.len() - 1;
+                    bytes[last - 2] = 0xff;
+                    bytes[last] = 0xff;
+                    bytes
+                };
+                let keys: Vec<_> = staged
+                    .iter()
+                    .unwrap()
+                    .map(|i| i.unwrap().0.value())
+                    .collect();
+                for key in keys {
+                    let value = damage(staged.get(key).unwrap().unwrap().value());
+                    staged.insert(key, value.as_slice()).unwrap();
+                }
+                let keys: Vec<_> = chunks
+                    .iter()
+                    .unwrap()
+                    .map(|i| i.unwrap().0.value())
+                    .collect();
+                for key in keys {
+                    let value = damage(chunks.get(key).unwrap().unwrap().value());
+                    chunks.insert(key, value.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
             let q = HistoryQuery {
                 limit: 50,
                 ..Default::default()
             };
-            match s.history(ROOM, &q) {
-                Err(StoreError::CorruptMessage { room, ts, .. }) => {
-                    assert_eq!((room.as_str(), ts), (ROOM, 55))
-                }
-                other => panic!("expected CorruptMessage, got {other:?}"),
-            }
-            // Pages that do not touch the bad record still work.
-            assert_eq!(ts(&s, None, None, 2, None), [90, 100]);
-            assert!(
-                s.export_room::<StoreError>(ROOM, None, None, |_| Ok(()))
-                    .is_err()
-            );
+            assert!(matches!(
+                s.history_page(ROOM, &q),
+                Err(StoreError::CorruptMessage { room, .. }) if room == ROOM
+            ));
             assert!(s.export_all::<StoreError>(|_| Ok(())).is_err());
-            // Purging removes it without decoding it.
-            assert_eq!(s.purge_room(ROOM, Some(56)).unwrap(), 6);
-            assert_eq!(ts(&s, None, None, 50, None), [60, 70, 80, 90, 100]);
+            // Purging it needs no decoding of what goes.
+            let purge = PurgeCommand::Room {
+                room: ROOM.into(),
+                before: None,
+            };
+            assert!(s.apply(Change::Purge(purge)).is_ok());
+            assert!(s.history_page(ROOM, &q).unwrap().messages.is_empty());
         }
     }
 
-    const RECORD_VERSION_FOR_TEST: u8 = super::super::RECORD_VERSION;
+    #[test]
+    fn a_fold_step_leaves_every_message_readable_once() {
+        let (_dir, s) = fixture(Layout::Staged);
+        let all = |s: &Store| -> Vec<(String, u64)> {
+            exported(s).into_iter().map(|m| (m.room, m.ts)).collect()
+        };
+        let before = all(&s);
+        for b in 0..crate::store::schema::BUCKETS {
+            while !fold_step(&s, b, 7).unwrap().bucket_empty {
+                assert_eq!(all(&s), before);
+                assert_eq!(ts(&s, None, None, 100, None).len(), 10);
+            }
+        }
+        assert_eq!(all(&s), before);
+    }
 }

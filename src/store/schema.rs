@@ -1,148 +1,245 @@
-//! Table layout and the schema-version check done at open.
+//! Table layout (schema 3) and the schema check done at open.
 //!
-//! `messages` is keyed by `(room, ts)` so one room's history is one
-//! contiguous, ts-ordered key range. New messages mostly go to `recent`
-//! first, keyed by ts within a few buckets of rooms, and are folded into
-//! `messages` in large batches (see `fold.rs`). A room's ts in `recent` are above its ts in `messages`
-//! (apart from copies a fold has not yet deleted): the writer assigns
-//! increasing ts, lets a room skip `recent` only while it has nothing
-//! there, and a fold moves a room whole, so a room's history is its
-//! `messages` range followed by its `recent` entries. `meta` holds small
-//! named counters.
+//! | table      | key                          | value                         |
+//! |------------|------------------------------|-------------------------------|
+//! | `state`    | name                         | `schema`, `applied_seq`, `next_room` (u64 LE), `log_id` |
+//! | `room_ids` | room name                    | room id (u32)                 |
+//! | `rooms`    | room id                      | [`RoomState`](super::room::RoomState) |
+//! | `chunks`   | (room id, first ts)          | a chunk of the room's messages (`chunk.rs`) |
+//! | `staged`   | (bucket of the room, seq)    | room id, ts, record: messages not yet in chunks |
+//! | `inbox`    | (user, MAX - last ts, room)  | (): each user's rooms, newest first |
+//! | `cids`     | (user, cid)                  | (room id, ts, seq) of the message |
+//! | `eids`     | entry id (cluster)           | (seq, room id, ts) it produced  |
+//! | `eid_log`  | seq                          | entry id: the eids to forget, oldest first |
+//! | `oldest`   | (oldest ts, room id)         | (): which rooms a purge of everything before a ts touches |
+//! | `sweep`    | room id                      | (): rooms whose purged messages are still on disk |
+//! | `meta`     | "schema_version" (`&str`)    | 3: what chatd 0.1 (schema 1 and 2) reads, so it refuses the file |
+//!
+//! No table of schema 3 has a `&str` in its types: redb decodes `&str`
+//! with `unwrap`, so a damaged page would panic the server; names are
+//! `&[u8]`, and every value the store decodes is validated. The one
+//! exception is the legacy `meta` marker, which this build writes once and
+//! reads only when the file has no `state` table (schema 1 or 2).
+//!
+//! A message is applied into `staged`, appended at the tail of one of
+//! [`BUCKETS`] ranges however many rooms a commit touches; between commits
+//! the applier folds a bucket at a time into `chunks` (`fold.rs`), so a
+//! room's history is its chunks followed by its staged messages.
 
 use std::path::Path;
 
-use redb::{ReadableTable, TableDefinition, TableError, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, TableError, TableHandle, WriteTransaction};
 
 use super::StoreError;
 use super::error::DbContext;
 
-/// Messages: `(room, ts)` -> record bytes (see `record.rs`).
-pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+/// Named values of the store (see the module doc).
+pub(crate) const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
+/// Room name → room id.
+pub(crate) const ROOM_IDS: TableDefinition<&[u8], u32> = TableDefinition::new("room_ids");
+/// Room id → encoded room state.
+pub(crate) const ROOMS: TableDefinition<u32, &[u8]> = TableDefinition::new("rooms");
+/// (room id, ts of the first message) → chunk.
+pub(crate) const CHUNKS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("chunks");
+/// (bucket, seq) → room id (u32 LE), ts (u64 LE), record.
+pub(crate) const STAGED: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("staged");
+/// (user, u64::MAX - ts of the room's newest message, room name) → ().
+pub(crate) const INBOX: TableDefinition<(&[u8], u64, &[u8]), ()> = TableDefinition::new("inbox");
+/// A `cids` key: (sender, cid).
+pub(crate) type CidKey = (&'static [u8], &'static [u8]);
 
-/// Messages not yet folded: `(bucket, ts)` -> `(room, record bytes)`.
-/// Appending by ts keeps a commit's writes on the last page of each of
-/// [`BUCKETS`] tails however many rooms the commit touches, and a reader
-/// looking for one room's messages scans only its room's bucket.
-pub(crate) const RECENT: TableDefinition<RecentKey, (&str, &[u8])> = TableDefinition::new("recent");
+/// A `cids` value: (room id, ts, seq) of the message that carries the cid.
+pub(crate) type CidValue = (u32, u64, u64);
 
-/// A `recent` key: the room's [`bucket`] and the message's ts.
-pub(crate) type RecentKey = (u8, u64);
+/// The `cids` table as a write transaction opens it.
+pub(crate) type CidTable<'t> = redb::Table<'t, CidKey, CidValue>;
 
-const BUCKET_BITS: u32 = 4;
+/// (sender, cid) → (room id, ts, seq) of the message that carries it.
+pub(crate) const CIDS: TableDefinition<CidKey, CidValue> = TableDefinition::new("cids");
+/// Entry id → (seq, room id, ts) of the message it produced.
+pub(crate) const EIDS: TableDefinition<[u8; 16], (u64, u32, u64)> = TableDefinition::new("eids");
+/// seq → entry id applied there, for pruning `eids` by log position.
+pub(crate) const EID_LOG: TableDefinition<u64, [u8; 16]> = TableDefinition::new("eid_log");
+/// (ts of the room's oldest stored message, room id) → ().
+pub(crate) const OLDEST: TableDefinition<(u64, u32), ()> = TableDefinition::new("oldest");
+/// Room id → (): purged messages still to delete from disk.
+pub(crate) const SWEEP: TableDefinition<u32, ()> = TableDefinition::new("sweep");
+/// Schema 1 and 2's named counters; now only the version marker.
+pub(crate) const LEGACY_META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// How many buckets `recent` is split into: a commit writes at most this
+/// `state` key of the schema version.
+pub(crate) const SCHEMA_KEY: &[u8] = b"schema";
+/// `state` key of the last applied log position.
+pub(crate) const APPLIED_SEQ_KEY: &[u8] = b"applied_seq";
+/// `state` key of the id the next new room gets.
+pub(crate) const NEXT_ROOM_KEY: &[u8] = b"next_room";
+/// `state` key of the identity of the log the store follows (cluster).
+pub(crate) const LOG_ID_KEY: &[u8] = b"log_id";
+/// `meta` key of the schema version (schema 1 and 2, and the marker).
+pub(crate) const LEGACY_VERSION_KEY: &str = "schema_version";
+
+/// How many ranges `staged` is split into: a commit writes at most this
 /// many tail pages, and a history read scans 1/BUCKETS of the table.
-pub(crate) const BUCKETS: u8 = 1 << BUCKET_BITS;
+pub(crate) const BUCKETS: u8 = 16;
 
-/// The bucket of a room's messages in `recent`. Part of the file format:
-/// FNV-1a, which never changes, rather than std's hasher, which may. Its
-/// top bits, since its low bits hardly mix similar names.
-pub(crate) fn bucket(room: &str) -> u8 {
-    let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    (hash >> (64 - BUCKET_BITS)) as u8
+/// The bucket of a room's messages in `staged`.
+pub(crate) fn bucket(room_id: u32) -> u8 {
+    (room_id % u32::from(BUCKETS)) as u8
 }
 
-/// Named u64 values: [`SCHEMA_VERSION_KEY`] and [`LAST_TS_KEY`].
-pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The schema version this build writes and reads. Version 3 (this one)
+/// keeps messages in chunks, with room states, read cursors, cids and the
+/// applied log position; versions 1 and 2 are upgraded in place when
+/// opened (`upgrade.rs`).
+pub const SCHEMA_VERSION: u64 = 3;
 
-/// Meta key of the schema version.
-pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";
+/// The oldest version this build upgrades from.
+pub(crate) const UPGRADES_FROM: u64 = 1;
 
-/// Meta key of the highest ts ever assigned; survives purges so ts never repeats.
-pub(crate) const LAST_TS_KEY: &str = "last_ts";
+/// What the schema check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// A schema 3 file (or a fresh one, now initialised).
+    Current,
+    /// A file of an older schema this build upgrades from.
+    Legacy(u64),
+}
 
-/// The schema version this build writes and reads. Version 2 added
-/// `recent`; a version 1 file is upgraded in place when opened (an older
-/// chatd then refuses it, rather than miss the messages in `recent`).
-pub const SCHEMA_VERSION: u64 = 2;
-
-// The oldest version this build upgrades from.
-const UPGRADES_FROM: u64 = 1;
-
-/// Checks (or, on a fresh file, writes) the schema version, upgrades a
-/// version 1 file, and makes sure every table exists so readers never see
-/// "table does not exist".
-pub(crate) fn check_or_init(txn: &WriteTransaction, path: &Path) -> Result<(), StoreError> {
+/// Checks the schema version (writing it into a fresh file); on success
+/// every schema 3 table exists, so readers never see "table does not
+/// exist". A legacy file is left for the caller to upgrade.
+pub(crate) fn check_or_init(txn: &WriteTransaction, path: &Path) -> Result<Found, StoreError> {
     let not_chatd = |reason: String| StoreError::NotChatd {
         path: path.to_owned(),
         reason,
     };
-    let had_tables = txn.list_tables().ctx("listing tables")?.next().is_some()
-        || txn
-            .list_multimap_tables()
-            .ctx("listing tables")?
-            .next()
-            .is_some();
-
-    let mut meta = match txn.open_table(META) {
-        Ok(t) => t,
-        // Someone else's table called "meta": not ours.
-        Err(e @ (TableError::TableTypeMismatch { .. } | TableError::TableIsMultimap(_))) => {
-            return Err(not_chatd(e.to_string()));
-        }
-        Err(e) => return Err(e).ctx("opening meta table"),
-    };
-    let found = meta
-        .get(SCHEMA_VERSION_KEY)
-        .ctx("reading schema version")?
-        .map(|v| v.value());
-    match found {
-        None if had_tables => return Err(not_chatd("no schema version record".into())),
-        None => {
-            meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
-                .ctx("writing schema version")?;
-        }
-        Some(v) if v > SCHEMA_VERSION => {
-            return Err(StoreError::NewerSchema {
-                found: v,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        Some(v) if (UPGRADES_FROM..SCHEMA_VERSION).contains(&v) => {
-            // Version 2 only added `recent`, which is created below.
-            meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
-                .ctx("writing schema version")?;
-        }
-        Some(v) if v < SCHEMA_VERSION => {
-            return Err(StoreError::OlderSchema {
-                found: v,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        Some(_) => {}
+    let mut names = Vec::new();
+    for table in txn.list_tables().ctx("listing tables")? {
+        names.push(table.name().to_owned());
     }
-    drop(meta);
-    let opened = txn
-        .open_table(MESSAGES)
-        .map(drop)
-        .and_then(|()| txn.open_table(RECENT).map(drop));
-    match opened {
-        Ok(()) => Ok(()),
+    let has_multimap = txn
+        .list_multimap_tables()
+        .ctx("listing tables")?
+        .next()
+        .is_some();
+    let has = |name: &str| names.iter().any(|n| n == name);
+    if has(STATE.name()) {
+        let version = read_u64(&open(txn, STATE, &not_chatd)?, SCHEMA_KEY)?;
+        match version {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::NewerSchema {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(StoreError::OlderSchema {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            None => return Err(not_chatd("no schema version in state".into())),
+        }
+    } else if has(LEGACY_META.name()) {
+        let meta = open(txn, LEGACY_META, &not_chatd)?;
+        let version = meta
+            .get(LEGACY_VERSION_KEY)
+            .ctx("reading schema version")?
+            .map(|v| v.value());
+        return match version {
+            None => Err(not_chatd("no schema version record".into())),
+            Some(v) if v > SCHEMA_VERSION => Err(StoreError::NewerSchema {
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(v) if (UPGRADES_FROM..SCHEMA_VERSION).contains(&v) => Ok(Found::Legacy(v)),
+            Some(v) if v < UPGRADES_FROM => Err(StoreError::OlderSchema {
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(_) => Err(not_chatd("schema 3 marker without a state table".into())),
+        };
+    } else if !names.is_empty() || has_multimap {
+        return Err(not_chatd("no schema version record".into()));
+    } else {
+        init(txn)?;
+    }
+    create_tables(txn, &not_chatd)?;
+    Ok(Found::Current)
+}
+
+/// Writes what a fresh schema 3 file starts with: the version in `state`
+/// and the legacy marker.
+pub(crate) fn init(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut state = txn.open_table(STATE).ctx("opening state table")?;
+    write_u64(&mut state, SCHEMA_KEY, SCHEMA_VERSION)?;
+    write_u64(&mut state, APPLIED_SEQ_KEY, 0)?;
+    write_u64(&mut state, NEXT_ROOM_KEY, 0)?;
+    let mut meta = txn.open_table(LEGACY_META).ctx("opening meta table")?;
+    meta.insert(LEGACY_VERSION_KEY, SCHEMA_VERSION)
+        .ctx("writing schema version")?;
+    Ok(())
+}
+
+/// Creates every schema 3 table that does not exist yet.
+pub(crate) fn create_tables(
+    txn: &WriteTransaction,
+    not_chatd: &impl Fn(String) -> StoreError,
+) -> Result<(), StoreError> {
+    open(txn, STATE, not_chatd)?;
+    open(txn, ROOM_IDS, not_chatd)?;
+    open(txn, ROOMS, not_chatd)?;
+    open(txn, CHUNKS, not_chatd)?;
+    open(txn, STAGED, not_chatd)?;
+    open(txn, INBOX, not_chatd)?;
+    open(txn, CIDS, not_chatd)?;
+    open(txn, EIDS, not_chatd)?;
+    open(txn, EID_LOG, not_chatd)?;
+    open(txn, OLDEST, not_chatd)?;
+    open(txn, SWEEP, not_chatd)?;
+    Ok(())
+}
+
+// Opens (creating) a table; one of another type or kind means the file is
+// not chatd's.
+fn open<'t, K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &'t WriteTransaction,
+    table: TableDefinition<K, V>,
+    not_chatd: &impl Fn(String) -> StoreError,
+) -> Result<redb::Table<'t, K, V>, StoreError> {
+    match txn.open_table(table) {
+        Ok(t) => Ok(t),
         Err(e @ (TableError::TableTypeMismatch { .. } | TableError::TableIsMultimap(_))) => {
             Err(not_chatd(e.to_string()))
         }
-        Err(e) => Err(e).ctx("opening message tables"),
+        Err(e) => Err(e).ctx("opening tables"),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Reads a u64 `state` value (absent: None).
+pub(crate) fn read_u64(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<u64>, StoreError> {
+    let Some(value) = table.get(key).ctx("reading state")? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 8] = value.value().try_into().map_err(|_| StoreError::Corrupt {
+        what: "state value",
+        reason: format!("{} bytes for a u64", value.value().len()),
+    })?;
+    Ok(Some(u64::from_le_bytes(bytes)))
+}
 
-    #[test]
-    fn buckets_are_fixed_and_spread_similar_room_names() {
-        // Stored on disk: these must never change.
-        assert_eq!(bucket("dm:Dummy-1_Dummy-2"), 8);
-        assert_eq!(bucket("dm:A_B"), 6);
-        assert_eq!(bucket(""), 12);
-        let mut counts = [0u32; BUCKETS as usize];
-        for i in 0..1600 {
-            counts[usize::from(bucket(&format!("dm:Dummy-{i}_Dummy-{}", i + 1)))] += 1;
-        }
-        // 100 each on average; a weak hash put everything in 4 buckets.
-        assert!(counts.iter().all(|&n| (50..200).contains(&n)), "{counts:?}");
-    }
+/// Writes a u64 `state` value.
+pub(crate) fn write_u64(
+    table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    key: &[u8],
+    value: u64,
+) -> Result<(), StoreError> {
+    table
+        .insert(key, value.to_le_bytes().as_slice())
+        .ctx("writing state")?;
+    Ok(())
 }

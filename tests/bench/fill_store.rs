@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     let store = Store::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
     let started = Instant::now();
-    let filled = runtime.block_on(fill(store, messages, rooms))?;
+    let filled = runtime.block_on(fill(store, messages, rooms, None))?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "filled {} with {} messages in {rooms} rooms in {secs:.1}s ({:.0} messages/s)",

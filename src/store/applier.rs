@@ -1,0 +1,880 @@
+//! The applier: one OS thread applies every change, in log order, with
+//! group commit.
+//!
+//! A redb commit with `Durability::Immediate` blocks on fsync, so it runs on
+//! a dedicated `std::thread` rather than a tokio worker. The thread takes
+//! every change queued while it committed the last batch (or, after the
+//! queue ran empty, the next change and whatever joins it within a gather
+//! window, `LINGER`) and applies them all in one transaction (`apply.rs`):
+//! under load many changes share one fsync; when idle, a lone change waits
+//! at most the gather window. The log position each change is applied at
+//! is committed with it, so replaying a log after a crash skips what is
+//! already in.
+//!
+//! Between commits, while nothing waits, the thread folds staged messages
+//! into chunks (`fold.rs`) once `staged` holds [`FOLD_AT`] messages or the
+//! queue has been idle for a while, and deletes what purges left behind
+//! (`sweep.rs`), a step at a time: a change waits behind one step, never
+//! behind a whole pass.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+
+use super::apply::Batch;
+use super::change::{Applied, AppliedBatch, NotApplied, Outcome, Pending};
+use super::error::DbContext;
+use super::fold::{FOLD_AT, STEP, fold_step};
+use super::schema::BUCKETS;
+use super::sweep::{pending as sweep_pending, sweep_step};
+use super::{Store, StoreError};
+use crate::metrics::METRICS;
+
+/// Most changes applied in one transaction; bounds a batch's latency.
+pub const MAX_BATCH: usize = 16384;
+
+/// How long a batch begun on an empty queue waits for more changes to join it.
+const LINGER: Duration = Duration::from_micros(1000);
+
+/// How long the queue must stay empty before staged messages are folded
+/// anyway (so an idle store settles into chunks).
+const IDLE_FOLD: Duration = Duration::from_millis(500);
+
+/// About how many purged messages one sweep step deletes.
+const SWEEP_STEP: usize = 4096;
+
+/// Longest wait between two attempts at a failing commit ([`ApplierMode::Retry`]).
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+// Applied batches waiting for their reader. Each holds up to MAX_BATCH
+// changes; when full, the applier waits, the queue fills, submit() waits.
+const OUTPUT_BATCHES: usize = 16;
+
+/// What the applier does with a batch whose commit failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplierMode {
+    /// Hand the changes back in the batch's `Err` (single node: their
+    /// senders are told `unavailable`; nothing was stored).
+    HandBack,
+    /// Try the same batch again, backing off, until it commits (cluster:
+    /// every entry of the replicated log must be applied). Changes that can
+    /// never apply (a gap in the log positions) are still handed back, as
+    /// is the batch when the queue has closed.
+    Retry,
+}
+
+/// Sends changes to the applier thread. Cheap to clone; the thread stops
+/// once every handle is dropped and the queue is drained.
+pub struct ApplierHandle<T> {
+    tx: mpsc::Sender<Pending<T>>,
+    healthy: Arc<AtomicBool>,
+}
+
+// Manual impl: deriving would needlessly require `T: Clone`.
+impl<T> Clone for ApplierHandle<T> {
+    fn clone(&self) -> Self {
+        ApplierHandle {
+            tx: self.tx.clone(),
+            healthy: self.healthy.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static> ApplierHandle<T> {
+    /// Queues a change; waits while the bounded queue is full
+    /// (backpressure). Gives it back if the applier has stopped.
+    pub async fn submit(&self, pending: Pending<T>) -> Result<(), Pending<T>> {
+        self.tx.send(pending).await.map_err(|e| e.0)
+    }
+
+    /// Whether the last commit succeeded (false while commits fail).
+    pub fn can_commit(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// A running applier: its input, its output, and its thread.
+///
+/// Graceful shutdown: drop every [`ApplierHandle`], then read `batches`
+/// until it yields `None` (the thread drops its sender only after
+/// committing the last queued change), or join `thread`.
+pub struct Applier<T> {
+    /// Where changes are submitted.
+    pub handle: ApplierHandle<T>,
+    /// Applied batches, in commit order; ends when the thread has finished.
+    pub batches: mpsc::Receiver<AppliedBatch<T>>,
+    /// The thread; it returns once all handles are gone and the queue is drained.
+    pub thread: JoinHandle<()>,
+}
+
+impl<T: Send + 'static> Applier<T> {
+    /// Starts the applier thread. `queue_len` (at least 1) bounds the
+    /// submit queue.
+    pub fn spawn(
+        store: Store,
+        queue_len: usize,
+        mode: ApplierMode,
+    ) -> Result<Applier<T>, StoreError> {
+        let background = Background::load(&store)?;
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(StoreError::Spawn)?;
+        let (tx, rx) = mpsc::channel(queue_len.max(1));
+        let (out_tx, out_rx) = mpsc::channel(OUTPUT_BATCHES);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let thread = {
+            let healthy = healthy.clone();
+            let worker = Worker {
+                store,
+                mode,
+                background,
+                healthy,
+                timer,
+            };
+            std::thread::Builder::new()
+                .name("chatd-applier".into())
+                .spawn(move || worker.run(rx, out_tx))
+                .map_err(StoreError::Spawn)?
+        };
+        Ok(Applier {
+            handle: ApplierHandle { tx, healthy },
+            batches: out_rx,
+            thread,
+        })
+    }
+}
+
+/// The thread's state.
+struct Worker {
+    store: Store,
+    mode: ApplierMode,
+    background: Background,
+    healthy: Arc<AtomicBool>,
+    // Waits for the queue with a timeout (tokio's blocking_recv has none).
+    timer: tokio::runtime::Runtime,
+}
+
+impl Worker {
+    // The thread body. Returns (dropping `out`) when the queue is closed and empty.
+    fn run<T>(mut self, mut rx: mpsc::Receiver<Pending<T>>, out: mpsc::Sender<AppliedBatch<T>>) {
+        let mut out_open = true;
+        loop {
+            // Background work goes on while no change waits.
+            while self.background.busy() && rx.is_empty() {
+                self.background.step(&self.store, 0);
+            }
+            let first = match rx.try_recv() {
+                Ok(first) => first,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let next = async { tokio::time::timeout(IDLE_FOLD, rx.recv()).await };
+                    match self.timer.block_on(next) {
+                        // A commit's fsync costs the same for one change as
+                        // for hundreds: give those already on their way a
+                        // moment to join the first.
+                        Ok(Some(first)) => {
+                            std::thread::sleep(LINGER);
+                            first
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            self.background.idle(&self.store);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mut batch = vec![first];
+            // Whatever queued up during the previous commit shares this one.
+            while batch.len() < MAX_BATCH {
+                let Ok(next) = rx.try_recv() else { break };
+                batch.push(next);
+            }
+            let count = batch.len();
+            let result = self.commit_batch(batch, &rx);
+            // Keep committing even if nobody listens: the changes are still
+            // applied, only their answers are lost.
+            if out_open && out.blocking_send(AppliedBatch { result }).is_err() {
+                tracing::warn!("applied-batch receiver dropped; answers are being discarded");
+                out_open = false;
+            }
+            // After the answers are on their way, so a step delays only
+            // changes still queued.
+            self.background.step(&self.store, count);
+        }
+        self.background.finish(&self.store);
+    }
+
+    // Applies a batch, retrying per the mode; the result for the output.
+    #[expect(
+        clippy::result_large_err,
+        reason = "called once per batch, and the Err carries the batch back by design"
+    )]
+    fn commit_batch<T>(
+        &mut self,
+        batch: Vec<Pending<T>>,
+        rx: &mpsc::Receiver<Pending<T>>,
+    ) -> Result<Vec<Applied<T>>, NotApplied<T>> {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let started = Instant::now();
+            match commit(&self.store, &batch) {
+                Ok(committed) => {
+                    METRICS.commit(batch.len(), started.elapsed());
+                    METRICS.set_recent(committed.staged);
+                    if !self.healthy.swap(true, Ordering::Relaxed) {
+                        tracing::info!("store commits again");
+                    }
+                    self.background.committed(&committed);
+                    return Ok(answers(batch, committed.outcomes));
+                }
+                Err(error) => {
+                    if self.healthy.swap(false, Ordering::Relaxed) {
+                        tracing::error!(%error, changes = batch.len(), "store commit failed");
+                    }
+                    let retry = self.mode == ApplierMode::Retry
+                        && !matches!(error, StoreError::LogGap { .. })
+                        && !rx.is_closed();
+                    if !retry {
+                        tracing::error!(%error, changes = batch.len(), "changes not applied");
+                        return Err((error, batch));
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}
+
+// Pairs each change with its outcome; changes applied before (a replay)
+// are answered only if they carry a ticket.
+fn answers<T>(batch: Vec<Pending<T>>, outcomes: Vec<(u64, Option<Outcome>)>) -> Vec<Applied<T>> {
+    batch
+        .into_iter()
+        .zip(outcomes)
+        .filter_map(|(pending, (seq, outcome))| match outcome {
+            Some(outcome) => Some(Applied {
+                seq,
+                outcome,
+                ticket: pending.ticket,
+            }),
+            None => pending.ticket.is_some().then_some(Applied {
+                seq,
+                outcome: Outcome::AlreadyApplied,
+                ticket: pending.ticket,
+            }),
+        })
+        .collect()
+}
+
+/// What a committed batch did: each change's log position and outcome
+/// (None: applied before), and how many messages are staged now.
+pub(crate) struct Committed {
+    /// Each change's log position and outcome.
+    pub outcomes: Vec<(u64, Option<Outcome>)>,
+    /// Messages in `staged` after the commit.
+    pub staged: u64,
+    /// Some purge removed messages.
+    pub purged: bool,
+}
+
+/// Applies `batch` in one durable transaction.
+pub(crate) fn commit<T>(store: &Store, batch: &[Pending<T>]) -> Result<Committed, StoreError> {
+    use redb::ReadableTableMetadata;
+    let txn = store.db.begin_write().ctx("starting a commit")?;
+    let mut applied = Batch::begin(&txn)?;
+    applied.expect(batch.iter().map(|pending| &pending.change));
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut purged = false;
+    for pending in batch {
+        match applied.position_of(pending.seq)? {
+            Some(seq) => {
+                let outcome = applied.apply(seq, &pending.change)?;
+                purged |= matches!(outcome, Outcome::Purged { count } if count > 0);
+                outcomes.push((seq, Some(outcome)));
+            }
+            None => outcomes.push((pending.seq.unwrap_or(0), None)),
+        }
+    }
+    let staged = applied.t.staged.len().ctx("counting staged messages")?;
+    applied.finish()?;
+    txn.commit().ctx("committing changes")?;
+    Ok(Committed {
+        outcomes,
+        staged,
+        purged,
+    })
+}
+
+/// The fold and sweep work between commits.
+struct Background {
+    // The bucket a fold pass is at, when one is under way.
+    folding: Option<u8>,
+    // Messages in `staged`.
+    staged: u64,
+    // Purged messages may be waiting for a sweep.
+    sweeping: bool,
+    // A step committed without fsync since the last durable commit.
+    unsynced: bool,
+}
+
+impl Background {
+    fn load(store: &Store) -> Result<Background, StoreError> {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let txn = store.db.begin_read().ctx("starting read transaction")?;
+        let staged = txn
+            .open_table(super::schema::STAGED)
+            .ctx("opening staged messages")?
+            .len()
+            .ctx("counting staged messages")?;
+        Ok(Background {
+            folding: None,
+            staged,
+            sweeping: sweep_pending(store)?,
+            unsynced: false,
+        })
+    }
+
+    fn busy(&self) -> bool {
+        self.folding.is_some() || self.sweeping
+    }
+
+    fn committed(&mut self, committed: &Committed) {
+        self.staged = committed.staged;
+        self.sweeping |= committed.purged;
+        self.unsynced = false;
+        if self.folding.is_none() && self.staged >= FOLD_AT {
+            self.folding = Some(0);
+        }
+    }
+
+    // Nothing has come for a while: fold whatever is staged.
+    fn idle(&mut self, store: &Store) {
+        if self.folding.is_none() && self.staged > 0 {
+            self.folding = Some(0);
+        }
+        if !self.busy() && self.unsynced {
+            // Make the last steps durable while there is time.
+            match make_durable(store) {
+                Ok(()) => self.unsynced = false,
+                Err(error) => tracing::warn!(%error, "syncing fold steps failed"),
+            }
+        }
+    }
+
+    // One step of whatever is under way, sized to keep up with the
+    // `committed` changes just applied. A failed step abandons its pass:
+    // nothing is lost, a later pass does the work again.
+    fn step(&mut self, store: &Store, committed: usize) {
+        if let Some(b) = self.folding {
+            match fold_step(store, b, STEP.max(2 * committed)) {
+                Ok(folded) => {
+                    self.unsynced = true;
+                    self.staged = folded.staged;
+                    METRICS.set_recent(folded.staged);
+                    if folded.bucket_empty {
+                        self.folding = (b + 1 < BUCKETS).then_some(b + 1);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, bucket = b, "folding staged messages failed");
+                    self.folding = None;
+                }
+            }
+        } else if self.sweeping {
+            match sweep_step(store, SWEEP_STEP) {
+                Ok(swept) => {
+                    self.unsynced = true;
+                    self.sweeping = !swept.done;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "deleting purged messages failed");
+                    self.sweeping = false;
+                }
+            }
+        }
+    }
+
+    // At exit: leave nothing non-durable behind.
+    fn finish(&mut self, store: &Store) {
+        if self.unsynced
+            && let Err(error) = make_durable(store)
+        {
+            tracing::warn!(%error, "syncing fold steps failed");
+        }
+    }
+}
+
+/// An empty durable commit: makes the non-durable steps before it durable.
+pub(crate) fn make_durable(store: &Store) -> Result<(), StoreError> {
+    store
+        .db
+        .begin_write()
+        .ctx("starting a sync")?
+        .commit()
+        .ctx("syncing")
+}
+
+impl Store {
+    /// Folds every staged message into chunks and deletes what purges left
+    /// behind, durably: what an idle applier does in the background, for
+    /// when none runs (benchmarks, tests, the offline commands).
+    pub fn settle(&self) -> Result<(), StoreError> {
+        for b in 0..BUCKETS {
+            while !fold_step(self, b, STEP)?.bucket_empty {}
+        }
+        while !sweep_step(self, SWEEP_STEP)?.done {}
+        make_durable(self)
+    }
+
+    /// Applies one change now, in its own durable transaction, at the next
+    /// log position, and for a purge deletes the purged messages before
+    /// returning: what the operator commands do when no server runs. Not
+    /// for use beside a running [`Applier`] of a cluster node, whose log
+    /// positions are the log's.
+    pub fn apply(&self, change: super::change::Change) -> Result<Outcome, StoreError> {
+        let pending = Pending::<()> {
+            seq: None,
+            change,
+            ticket: None,
+        };
+        let mut committed = commit(self, std::slice::from_ref(&pending))?;
+        let (_, outcome) = committed.outcomes.remove(0);
+        let outcome = outcome.expect("the next position is always applied");
+        if committed.purged {
+            while !sweep_step(self, SWEEP_STEP)?.done {}
+            make_durable(self)?;
+        }
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    use super::*;
+    use crate::store::change::{Change, NewMessage};
+    use crate::store::read::{room_id, room_state};
+    use crate::store::schema::{ROOM_IDS, ROOMS};
+    use crate::store::testutil::*;
+    use crate::store::{HistoryQuery, StoredMessage};
+
+    fn message(room: &str, i: usize) -> NewMessage {
+        msg(room, "A", "B", &format!("hello {i}"), 1_000 + i as u64)
+    }
+
+    fn pending(room: &str, i: usize) -> Pending<usize> {
+        Pending {
+            seq: None,
+            change: Change::Message(message(room, i)),
+            ticket: Some(i),
+        }
+    }
+
+    // Drains the output until the applier has finished.
+    async fn collect<T>(batches: &mut mpsc::Receiver<AppliedBatch<T>>) -> Vec<AppliedBatch<T>> {
+        let mut out = Vec::new();
+        while let Some(b) = batches.recv().await {
+            out.push(b);
+        }
+        out
+    }
+
+    fn stored(applied: Vec<Applied<usize>>) -> Vec<(StoredMessage, usize)> {
+        applied
+            .into_iter()
+            .map(|a| match (a.outcome, a.ticket) {
+                (Outcome::Stored(m), Some(t)) => (m, t),
+                other => panic!("expected a stored message with its ticket, got {other:?}"),
+            })
+            .collect()
+    }
+
+    // Sets a room's newest ts straight in its state.
+    fn set_newest(store: &Store, room: &str, newest: u64) {
+        let txn = store.db.begin_write().unwrap();
+        {
+            let ids = txn.open_table(ROOM_IDS).unwrap();
+            let id = room_id(&ids, room).unwrap().unwrap();
+            let mut rooms = txn.open_table(ROOMS).unwrap();
+            let mut st = room_state(&rooms, id).unwrap().unwrap();
+            st.newest_ts = newest;
+            rooms.insert(id, st.encode().as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn group_commit_applies_in_order_and_answers_each_ticket() {
+        let (_dir, store) = tmp_store();
+        let Applier {
+            handle,
+            mut batches,
+            thread,
+        } = Applier::<usize>::spawn(store.clone(), 2000, ApplierMode::HandBack).unwrap();
+        // Hold the write lock so the applier cannot commit while we queue:
+        // it takes at most one batch before blocking, the rest wait in the queue.
+        let blocker = store.db.begin_write().unwrap();
+        for i in 0..1000 {
+            let room = if i % 2 == 0 { "dm:A_B" } else { "dm:A_C" };
+            handle.submit(pending(room, i)).await.unwrap();
+        }
+        drop(blocker);
+        drop(handle);
+        let got = collect(&mut batches).await;
+        thread.join().unwrap();
+
+        assert!(got.len() <= 2, "1000 changes took {} commits", got.len());
+        let applied: Vec<Applied<usize>> = got
+            .into_iter()
+            .flat_map(|b| b.result.map_err(|(e, _)| e).unwrap())
+            .collect();
+        // Log positions in submit order.
+        assert!(applied.iter().map(|a| a.seq).eq(1..=1000));
+        let committed = stored(applied);
+        for (i, (m, ticket)) in committed.iter().enumerate() {
+            assert_eq!(*ticket, i);
+            assert_eq!(m.text, format!("hello {i}"));
+        }
+        // What was answered is what is stored.
+        let q = HistoryQuery {
+            limit: 1000,
+            ..Default::default()
+        };
+        let page = store.history_page("dm:A_B", &q).unwrap();
+        let answered: Vec<_> = committed
+            .iter()
+            .map(|(m, _)| m.clone())
+            .filter(|m| m.room == "dm:A_B")
+            .collect();
+        assert_eq!(page.messages, answered);
+        assert_eq!(page.applied_seq, 1000);
+    }
+
+    #[tokio::test]
+    async fn folds_keep_up_with_large_commits_and_nothing_is_lost() {
+        let (_dir, store) = tmp_store();
+        let Applier {
+            handle,
+            mut batches,
+            thread,
+        } = Applier::<usize>::spawn(store.clone(), 4096, ApplierMode::HandBack).unwrap();
+        let total = 3 * FOLD_AT as usize + 10;
+        for i in 0..total {
+            let room = ["dm:A_B", "dm:A_C", "dm:A_D"][i % 3];
+            handle.submit(pending(room, i)).await.unwrap();
+        }
+        drop(handle);
+        let answered: Vec<StoredMessage> = collect(&mut batches)
+            .await
+            .into_iter()
+            .flat_map(|b| stored(b.result.map_err(|(e, _)| e).unwrap()))
+            .map(|(m, _)| m)
+            .collect();
+        thread.join().unwrap();
+        assert_eq!(answered.len(), total);
+        // Had the folds fallen behind, `staged` would hold most of it.
+        let left = staged_len(&store);
+        assert!(left < 2 * FOLD_AT, "{left} messages left staged");
+        let q = HistoryQuery {
+            limit: total,
+            ..Default::default()
+        };
+        for room in ["dm:A_B", "dm:A_C", "dm:A_D"] {
+            let want: Vec<_> = answered
+                .iter()
+                .filter(|m| m.room == room)
+                .cloned()
+                .collect();
+            assert_eq!(
+                store.history_page(room, &q).unwrap().messages,
+                want,
+                "{room}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_applier_folds_what_is_staged() {
+        let (_dir, store) = tmp_store();
+        let mut applier =
+            Applier::<usize>::spawn(store.clone(), 16, ApplierMode::HandBack).unwrap();
+        // One message in each of ten rooms: too few each to skip `staged`.
+        for i in 0..10 {
+            applier
+                .handle
+                .submit(pending(&format!("dm:A_{i}"), i))
+                .await
+                .unwrap();
+        }
+        let mut answered = 0;
+        while answered < 10 {
+            answered += applier.batches.recv().await.unwrap().result.unwrap().len();
+        }
+        assert!(staged_len(&store) > 0);
+        // Wait for the idle fold, without sleeping blindly: poll with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while staged_len(&store) > 0 {
+            assert!(Instant::now() < deadline, "the idle applier never folded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let q = HistoryQuery {
+            limit: 100,
+            ..Default::default()
+        };
+        for i in 0..10 {
+            let room = format!("dm:A_{i}");
+            assert_eq!(store.history_page(&room, &q).unwrap().messages.len(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_hands_the_changes_back_and_the_applier_goes_on() {
+        let (_dir, store) = tmp_store();
+        put(&store, "dm:A_B", 5, "first");
+        // No ts can follow u64::MAX: the batch must fail, storing nothing.
+        set_newest(&store, "dm:A_B", u64::MAX);
+        let mut applier = Applier::<usize>::spawn(store.clone(), 4, ApplierMode::HandBack).unwrap();
+        applier.handle.submit(pending("dm:A_B", 1)).await.unwrap();
+        let Err((error, back)) = applier.batches.recv().await.unwrap().result else {
+            panic!("expected a failure")
+        };
+        assert!(matches!(error, StoreError::TsExhausted { .. }));
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].ticket, Some(1));
+        assert!(!applier.handle.can_commit());
+        assert_eq!(store.applied_seq().unwrap(), 1);
+
+        set_newest(&store, "dm:A_B", 5);
+        applier.handle.submit(pending("dm:A_B", 2)).await.unwrap();
+        let ok = stored(applier.batches.recv().await.unwrap().result.unwrap());
+        assert_eq!((ok[0].0.ts, ok[0].1), (1002, 2));
+        assert!(applier.handle.can_commit());
+    }
+
+    #[tokio::test]
+    async fn retry_mode_applies_the_batch_once_the_store_can_commit_again() {
+        let (_dir, store) = tmp_store();
+        put(&store, "dm:A_B", 5, "first");
+        set_newest(&store, "dm:A_B", u64::MAX);
+        let mut applier = Applier::<usize>::spawn(store.clone(), 4, ApplierMode::Retry).unwrap();
+        applier.handle.submit(pending("dm:A_B", 1)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while applier.handle.can_commit() {
+            assert!(Instant::now() < deadline, "the commit never failed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The disk is back: the same batch commits, nothing handed back.
+        set_newest(&store, "dm:A_B", 5);
+        let ok = stored(applier.batches.recv().await.unwrap().result.unwrap());
+        assert_eq!((ok[0].0.ts, ok[0].1), (1001, 1));
+        assert!(applier.handle.can_commit());
+    }
+
+    #[tokio::test]
+    async fn log_positions_from_the_log_skip_replays_and_refuse_gaps() {
+        let (_dir, store) = tmp_store();
+        let mut applier = Applier::<usize>::spawn(store.clone(), 16, ApplierMode::Retry).unwrap();
+        let at = |seq, i, ticket| Pending {
+            seq: Some(seq),
+            change: Change::Message(message("dm:A_B", i)),
+            ticket,
+        };
+        applier.handle.submit(at(1, 1, Some(1))).await.unwrap();
+        applier.handle.submit(at(2, 2, None)).await.unwrap();
+        let mut seqs = Vec::new();
+        while seqs.len() < 2 {
+            let batch = applier.batches.recv().await.unwrap().result.unwrap();
+            seqs.extend(batch.iter().map(|a| a.seq));
+        }
+        assert_eq!(seqs, [1, 2]);
+        // A replay: no output without a ticket, AlreadyApplied with one.
+        applier.handle.submit(at(1, 1, None)).await.unwrap();
+        applier.handle.submit(at(2, 2, Some(22))).await.unwrap();
+        let mut answers = Vec::new();
+        while answers.is_empty() {
+            answers = applier.batches.recv().await.unwrap().result.unwrap();
+        }
+        assert_eq!(answers.len(), 1);
+        assert!(matches!(
+            &answers[0],
+            Applied {
+                seq: 2,
+                outcome: Outcome::AlreadyApplied,
+                ticket: Some(22)
+            }
+        ));
+        // A gap is never retried: handed back at once.
+        applier.handle.submit(at(5, 5, Some(5))).await.unwrap();
+        let Err((StoreError::LogGap { applied: 2, got: 5 }, back)) =
+            applier.batches.recv().await.unwrap().result
+        else {
+            panic!("expected a log gap")
+        };
+        assert_eq!(back[0].ticket, Some(5));
+        assert_eq!(exported(&store).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_applier_drains_its_queue_and_exits_when_handles_are_dropped() {
+        let (dir, store) = tmp_store();
+        let Applier {
+            handle,
+            mut batches,
+            thread,
+        } = Applier::<usize>::spawn(store.clone(), 64, ApplierMode::HandBack).unwrap();
+        let second = handle.clone();
+        for i in 0..50 {
+            let h = if i % 2 == 0 { &handle } else { &second };
+            h.submit(pending("r", i)).await.unwrap();
+        }
+        drop(handle);
+        drop(second);
+        let n: usize = collect(&mut batches)
+            .await
+            .into_iter()
+            .map(|b| b.result.map_err(|(e, _)| e).unwrap().len())
+            .sum();
+        assert_eq!(n, 50);
+        thread.join().unwrap();
+        // The thread's Store clone is gone with it, so the file can be reopened.
+        drop(store);
+        Store::open(dir.path()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn submit_gives_the_change_back_when_the_applier_is_gone() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let dead = ApplierHandle::<usize> {
+            tx,
+            healthy: Arc::new(AtomicBool::new(true)),
+        };
+        let back = dead.submit(pending("r", 7)).await.unwrap_err();
+        assert_eq!(back.ticket, Some(7));
+    }
+
+    const CRASH_DIR_ENV: &str = "CHATD_APPLIER_CRASH_DIR";
+
+    #[test]
+    #[ignore = "helper: run by a_kill_loses_only_what_was_not_committed in a child process"]
+    fn apply_until_killed_child() {
+        let Ok(dir) = std::env::var(CRASH_DIR_ENV) else {
+            return;
+        };
+        let store = Store::open(std::path::Path::new(&dir)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut applier = Applier::<usize>::spawn(store, 256, ApplierMode::HandBack).unwrap();
+            let handle = applier.handle.clone();
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let room = ["dm:A_B", "dm:A_C", "dm:B_C", "dm:A_D", "dm:C_D"][i % 5];
+                    let mut m = message(room, i);
+                    m.cid = Some(format!("c{i}"));
+                    let p = Pending {
+                        seq: None,
+                        change: Change::Message(m),
+                        ticket: Some(i),
+                    };
+                    if handle.submit(p).await.is_err() {
+                        return;
+                    }
+                    // A pause long enough for the idle fold, once.
+                    if i == 3000 {
+                        tokio::time::sleep(IDLE_FOLD * 2).await;
+                    }
+                }
+            });
+            let mut out = std::io::stdout().lock();
+            while let Some(batch) = applier.batches.recv().await {
+                for a in batch.result.unwrap() {
+                    writeln!(out, "acked {}", a.ticket.unwrap()).unwrap();
+                }
+                out.flush().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn a_kill_loses_only_what_was_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "store::applier::tests::apply_until_killed_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_DIR_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut acked = 0usize;
+        for line in out.lines() {
+            let line = line.unwrap();
+            if let Some(i) = line.strip_prefix("acked ") {
+                acked = acked.max(i.parse::<usize>().unwrap() + 1);
+                // Past the idle fold, in the middle of committing.
+                if acked > 6000 {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(acked > 6000, "the child stopped early");
+
+        let store = Store::open(dir.path()).unwrap();
+        // What is stored is exactly the first `applied` messages, in order:
+        // every answered one, none of a commit the kill cut short.
+        let applied = store.applied_seq().unwrap() as usize;
+        assert!(applied >= acked, "{applied} applied, {acked} answered");
+        let mut all = Vec::new();
+        store
+            .export_all::<StoreError>(|m| {
+                all.push((m.room.clone(), m.text.clone()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(all.len(), applied);
+        let mut by_room: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (room, text) in all {
+            let i: usize = text.strip_prefix("hello ").unwrap().parse().unwrap();
+            by_room.entry(room).or_default().push(i);
+        }
+        for (room, got) in &by_room {
+            let k = ["dm:A_B", "dm:A_C", "dm:A_D", "dm:B_C", "dm:C_D"]
+                .iter()
+                .position(|r| r == room)
+                .unwrap();
+            let index = [0, 1, 3, 2, 4][k];
+            let want: Vec<usize> = (0..applied).filter(|i| i % 5 == index).collect();
+            assert_eq!(got, &want, "{room}");
+        }
+        // The cids came with them: a resend is a duplicate.
+        let mut again = message("dm:A_B", 0);
+        again.cid = Some("c0".into());
+        assert!(matches!(
+            store.apply(Change::Message(again)).unwrap(),
+            Outcome::Duplicate(_)
+        ));
+        // And a fold from here moves everything staged, losing nothing.
+        fold_all(&store);
+        assert_eq!(exported(&store).len(), applied);
+    }
+}
