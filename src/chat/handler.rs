@@ -80,6 +80,8 @@ impl<L: Log<Ticket>> Handler for Chat<L> {
         match event.name() {
             Some("chat message") => self.on_chat_message(session, socket, &event).await,
             Some("history") => self.on_history(session, socket, &event).await,
+            Some("conversations") => self.on_conversations(session, socket, &event).await,
+            Some("read") => self.on_read(session, socket, &event).await,
             Some("typing") => self.on_typing(session, &event),
             _ => {}
         }

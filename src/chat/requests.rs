@@ -1,4 +1,4 @@
-//! What a client asks for: `history` pages. Reads run on the blocking pool
+//! What a client asks for: `history` pages and the `conversations` inbox. Reads run on the blocking pool
 //! against a store snapshot, never holding up the log. Each connection may
 //! ask [`REQUEST_RATE`]: a store read and a page of up to 200 messages are
 //! the dearest thing a client can ask for, so one connection must not be
@@ -14,7 +14,7 @@ use super::room::dm_room;
 use super::service::{Chat, Ticket};
 use crate::log::Log;
 use crate::socketio::{Event, Socket};
-use crate::store::{HistoryPage, HistoryQuery, StoredMessage};
+use crate::store::{Conversation, HistoryPage, HistoryQuery, StoredMessage};
 
 /// Messages in the `history` sent on connect, and the default page.
 pub const HISTORY_PAGE: usize = 50;
@@ -48,6 +48,64 @@ impl<L: Log<Ticket>> Chat<L> {
         };
     }
 
+    /// `conversations {before?, beforeRoom?, limit?}`, answered by ack.
+    pub(super) async fn on_conversations(
+        &self,
+        session: &mut Session,
+        socket: &Socket,
+        event: &Event,
+    ) {
+        let Some(ack) = event.ack else { return };
+        if !session
+            .requests
+            .take(REQUEST_RATE, std::time::Instant::now())
+        {
+            socket.ack(ack, &json!({"ok": false, "error": TOO_MANY}));
+            return;
+        }
+        match self.conversations_request(session, event.args.get(1)).await {
+            Ok(list) => socket.ack(ack, &json!({"ok": true, "conversations": list})),
+            Err(error) => socket.ack(ack, &json!({"ok": false, "error": error})),
+        };
+    }
+
+    async fn conversations_request(
+        &self,
+        session: &Session,
+        payload: Option<&Value>,
+    ) -> Result<Vec<Value>, String> {
+        let empty = serde_json::Map::new();
+        let fields = match payload {
+            None | Some(Value::Null) => &empty,
+            Some(Value::Object(fields)) => fields,
+            Some(_) => return Err("conversations expects {before?, beforeRoom?, limit?}".into()),
+        };
+        let before = match fields.get("before") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(value.as_u64().ok_or("before must be a message ts")?),
+        };
+        let before_room = match fields.get("beforeRoom") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(room)) if room.len() <= 80 => Some(room.clone()),
+            Some(_) => return Err("beforeRoom must be a room id".into()),
+        };
+        let limit = page_limit(fields.get("limit"))?;
+        let store = self.store.clone();
+        let user = session.user.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            store.conversations(&user, before, before_room.as_deref(), limit)
+        })
+        .await;
+        match read {
+            Ok(Ok(list)) => Ok(list.iter().map(conversation_json).collect()),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "reading conversations failed");
+                Err("conversations are unavailable".into())
+            }
+            Err(_) => Err("conversations are unavailable".into()),
+        }
+    }
+
     async fn history_request(
         &self,
         session: &Session,
@@ -71,13 +129,7 @@ impl<L: Log<Ticket>> Chat<L> {
             Some(Value::String(peer)) if valid_user_name(peer) && **peer != *session.user => peer,
             Some(_) => return Err("invalid peer".into()),
         };
-        let limit = match fields.get("limit") {
-            None | Some(Value::Null) => HISTORY_PAGE,
-            Some(value) => match value.as_u64() {
-                Some(n) if n > 0 => (n as usize).min(HISTORY_MAX),
-                _ => return Err("limit must be a positive integer".into()),
-            },
-        };
+        let limit = page_limit(fields.get("limit"))?;
         let query = HistoryQuery {
             before: cursor("before")?,
             after: cursor("after")?,
@@ -106,6 +158,29 @@ impl<L: Log<Ticket>> Chat<L> {
             Err(_) => Err("history is unavailable".into()),
         }
     }
+}
+
+/// A request's `limit`: [`HISTORY_PAGE`] when absent, at most [`HISTORY_MAX`].
+fn page_limit(limit: Option<&Value>) -> Result<usize, String> {
+    match limit {
+        None | Some(Value::Null) => Ok(HISTORY_PAGE),
+        Some(value) => match value.as_u64() {
+            Some(n) if n > 0 => Ok((n as usize).min(HISTORY_MAX)),
+            _ => Err("limit must be a positive integer".into()),
+        },
+    }
+}
+
+/// A conversation as the JSON object clients receive.
+fn conversation_json(conversation: &Conversation) -> Value {
+    json!({
+        "roomId": conversation.room,
+        "peer": conversation.peer,
+        "last": view_json(&conversation.last),
+        "unread": conversation.unread,
+        "read": conversation.read,
+        "peerRead": conversation.peer_read,
+    })
 }
 
 /// A stored message as the JSON object clients receive.

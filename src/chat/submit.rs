@@ -7,7 +7,10 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use serde_json::Value;
+
 use super::handshake::Session;
+use super::names::valid_user_name;
 use super::room::dm_room;
 use super::service::{Chat, ClientTicket, Submitted, Ticket};
 use super::validate::validate;
@@ -15,7 +18,7 @@ use crate::log::Log;
 use crate::metrics::METRICS;
 use crate::refusal::RefusalReason;
 use crate::socketio::{Event, Socket};
-use crate::store::change::{Change, NewMessage, Outcome};
+use crate::store::change::{Change, NewMessage, Outcome, ReadMark};
 use crate::store::{now_us, utc_offset_s};
 
 impl<L: Log<Ticket>> Chat<L> {
@@ -59,6 +62,56 @@ impl<L: Log<Ticket>> Chat<L> {
             socket: socket.clone(),
             ack: event.ack,
             kind: Submitted::Message,
+            unacked,
+        });
+        if let Err((_, ticket)) = self.log.append(change, ticket).await {
+            self.in_flight.settle(1);
+            unavailable(ticket);
+        }
+    }
+}
+
+impl<L: Log<Ticket>> Chat<L> {
+    /// `read {peer?, ts}`: the user has read the room up to `ts`; appended
+    /// to the log, answered once applied (see `dispatch.rs`).
+    pub(super) async fn on_read(&self, session: &Session, socket: &Socket, event: &Event) {
+        let answer_error = |error: &str| {
+            if let Some(id) = event.ack {
+                socket.ack(id, &serde_json::json!({"ok": false, "error": error}));
+            }
+        };
+        let Some(Value::Object(fields)) = event.args.get(1) else {
+            return answer_error("read expects {peer?, ts}");
+        };
+        let Some(ts) = fields.get("ts").and_then(Value::as_u64) else {
+            return answer_error("ts must be a message ts");
+        };
+        let peer = match fields.get("peer") {
+            None | Some(Value::Null) => match &session.peer {
+                Some(peer) => &**peer,
+                None => return answer_error("no peer"),
+            },
+            Some(Value::String(peer)) if valid_user_name(peer) && **peer != *session.user => {
+                peer.as_str()
+            }
+            Some(_) => return answer_error("invalid peer"),
+        };
+        let Ok(unacked) = session.unacked.clone().acquire_owned().await else {
+            return answer_error("unavailable: try again");
+        };
+        if !self.in_flight.enter() {
+            return answer_error("unavailable: try again");
+        }
+        let change = Change::Read(ReadMark {
+            room: dm_room(&session.user, peer),
+            user: session.user.to_string(),
+            ts,
+        });
+        let ticket = Ticket::Client(ClientTicket {
+            sender: session.key,
+            socket: socket.clone(),
+            ack: event.ack,
+            kind: Submitted::Read,
             unacked,
         });
         if let Err((_, ticket)) = self.log.append(change, ticket).await {

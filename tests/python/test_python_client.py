@@ -4,7 +4,8 @@ Starts `chatd run` on fresh data directories (TLS with its generated
 certificate and auth on; once more with --no-tls), connects users with
 python-socketio's default transports (HTTP long-polling, then the upgrade to
 websocket) and polling alone, and checks messages, acks, delivery to the peer
-and a refusal. Prints `N passed, N failed`; exits non-zero on any failure.
+and a refusal, and the inbox: `conversations` with unread counts, `read`
+cursors and their events, a repeated `cid`. Prints `N passed, N failed`; exits non-zero on any failure.
 
 Which client where: python-socketio's threaded `socketio.Client` reads and
 writes one `ssl.SSLSocket` from two threads once it is on a websocket, which
@@ -120,7 +121,7 @@ class AsyncUser:
         context = ssl.create_default_context(cafile=server.ca)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
         self.client = socketio.AsyncClient(http_session=self.http, reconnection=False)
-        self.events = {name: asyncio.Queue() for name in ("online", "history", "chat message")}
+        self.events = {name: asyncio.Queue() for name in ("online", "history", "chat message", "read")}
         for name, q in self.events.items():
             self.client.on(name, lambda *args, q=q: q.put_nowait(args[0] if args else None))
 
@@ -165,6 +166,52 @@ async def chat_over_polling_then_websocket(server):
 
 def test_asyncio_client_chats_over_polling_then_wss(server):
     asyncio.run(chat_over_polling_then_websocket(server))
+
+
+# --- conversations and read cursors, with the asyncio client ---------------
+
+
+async def inbox_and_read_receipts(server):
+    """Dummy-5 writes to Dummy-6 twice; Dummy-6's inbox counts both unread;
+    reading the first one leaves one unread and tells Dummy-5."""
+    writer, reader = AsyncUser(server), AsyncUser(server)
+    room = "dm:Dummy-5_Dummy-6"
+    try:
+        await writer.client.connect(server.url, auth=server.auth("Dummy-5", "Dummy-6"), wait_timeout=TIMEOUT)
+        await reader.client.connect(server.url, auth=server.auth("Dummy-6", None), wait_timeout=TIMEOUT)
+        first = await writer.client.call("chat message", {"text": "first", "cid": "py-1"}, timeout=TIMEOUT)
+        second = await writer.client.call("chat message", "second", timeout=TIMEOUT)
+        assert first["ok"] and second["ok"], (first, second)
+        again = await writer.client.call("chat message", {"text": "first", "cid": "py-1"}, timeout=TIMEOUT)
+        assert again == {"ok": True, "message": first["message"], "duplicate": True}, again
+
+        inbox = await reader.client.call("conversations", {}, timeout=TIMEOUT)
+        assert inbox == {
+            "ok": True,
+            "conversations": [{
+                "roomId": room,
+                "peer": "Dummy-5",
+                "last": second["message"],
+                "unread": 2,
+                "read": 0,
+                "peerRead": second["message"]["ts"],
+            }],
+        }, inbox
+
+        ts = first["message"]["ts"]
+        assert await reader.client.call("read", {"peer": "Dummy-5", "ts": ts}, timeout=TIMEOUT) == {"ok": True, "read": ts}
+        assert await writer.next("read") == {"roomId": room, "user": "Dummy-6", "ts": ts}
+        inbox = await reader.client.call("conversations", {"limit": 1}, timeout=TIMEOUT)
+        assert [(c["unread"], c["read"]) for c in inbox["conversations"]] == [(1, ts)], inbox
+        bad = await reader.client.call("read", {"peer": "Dummy-5", "ts": "soon"}, timeout=TIMEOUT)
+        assert bad["ok"] is False and isinstance(bad["error"], str), bad
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+def test_asyncio_client_conversations_and_read(server):
+    asyncio.run(inbox_and_read_receipts(server))
 
 
 # --- the threaded client: polling over TLS, the upgrade over plain HTTP -------
@@ -221,6 +268,7 @@ def test_threaded_client_upgrades_on_plain_http(_server):
 def main():
     tests = [
         test_asyncio_client_chats_over_polling_then_wss,
+        test_asyncio_client_conversations_and_read,
         test_threaded_client_polling_only_over_tls,
         test_threaded_client_upgrades_on_plain_http,
     ]
