@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod datadir;
 pub mod duration;
 pub mod engineio;
+pub mod health;
 pub mod log;
 pub mod metrics;
 pub mod presence;

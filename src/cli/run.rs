@@ -298,7 +298,7 @@ impl RunCommand {
         Console::listening(port);
         let notifier = Arc::new(Notifier::from_env());
         notifier.ready();
-        notifier.spawn_watchdog();
+        notifier.spawn_watchdog(server.health.clone());
 
         let signal = loop {
             match signals.next().await {

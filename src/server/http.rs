@@ -70,7 +70,17 @@ async fn route<H: EngineHandler>(
 ) -> Answer {
     let path = request.uri().path();
     if path == "/healthz" {
-        return plain(StatusCode::OK, "ok\n");
+        return match server.health.status() {
+            Ok(()) => plain(StatusCode::OK, "ok\n"),
+            Err(reasons) => {
+                let mut answer = text(
+                    format!("unavailable: {reasons}\n"),
+                    "text/plain; charset=utf-8",
+                );
+                *answer.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                answer
+            }
+        };
     }
     let Some(mount) = server
         .paths

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engineio::{Engine, EngineConfig, EngineHandler};
+use crate::health::Health;
 use crate::metrics::{HandshakeRefusal, METRICS};
 use limits::{ConnectionLimits, Gate, Place};
 use proxy::TrustedProxies;
@@ -61,6 +62,8 @@ pub struct Server<H: EngineHandler> {
     pub handshake_timeout: Duration,
     /// Largest HTTP request head accepted, in bytes.
     pub max_header_bytes: usize,
+    /// What `/healthz` answers: 200 while no part of the node is failing.
+    pub health: Arc<Health>,
 }
 
 impl<H: EngineHandler> Server<H> {
@@ -85,6 +88,7 @@ impl<H: EngineHandler> Server<H> {
             trusted_proxies: TrustedProxies::default(),
             handshake_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
+            health: Arc::default(),
         }
     }
 

@@ -13,6 +13,8 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::health::Health;
+
 /// A connection to the service manager, or nothing when not run by one.
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
@@ -60,18 +62,31 @@ impl Notifier {
 
     /// Pings the service manager's watchdog every half `WATCHDOG_USEC` from a
     /// task on the runtime, so a wedged runtime stops the pings and systemd
-    /// restarts the service. Does nothing unless the watchdog is on for this
-    /// process.
-    pub fn spawn_watchdog(self: &Arc<Self>) {
+    /// restarts the service; so does a node that has been failing (see
+    /// [`Health`]) for longer than [`GIVE_UP_AFTER`] without recovering by
+    /// itself. Does nothing unless the watchdog is on for this process.
+    pub fn spawn_watchdog(self: &Arc<Self>, health: Arc<Health>) {
         let Some(period) = watchdog_period() else {
             return;
         };
         let notifier = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
+            let mut starved = false;
             loop {
                 tick.tick().await;
-                notifier.send("WATCHDOG=1");
+                let give_up = health.failing_for().is_some_and(|d| d > GIVE_UP_AFTER);
+                if give_up && !starved {
+                    tracing::error!(
+                        "failing for more than {} s without recovering: no more watchdog pings, \
+                         so the service manager restarts chatd",
+                        GIVE_UP_AFTER.as_secs()
+                    );
+                }
+                starved = give_up;
+                if !give_up {
+                    notifier.send("WATCHDOG=1");
+                }
             }
         });
     }
@@ -85,6 +100,10 @@ impl Notifier {
         }
     }
 }
+
+/// How long a failing node keeps feeding the watchdog while it tries to
+/// recover by itself.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 
 /// Half the watchdog timeout systemd set for this process, if any.
 fn watchdog_period() -> Option<Duration> {
