@@ -1,5 +1,5 @@
 //! What one client may ask of the server, with or without reconnecting:
-//! a user's message rate survives their disconnects, and a connection's
+//! a user's message rate and new-room rate survive their disconnects, and a connection's
 //! `history` requests are limited so a flood of them cannot hold up
 //! everyone else.
 
@@ -125,4 +125,49 @@ async fn a_history_flood_is_refused_and_a_bystander_is_not_held_up() {
         median < Duration::from_millis(20),
         "the bystander waited {median:?} (median) behind the flood"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_rooms_are_limited_per_user_and_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--rate-limit", "0", "--new-rooms-per-minute", "10"],
+    );
+    let client = within("connect", server.connect_plain("Opener", "Peer-0")).await;
+    let mut outcomes = Vec::new();
+    for i in 0..15 {
+        let answer = within("the ack", async {
+            client
+                .emit_with_ack(
+                    "chat message",
+                    json!({"text": "hi", "to": format!("Peer-{i}")}),
+                )
+                .await
+                .expect("sent")
+                .await
+                .expect("answered")
+        })
+        .await;
+        outcomes.push(answer[0]["ok"] == true || answer[0]["reason"] != "rate_limited");
+    }
+    assert_eq!(
+        outcomes.iter().filter(|ok| **ok).count(),
+        10,
+        "{outcomes:?}"
+    );
+    // Rooms that exist stay open, from any connection, reconnecting gains nothing.
+    client.disconnect().await.unwrap();
+    let again = within("connect", server.connect_plain("Opener", "Peer-3")).await;
+    assert_eq!(send(&again, "still open").await["ok"], true);
+    let answer = within("the ack", async {
+        again
+            .emit_with_ack("chat message", json!({"text": "hi", "to": "Peer-99"}))
+            .await
+            .expect("sent")
+            .await
+            .expect("answered")
+    })
+    .await;
+    assert_eq!(answer[0]["reason"], "rate_limited", "{answer:?}");
 }

@@ -76,6 +76,7 @@ mod tests {
             auth: None,
             max_message_bytes: 4096,
             rate: RateLimit::per_second(0),
+            new_rooms_per_minute: 0,
             console: false,
             unacked_per_connection: 4,
         };

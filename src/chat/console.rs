@@ -34,7 +34,7 @@ pub const EVENT_BURST: u32 = 100;
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
 const LIMIT: RateLimit = RateLimit {
-    rate: EVENTS_PER_SECOND,
+    rate: EVENTS_PER_SECOND as f64,
     burst: EVENT_BURST,
 };
 

@@ -33,7 +33,13 @@ pub struct Session {
     pub unacked: Arc<Semaphore>,
     /// The connection's budget of `history` and `conversations` requests.
     pub requests: TokenBucket,
+    /// Rooms this connection has found to exist (or created): a message to
+    /// one of them needs no new-room check. At most [`KNOWN_ROOMS`].
+    pub known_rooms: Vec<Arc<str>>,
 }
+
+/// How many rooms a connection remembers as known.
+pub const KNOWN_ROOMS: usize = 16;
 
 /// What a handshake asks for, read from the auth payload and the query.
 pub struct Handshake {
@@ -109,6 +115,7 @@ impl Session {
             since,
             unacked: Arc::new(Semaphore::new(unacked.max(1))),
             requests: TokenBucket::new(REQUEST_RATE, std::time::Instant::now()),
+            known_rooms: Vec::new(),
         }
     }
 }

@@ -12,11 +12,11 @@ pub struct TokenBucket {
     updated: Instant,
 }
 
-/// The limit a bucket enforces; `rate == 0` turns limiting off.
+/// The limit a bucket enforces; a rate of 0 turns limiting off.
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimit {
-    /// Messages per second, sustained.
-    pub rate: u32,
+    /// Tokens per second, sustained.
+    pub rate: f64,
     /// The most messages accepted at once after a quiet spell.
     pub burst: u32,
 }
@@ -26,8 +26,16 @@ impl RateLimit {
     /// keeps the same five-second burst.
     pub fn per_second(rate: u32) -> Self {
         RateLimit {
-            rate,
+            rate: f64::from(rate),
             burst: rate.saturating_mul(5),
+        }
+    }
+
+    /// `count` a minute, in bursts of up to `count`.
+    pub const fn per_minute(count: u32) -> Self {
+        RateLimit {
+            rate: count as f64 / 60.0,
+            burst: count,
         }
     }
 }
@@ -43,7 +51,7 @@ impl TokenBucket {
 
     /// Takes one token if there is one.
     pub fn take(&mut self, limit: RateLimit, now: Instant) -> bool {
-        if limit.rate == 0 {
+        if limit.rate <= 0.0 {
             return true;
         }
         self.tokens = self.tokens_at(limit, now);
@@ -63,7 +71,7 @@ impl TokenBucket {
 
     fn tokens_at(&self, limit: RateLimit, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        (self.tokens + elapsed * f64::from(limit.rate)).min(f64::from(limit.burst))
+        (self.tokens + elapsed * limit.rate).min(f64::from(limit.burst))
     }
 }
 
@@ -101,7 +109,7 @@ impl RateBuckets {
 
     /// Takes one token from `user`'s bucket if there is one.
     pub fn take(&self, user: &str, now: Instant) -> bool {
-        if self.limit.rate == 0 {
+        if self.limit.rate <= 0.0 {
             return true;
         }
         let mut state = self

@@ -24,7 +24,7 @@ pub const HISTORY_MAX: usize = 200;
 /// `history` and `conversations` requests per second per connection,
 /// sustained, in bursts of up to 20; past it they are refused.
 pub const REQUEST_RATE: RateLimit = RateLimit {
-    rate: 10,
+    rate: 10.0,
     burst: 20,
 };
 

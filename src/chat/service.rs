@@ -33,6 +33,9 @@ pub struct ChatConfig {
     pub max_message_bytes: usize,
     /// Per-user message rate.
     pub rate: RateLimit,
+    /// New rooms (a first message to someone) one user may open a minute,
+    /// in bursts of as many; 0 turns the limit off.
+    pub new_rooms_per_minute: u32,
     /// Whether to print the console lines.
     pub console: bool,
     /// Changes one connection may have waiting for their commit. Past it
@@ -83,6 +86,7 @@ pub struct Chat<L> {
     pub(super) config: ChatConfig,
     pub(super) rates: RateBuckets,
     pub(super) typing_rates: RateBuckets,
+    pub(super) new_room_rates: RateBuckets,
     pub(super) typists: Typists,
     pub(super) in_flight: InFlight,
     pub(super) console: Option<Arc<Console>>,
@@ -121,6 +125,7 @@ impl<L: Log<Ticket>> Chat<L> {
             store,
             rates: RateBuckets::new(config.rate),
             typing_rates: RateBuckets::new(TYPING_RATE),
+            new_room_rates: RateBuckets::new(RateLimit::per_minute(config.new_rooms_per_minute)),
             typists: Typists::default(),
             config,
             in_flight: InFlight::default(),

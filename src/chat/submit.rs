@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use serde_json::Value;
 
-use super::handshake::Session;
+use super::handshake::{KNOWN_ROOMS, Session};
 use super::names::valid_user_name;
 use super::room::dm_room;
 use super::service::{Chat, ClientTicket, Submitted, Ticket};
@@ -24,18 +24,28 @@ use crate::store::{now_us, utc_offset_s};
 impl<L: Log<Ticket>> Chat<L> {
     /// `chat message`: checked, then appended; refused at once if it fails
     /// a rule or the log cannot take it.
-    pub(super) async fn on_chat_message(&self, session: &Session, socket: &Socket, event: &Event) {
+    pub(super) async fn on_chat_message(
+        &self,
+        session: &mut Session,
+        socket: &Socket,
+        event: &Event,
+    ) {
+        let peer = session.peer.clone();
         let draft = match validate(
             event.args.get(1),
             !event.attachments.is_empty(),
             &session.user,
-            session.peer.as_deref(),
+            peer.as_deref(),
             self.config.max_message_bytes,
         ) {
             Ok(draft) => draft,
             Err(reason) => return refuse(socket, event.ack, reason),
         };
         if !self.rates.take(&session.user, Instant::now()) {
+            return refuse(socket, event.ack, RefusalReason::RateLimited);
+        }
+        let room = dm_room(&session.user, draft.to);
+        if !self.may_open(session, &room).await {
             return refuse(socket, event.ack, RefusalReason::RateLimited);
         }
         // The semaphore is never closed, so this only waits.
@@ -47,7 +57,7 @@ impl<L: Log<Ticket>> Chat<L> {
         }
         let time_us = now_us();
         let change = Change::Message(NewMessage {
-            room: dm_room(&session.user, draft.to),
+            room,
             sid: socket.id().to_owned(),
             from: session.user.to_string(),
             to: draft.to.to_owned(),
@@ -118,6 +128,32 @@ impl<L: Log<Ticket>> Chat<L> {
             self.in_flight.settle(1);
             unavailable(ticket);
         }
+    }
+}
+
+impl<L: Log<Ticket>> Chat<L> {
+    /// True if `session`'s user may send to `room`: a room that has
+    /// messages, or a new one within the user's new-room rate.
+    async fn may_open(&self, session: &mut Session, room: &str) -> bool {
+        if session.known_rooms.iter().any(|known| **known == *room) {
+            return true;
+        }
+        let store = self.store.clone();
+        let name = room.to_owned();
+        let exists = tokio::task::spawn_blocking(move || store.room_has_messages(&name))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            // Unreadable: the message's own commit will tell.
+            .unwrap_or(true);
+        if !exists && !self.new_room_rates.take(&session.user, Instant::now()) {
+            return false;
+        }
+        if session.known_rooms.len() >= KNOWN_ROOMS {
+            session.known_rooms.remove(0);
+        }
+        session.known_rooms.push(room.into());
+        true
     }
 }
 

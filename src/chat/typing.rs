@@ -23,7 +23,10 @@ pub const HOLD: Duration = Duration::from_secs(5);
 
 /// At most this many `typing` events per second per user are relayed; the
 /// rest are dropped silently.
-pub const TYPING_RATE: RateLimit = RateLimit { rate: 5, burst: 5 };
+pub const TYPING_RATE: RateLimit = RateLimit {
+    rate: 5.0,
+    burst: 5,
+};
 
 /// Fewest typists kept before a sweep forgets expired ones.
 const SWEEP_FLOOR: usize = 1024;

@@ -70,6 +70,10 @@ pub struct RunCommand {
     #[argh(option, default = "20")]
     pub rate_limit: u32,
 
+    /// new rooms (a first message to someone) per minute per user, in bursts of as many; 0 = off (default 60)
+    #[argh(option, default = "60")]
+    pub new_rooms_per_minute: u32,
+
     /// longest accepted message text in UTF-8 bytes (default 4096)
     #[argh(option, default = "4096")]
     pub max_message_bytes: usize,
@@ -236,6 +240,7 @@ impl RunCommand {
                 auth,
                 max_message_bytes: self.max_message_bytes,
                 rate: RateLimit::per_second(self.rate_limit),
+                new_rooms_per_minute: self.new_rooms_per_minute,
                 console: true,
                 // A quarter of the queue: the rest is room for deliveries,
                 // presence and history to the same connection.

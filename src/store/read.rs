@@ -578,6 +578,14 @@ impl Store {
         Ok(listed)
     }
 
+    /// True if `room` has at least one message.
+    pub fn room_has_messages(&self, room: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .snapshot()?
+            .room(room)?
+            .is_some_and(|st| st.has_messages()))
+    }
+
     /// `user`'s read cursor in `room`: the ts of the newest message read, 0
     /// for none (or no such room).
     pub fn read_cursor(&self, room: &str, user: &str) -> Result<u64, StoreError> {
