@@ -94,6 +94,10 @@ pub struct RunCommand {
     #[argh(option, default = "1024")]
     pub outbound_queue: usize,
 
+    /// bytes that may wait for one slow client before it is disconnected (default 4194304)
+    #[argh(option, default = "4 * 1024 * 1024")]
+    pub outbound_bytes: usize,
+
     /// seconds a client has to join after its websocket opens (default 10)
     #[argh(option, default = "10")]
     pub connect_timeout: u64,
@@ -282,6 +286,7 @@ impl RunCommand {
                 ping_timeout: Duration::from_millis(self.ping_timeout),
                 max_payload: self.max_payload,
                 outbound_queue: self.outbound_queue,
+                outbound_bytes: self.outbound_bytes,
             },
         );
         server.tls = tls.clone();

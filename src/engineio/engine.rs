@@ -70,7 +70,8 @@ impl<H: EngineHandler> Engine<H> {
             max_payload: self.config.max_payload,
         }
         .encode();
-        let (outbox, receiver) = Outbox::new(self.config.outbound_queue);
+        let (outbox, receiver) =
+            Outbox::with_max_bytes(self.config.outbound_queue, self.config.outbound_bytes);
         if transport == Transport::Websocket {
             // First in the queue, before anything the handler sends.
             outbox.send_text(Bytes::from(open.clone()));

@@ -41,6 +41,8 @@ pub struct EngineConfig {
     pub max_payload: usize,
     /// How many packets may wait in one session's outbound queue.
     pub outbound_queue: usize,
+    /// How many bytes may wait in one session's outbound queue.
+    pub outbound_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +52,7 @@ impl Default for EngineConfig {
             ping_timeout: Duration::from_millis(20_000),
             max_payload: 65_536,
             outbound_queue: 1024,
+            outbound_bytes: outbox::DEFAULT_MAX_BYTES,
         }
     }
 }

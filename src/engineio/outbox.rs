@@ -2,8 +2,10 @@
 //!
 //! Everything the server sends to a client goes through its outbox: the
 //! transport's writer task is the only one that touches the socket. The queue
-//! is bounded so a client that stops reading cannot make the server grow its
-//! memory: when the queue is full the session is closed instead. It holds
+//! is bounded, in packets and in bytes, so a client that stops reading
+//! cannot make the server grow its memory (one `history` answer may be
+//! close to a megabyte): when the queue is full the session is closed
+//! instead. It holds
 //! memory only for what is queued (tokio's channel keeps a block of 32 slots
 //! per connection, 1.3 KiB of every idle connection), and gives a burst's
 //! room back once drained.
@@ -19,6 +21,9 @@ use crate::metrics::METRICS;
 
 /// A queue drained past this many slots of room gives them back.
 const KEEP: usize = 32;
+
+/// The bytes one session's queue may hold unless configured otherwise.
+pub const DEFAULT_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// One item for a transport's writer.
 #[derive(Debug, Clone)]
@@ -50,28 +55,50 @@ pub struct OutboxReceiver {
 
 #[derive(Debug)]
 struct Shared {
-    queue: Mutex<VecDeque<Outbound>>,
+    queue: Mutex<Queue>,
     capacity: usize,
+    max_bytes: usize,
     /// Wakes the one receiver; a notification sent while it is not waiting
     /// is kept for it.
     ready: Notify,
 }
 
+/// The queued items and their bytes.
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    bytes: usize,
+}
+
+impl Outbound {
+    /// The bytes it holds.
+    fn len(&self) -> usize {
+        match self {
+            Outbound::Text(bytes) | Outbound::Binary(bytes) | Outbound::WsPong(bytes) => {
+                bytes.len()
+            }
+            Outbound::Close => 0,
+        }
+    }
+}
+
 impl Shared {
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Outbound>> {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
         // Nothing panics while holding the lock; a poisoned queue is intact.
         self.queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues `item` unless the queue is full.
+    /// Queues `item` unless the queue is full, in items or in bytes.
     fn push(&self, item: Outbound) -> bool {
         let mut queue = self.queue();
-        if queue.len() >= self.capacity {
+        let bytes = queue.bytes + item.len();
+        if queue.items.len() >= self.capacity || bytes > self.max_bytes {
             return false;
         }
-        queue.push_back(item);
+        queue.bytes = bytes;
+        queue.items.push_back(item);
         drop(queue);
         self.ready.notify_one();
         true
@@ -79,20 +106,28 @@ impl Shared {
 
     fn pop(&self) -> Option<Outbound> {
         let mut queue = self.queue();
-        let item = queue.pop_front();
-        if queue.is_empty() && queue.capacity() > KEEP {
-            *queue = VecDeque::new();
+        let item = queue.items.pop_front()?;
+        queue.bytes -= item.len();
+        if queue.items.is_empty() && queue.items.capacity() > KEEP {
+            queue.items = VecDeque::new();
         }
-        item
+        Some(item)
     }
 }
 
 impl Outbox {
-    /// Creates a queue holding at most `capacity` items.
+    /// Creates a queue holding at most `capacity` items and
+    /// [`DEFAULT_MAX_BYTES`].
     pub fn new(capacity: usize) -> (Outbox, OutboxReceiver) {
+        Outbox::with_max_bytes(capacity, DEFAULT_MAX_BYTES)
+    }
+
+    /// Creates a queue holding at most `capacity` items and `max_bytes`.
+    pub fn with_max_bytes(capacity: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::default(),
             capacity: capacity.max(1),
+            max_bytes,
             ready: Notify::new(),
         });
         let closing = CancellationToken::new();
@@ -181,6 +216,20 @@ mod tests {
         assert!(outbox.is_closed());
     }
 
+    #[test]
+    fn a_queue_past_its_bytes_aborts_the_session_and_drained_bytes_count_again() {
+        let (outbox, mut receiver) = Outbox::with_max_bytes(100, 10);
+        assert!(outbox.send_text(Bytes::from_static(b"4aaaa")));
+        assert!(outbox.send_text(Bytes::from_static(b"4bbbb")));
+        assert!(receiver.try_recv().is_some());
+        assert!(
+            outbox.send_text(Bytes::from_static(b"4cccc")),
+            "room again once drained"
+        );
+        assert!(!outbox.send_text(Bytes::from_static(b"4d")));
+        assert!(outbox.is_closed());
+    }
+
     #[tokio::test]
     async fn items_arrive_in_order_and_a_drained_burst_gives_its_room_back() {
         let (outbox, mut receiver) = Outbox::new(1000);
@@ -191,7 +240,7 @@ mod tests {
             assert!(matches!(receiver.recv().await, Outbound::Text(t) if t == format!("4{i}")));
         }
         assert!(receiver.try_recv().is_none());
-        assert!(receiver.shared.queue().capacity() <= KEEP);
+        assert!(receiver.shared.queue().items.capacity() <= KEEP);
         let waiting = tokio::spawn(async move { receiver.recv().await });
         tokio::task::yield_now().await;
         assert!(outbox.send_text(Bytes::from_static(b"4late")));

@@ -164,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
             ping_timeout: Duration::from_millis(200),
             max_payload: 1_000_000,
             outbound_queue: 1024,
+            outbound_bytes: chatd::engineio::outbox::DEFAULT_MAX_BYTES,
         },
     );
     server.paths = vec!["/engine.io/".to_owned(), "/socket.io/".to_owned()];
