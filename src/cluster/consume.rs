@@ -65,7 +65,7 @@ impl LogReader {
         loop {
             let messages = match &mut self.messages {
                 Some(messages) => messages,
-                None => match self.open().await {
+                None => match open(&self.stream, self.next_seq, &self.engine.node).await {
                     Ok(messages) => self.messages.insert(messages),
                     Err(err) => {
                         tracing::debug!("log reader: {err}; retrying");
@@ -109,29 +109,26 @@ impl LogReader {
             };
         }
     }
+}
 
-    async fn open(&self) -> Result<pull::Ordered, ClusterError> {
-        let config = pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: self.next_seq,
-            },
-            ..Default::default()
-        };
-        self.stream
-            .create_consumer(config)
-            .await
-            .map_err(|err| ClusterError::engine("create the log consumer", err))?
-            .messages()
-            .await
-            .map_err(|err| ClusterError::engine("read the log", err))
-            .inspect(|_| {
-                tracing::debug!(
-                    "{}: reading the log from seq {}",
-                    self.engine.node,
-                    self.next_seq
-                )
-            })
-    }
+/// An ordered consumer of `stream` from `next_seq` on. A free function, so
+/// the reader (whose consumer is not `Sync`) is not borrowed across its
+/// awaits and can be moved into a task.
+async fn open(stream: &Stream, next_seq: u64, node: &str) -> Result<pull::Ordered, ClusterError> {
+    let config = pull::OrderedConfig {
+        deliver_policy: DeliverPolicy::ByStartSequence {
+            start_sequence: next_seq,
+        },
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|err| ClusterError::engine("create the log consumer", err))?
+        .messages()
+        .await
+        .map_err(|err| ClusterError::engine("read the log", err))
+        .inspect(|_| tracing::debug!("{node}: reading the log from seq {next_seq}"))
 }
 
 /// The position of the log's last entry now (0 for an empty log): a node
