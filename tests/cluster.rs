@@ -4,13 +4,19 @@
 
 mod common;
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chatd::client::Client;
 use common::cluster::{Node, equal_exports};
 use common::nats::NatsCluster;
 use common::{expect_event, send, wait_for_event};
 use serde_json::{Value, json};
+
+/// One test at a time: each runs three NATS servers and three nodes, and
+/// two such tests side by side on a small machine slow each other into
+/// timeouts.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Sends `text` with `cid` and returns the ack's payload.
 async fn send_cid(client: &Client, text: &str, cid: &str) -> Value {
@@ -53,6 +59,7 @@ async fn join(node: &Node, user: &str, peer: &str) -> (Client, Value, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_chat_as_one_service_and_a_node_that_was_down_catches_up_before_ready() {
+    let _serial = SERIAL.lock().await;
     let nats = NatsCluster::start();
     let urls = nats.urls();
     let mut a = Node::start(&urls, "a");
@@ -175,4 +182,175 @@ async fn nodes_chat_as_one_service_and_a_node_that_was_down_catches_up_before_re
     assert_eq!(ask(&probe_c, "history", query).await, on_a);
     drop(probe_c);
     a.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_engine_messages_are_refused_and_it_comes_back_without_a_restart() {
+    let _serial = SERIAL.lock().await;
+    let mut nats = NatsCluster::start();
+    let urls = nats.urls();
+    let a = Node::start(&urls, "a");
+    let b = Node::start(&urls, "b");
+    a.wait_ready();
+    b.wait_ready();
+    let (one, _, _) = join(&a, "Dummy-1", "Dummy-2").await;
+    let (mut two, _, _) = join(&b, "Dummy-2", "Dummy-1").await;
+    let ack = send(&one, "before").await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(
+        wait_for_event(&mut two, "chat message").await,
+        ack["message"]
+    );
+
+    tokio::task::block_in_place(|| {
+        for i in 0..3 {
+            nats.stop(i);
+        }
+    });
+    let took = a.wait_health(|status, body| status == 503 && body.contains("engine"));
+    eprintln!(
+        "/healthz said 503 {took:?} after the engine stopped: {:?}",
+        a.healthz().1
+    );
+    let refused = send_cid(&one, "while the engine is down", "down-1").await;
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert_eq!(refused["reason"], "unavailable", "{refused}");
+
+    let started = Instant::now();
+    tokio::task::block_in_place(|| {
+        for i in 0..3 {
+            nats.start_again(i);
+        }
+        nats.wait_ready();
+    });
+    a.wait_ready();
+    b.wait_ready();
+    eprintln!(
+        "nodes healthy again {:?} after the engine was started",
+        started.elapsed()
+    );
+    // The same cid, sent again now, is stored once: nothing was kept of it.
+    let ack = send_cid(&one, "while the engine is down", "down-1").await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(ack.get("duplicate"), None, "{ack}");
+    assert_eq!(
+        wait_for_event(&mut two, "chat message").await,
+        ack["message"]
+    );
+    let texts: Vec<Value> = equal_exports(&[&a, &b])
+        .into_iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(texts, [json!("before"), json!("while the engine is down")]);
+}
+
+/// Sends `count` messages from `client` one after another, each with its
+/// own cid, resending a refused (`unavailable`) or unanswered one with the
+/// same cid until it is acked (at most 20/s: the default rate limit). Returns the longest wait for an ack.
+async fn keep_sending(client: Client, who: &str, count: usize) -> Duration {
+    let mut longest = Duration::ZERO;
+    for i in 0..count {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let text = format!("{who} {i}");
+        let cid = format!("{who}-{i}");
+        let started = Instant::now();
+        loop {
+            let answer = client
+                .emit_with_ack("chat message", json!({"text": text, "cid": cid}))
+                .await
+                .expect("send");
+            match tokio::time::timeout(Duration::from_secs(30), answer).await {
+                Ok(Ok(args)) if args[0]["ok"] == true => break,
+                // Refusals only while the engine fails over (and the
+                // rate limit, which the resends themselves run into).
+                Ok(Ok(args)) => {
+                    let reason = &args[0]["reason"];
+                    assert!(
+                        reason == "unavailable" || reason == "rate_limited",
+                        "{args:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
+        longest = longest.max(started.elapsed());
+    }
+    longest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_node_and_of_the_streams_leader_loses_nothing_and_doubles_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut nats = NatsCluster::start();
+    let urls = nats.urls();
+    let a = Node::start(&urls, "a");
+    let b = Node::start(&urls, "b");
+    let mut c = Node::start(&urls, "c");
+    for node in [&a, &b, &c] {
+        node.wait_ready();
+    }
+
+    // A dead node's users leave `online` everywhere within 15 s.
+    let (mut four, online, _) = join(&a, "Dummy-4", "Dummy-3").await;
+    let (_three, _, _) = join(&c, "Dummy-3", "Dummy-4").await;
+    online_becomes(&mut four, online, json!(["Dummy-3", "Dummy-4"])).await;
+    let killed = Instant::now();
+    c.kill();
+    online_becomes(&mut four, json!(["Dummy-3", "Dummy-4"]), json!(["Dummy-4"])).await;
+    let gone = killed.elapsed();
+    eprintln!("a kill -9'd node's user left `online` after {gone:?}");
+    assert!(gone < Duration::from_secs(15), "{gone:?}");
+
+    // Two users send while the stream's leader is killed.
+    let (one, _, _) = join(&a, "Dummy-1", "Dummy-2").await;
+    let (two, _, _) = join(&b, "Dummy-2", "Dummy-1").await;
+    let (mut watcher, _, _) = join(&b, "Dummy-2", "Dummy-1").await;
+    let count = 150;
+    let senders = [
+        tokio::spawn(keep_sending(one, "Dummy-1", count)),
+        tokio::spawn(keep_sending(two, "Dummy-2", count)),
+    ];
+    // Let some go through first.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    while seen.len() < 20 {
+        let m = wait_for_event(&mut watcher, "chat message").await;
+        *seen
+            .entry(m["text"].as_str().expect("text").to_owned())
+            .or_default() += 1;
+    }
+    let leader = tokio::task::block_in_place(|| {
+        let leader = nats.stream_leader("CHATD_LOG");
+        nats.kill(leader);
+        leader
+    });
+    let mut stalls = Vec::new();
+    for sender in senders {
+        stalls.push(sender.await.expect("sender"));
+    }
+    eprintln!("longest wait for an ack with the stream's leader killed: {stalls:?}");
+    // Every message once to the other connection of a user, live.
+    while seen.len() < 2 * count {
+        let m = within_event(&mut watcher).await;
+        *seen
+            .entry(m["text"].as_str().expect("text").to_owned())
+            .or_default() += 1;
+    }
+    assert!(seen.values().all(|&n| n == 1), "delivered twice: {seen:?}");
+
+    tokio::task::block_in_place(|| nats.restart(leader));
+    c.start_again();
+    c.wait_ready();
+    let exported = equal_exports(&[&a, &b, &c]);
+    let mut stored: HashMap<&str, usize> = HashMap::new();
+    for m in &exported {
+        *stored.entry(m["text"].as_str().expect("text")).or_default() += 1;
+    }
+    assert_eq!(stored.len(), 2 * count, "some acked message is missing");
+    assert!(stored.values().all(|&n| n == 1), "stored twice: {stored:?}");
+}
+
+/// The next `chat message` of `client`.
+async fn within_event(client: &mut Client) -> Value {
+    wait_for_event(client, "chat message").await
 }

@@ -16,6 +16,10 @@ use futures_util::StreamExt;
 use super::entry::{EntryError, LogEntry, decode_entry};
 use super::{ClusterError, Engine};
 
+/// How long the reader waits for an entry before it asks whether the log
+/// has any it was not given.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
 /// Pause before recreating a consumer that failed for good.
 const RECREATE_PAUSE: Duration = Duration::from_millis(500);
 
@@ -74,7 +78,21 @@ impl LogReader {
                     }
                 },
             };
-            let message = match messages.next().await {
+            let next = tokio::select! {
+                next = messages.next() => Some(next),
+                () = tokio::time::sleep(STALL_CHECK) => None,
+            };
+            let Some(next) = next else {
+                if stalled(&self.stream, self.next_seq).await {
+                    tracing::warn!(
+                        "log reader: no entry for {STALL_CHECK:?} while the log has entries from {} on; reopening",
+                        self.next_seq
+                    );
+                    self.messages = None;
+                }
+                continue;
+            };
+            let message = match next {
                 Some(Ok(message)) => message,
                 Some(Err(err)) => {
                     tracing::warn!("log reader at seq {}: {err}; reopening", self.next_seq);
@@ -109,6 +127,13 @@ impl LogReader {
             };
         }
     }
+}
+
+/// Whether `stream` holds entries from `next_seq` on that a reader was not
+/// given: its consumer is lost (its server died, say), which the client
+/// would notice only after two missed idle heartbeats, 30 s.
+async fn stalled(stream: &Stream, next_seq: u64) -> bool {
+    log_tail(stream).await.is_ok_and(|tail| tail >= next_seq)
 }
 
 /// An ordered consumer of `stream` from `next_seq` on. A free function, so
