@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chatd::client::Client;
 use common::cluster::{Node, equal_exports};
 use common::nats::NatsCluster;
-use common::{expect_event, send, wait_for_event};
+use common::{chatd_err, chatd_ok, expect_event, send, wait_for_event};
 use serde_json::{Value, json};
 
 /// One test at a time: each runs three NATS servers and three nodes, and
@@ -181,6 +181,22 @@ async fn nodes_chat_as_one_service_and_a_node_that_was_down_catches_up_before_re
     let (probe_c, _, _) = join(&c, "Dummy-1", "Dummy-2").await;
     assert_eq!(ask(&probe_c, "history", query).await, on_a);
     drop(probe_c);
+
+    // A purge on one node purges every node's copy.
+    let before = history[2]["ts"].as_u64().expect("ts").to_string();
+    let room = "dm:Dummy-1_Dummy-2";
+    let purged = chatd_ok(
+        b.data_dir(),
+        &["purge", "--room", room, "--before", &before],
+    );
+    assert_eq!(purged.trim(), format!("Purged 2 messages from {room}"));
+    let exported = equal_exports(&[&a, &b, &c]);
+    assert_eq!(exported.len(), 1 + sent);
+    assert_eq!(exported[0]["text"], "once");
+    // A node's copy alone cannot be purged: it would differ for good.
+    c.stop();
+    let refused = chatd_err(c.data_dir(), &["purge", "--room", room]);
+    assert!(refused.contains("copy of a cluster's history"), "{refused}");
     a.stop();
 }
 
