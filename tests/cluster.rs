@@ -100,6 +100,19 @@ async fn nodes_chat_as_one_service_and_a_node_that_was_down_catches_up_before_re
         wait_for_event(&mut two, "chat message").await,
         first["message"]
     );
+    // Read receipts and typing cross nodes too.
+    let read = ask(&two, "read", json!({"ts": first["message"]["ts"].as_u64()})).await;
+    assert_eq!(read["ok"], true, "{read}");
+    let receipt = wait_for_event(&mut one, "read").await;
+    assert_eq!(receipt["user"], "Dummy-2");
+    one.emit("typing", json!({"typing": true}))
+        .await
+        .expect("typing");
+    let typing = wait_for_event(&mut two, "typing").await;
+    assert_eq!(
+        typing,
+        json!({"roomId": "dm:Dummy-1_Dummy-2", "user": "Dummy-1", "typing": true})
+    );
     let (one_on_c, _, _) = join(&c, "Dummy-1", "Dummy-2").await;
     let again = send_cid(&one_on_c, "once", "cid-1").await;
     assert_eq!(again["ok"], true, "{again}");
@@ -134,8 +147,9 @@ async fn nodes_chat_as_one_service_and_a_node_that_was_down_catches_up_before_re
     let inbox = ask(&late, "conversations", json!({})).await;
     assert_eq!(inbox["ok"], true, "{inbox}");
     assert_eq!(inbox["conversations"][0]["last"], history[2]);
-    // "once" came from Dummy-1 after Dummy-2's last message.
-    assert_eq!(inbox["conversations"][0]["unread"], 1);
+    // Dummy-2 read "once", the last message, on node b.
+    assert_eq!(inbox["conversations"][0]["unread"], 0);
+    assert_eq!(inbox["conversations"][0]["read"], history[2]["ts"]);
 
     // `chatd online` on any node: the whole service.
     let users: Vec<String> = c
