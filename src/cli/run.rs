@@ -241,6 +241,9 @@ impl RunCommand {
                 "--tls-cert and --tls-key go together: give both, or neither for the generated certificate"
             ),
         };
+        if self.node.is_some() && self.cluster.is_none() {
+            bail!("--node names a node of a cluster: give --cluster too");
+        }
         if self.retention.is_some_and(|r| r.is_zero()) {
             bail!("--retention must be longer than 0s");
         }

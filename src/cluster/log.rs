@@ -102,6 +102,13 @@ impl<T: Send + 'static> JetStreamLog<T> {
     ) -> Result<(JetStreamLog<T>, mpsc::Receiver<Settled<T>>, CatchUp), ClusterError> {
         let from = store.applied_seq()?;
         let tail = log_tail(&stream).await?;
+        if from < tail {
+            // Failing from now on, before anything can ask `/healthz`.
+            report.fail(
+                CATCH_UP_PART,
+                format!("catching up with the log: applied {from} of {tail}"),
+            );
+        }
         // Every entry of the stream must be applied: a commit that fails is
         // tried again until it succeeds, never skipped.
         let applier = Applier::<T>::spawn(store, queue, ApplierMode::Retry)?;
