@@ -207,6 +207,15 @@ async fn nodes_chat_as_one_service_and_a_node_that_was_down_catches_up_before_re
     let exported = equal_exports(&[&a, &b, &c]);
     assert_eq!(exported.len(), 1 + sent);
     assert_eq!(exported[0]["text"], "once");
+    // A new, empty node copies everything before it is ready.
+    let d = Node::start(&urls, "d");
+    let took = d.wait_ready();
+    eprintln!(
+        "a new node copied {} entries and was ready in {took:?}",
+        exported.len()
+    );
+    assert_eq!(d.export(), exported);
+
     // A node's copy alone cannot be purged: it would differ for good.
     c.stop();
     let refused = chatd_err(c.data_dir(), &["purge", "--room", room]);
