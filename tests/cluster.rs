@@ -5,12 +5,13 @@
 mod common;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chatd::client::Client;
 use common::cluster::{Node, equal_exports};
 use common::nats::NatsCluster;
-use common::{chatd_err, chatd_ok, expect_event, send, wait_for_event};
+use common::{chatd_err, chatd_ok, expect_event, send, wait_for_event, within};
 use serde_json::{Value, json};
 
 /// One test at a time: each runs three NATS servers and three nodes, and
@@ -283,10 +284,20 @@ async fn without_the_engine_messages_are_refused_and_it_comes_back_without_a_res
     assert_eq!(texts, [json!("before"), json!("while the engine is down")]);
 }
 
-/// Sends `count` messages from `client` one after another, each with its
-/// own cid, resending a refused (`unavailable`) or unanswered one with the
-/// same cid until it is acked (at most 20/s: the default rate limit). Returns the longest wait for an ack.
-async fn keep_sending(client: Client, who: &str, count: usize) -> Duration {
+/// Sends `count` messages from `who` to `peer` one after another, each
+/// with its own cid, connected to the first of `nodes` that answers. A
+/// refused (`unavailable`) or unanswered message is resent with the same
+/// cid until it is acked, on another node when its node is gone (at most
+/// 20/s: the default rate limit). Returns the longest wait for an ack and
+/// the index of the node it ended on.
+async fn keep_sending(
+    nodes: Vec<SocketAddr>,
+    who: &str,
+    peer: &str,
+    count: usize,
+) -> (Duration, usize) {
+    let mut at = 0;
+    let mut client = connect_any(&nodes, &mut at, who, peer).await;
     let mut longest = Duration::ZERO;
     for i in 0..count {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -294,11 +305,17 @@ async fn keep_sending(client: Client, who: &str, count: usize) -> Duration {
         let cid = format!("{who}-{i}");
         let started = Instant::now();
         loop {
-            let answer = client
+            let sent = client
                 .emit_with_ack("chat message", json!({"text": text, "cid": cid}))
-                .await
-                .expect("send");
-            match tokio::time::timeout(Duration::from_secs(30), answer).await {
+                .await;
+            let answer = match sent {
+                Ok(answer) => tokio::time::timeout(Duration::from_secs(30), answer).await,
+                Err(_) => {
+                    client = connect_any(&nodes, &mut at, who, peer).await;
+                    continue;
+                }
+            };
+            match answer {
                 Ok(Ok(args)) if args[0]["ok"] == true => break,
                 // Refusals only while the engine fails over (and the
                 // rate limit, which the resends themselves run into).
@@ -310,12 +327,43 @@ async fn keep_sending(client: Client, who: &str, count: usize) -> Duration {
                     );
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Ok(Err(_)) | Err(_) => {}
+                // No answer: the connection or its node is gone.
+                Ok(Err(_)) | Err(_) => client = connect_any(&nodes, &mut at, who, peer).await,
             }
         }
         longest = longest.max(started.elapsed());
     }
-    longest
+    (longest, at)
+}
+
+/// Connects `who` to `peer` on `nodes[*at]`, or on the next node that
+/// answers (`at` moves on to it).
+async fn connect_any(nodes: &[SocketAddr], at: &mut usize, who: &str, peer: &str) -> Client {
+    within("a node to connect to", async {
+        loop {
+            match Client::connect_plain(nodes[*at], json!({"user": who, "peer": peer})).await {
+                Ok(client) => return client,
+                Err(_) => {
+                    *at = (*at + 1) % nodes.len();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Counts the `chat message`s `client` receives until it has `want`
+/// different ones.
+async fn receive(client: &mut Client, want: usize) -> HashMap<String, usize> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    while seen.len() < want {
+        let m = wait_for_event(client, "chat message").await;
+        *seen
+            .entry(m["text"].as_str().expect("text").to_owned())
+            .or_default() += 1;
+    }
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,34 +378,56 @@ async fn kill_9_of_a_node_and_of_the_streams_leader_loses_nothing_and_doubles_no
         node.wait_ready();
     }
 
-    // A dead node's users leave `online` everywhere within 15 s.
-    let (mut four, online, _) = join(&a, "Dummy-4", "Dummy-3").await;
-    let (_three, _, _) = join(&c, "Dummy-3", "Dummy-4").await;
-    online_becomes(&mut four, online, json!(["Dummy-3", "Dummy-4"])).await;
+    // Dummy-3 sends from node c to Dummy-4 on node a; c is killed midway:
+    // Dummy-3 resends what was not acked on node a, and Dummy-4 gets every
+    // message once. Dummy-5, idle on node c, leaves Dummy-6's `online` on
+    // node a within 15 s.
+    let (mut six, online, _) = join(&a, "Dummy-6", "Dummy-5").await;
+    let (_five, _, _) = join(&c, "Dummy-5", "Dummy-6").await;
+    online_becomes(&mut six, online, json!(["Dummy-5", "Dummy-6"])).await;
+    let (mut four, _, _) = join(&a, "Dummy-4", "Dummy-3").await;
+    let per_sender = 60;
+    let failing_over = tokio::spawn(keep_sending(
+        vec![c.server().addr(), a.server().addr()],
+        "Dummy-3",
+        "Dummy-4",
+        per_sender,
+    ));
+    let mut seen = receive(&mut four, 20).await;
     let killed = Instant::now();
     c.kill();
-    online_becomes(&mut four, json!(["Dummy-3", "Dummy-4"]), json!(["Dummy-4"])).await;
+    online_becomes(&mut six, json!(["Dummy-5", "Dummy-6"]), json!(["Dummy-6"])).await;
     let gone = killed.elapsed();
     eprintln!("a kill -9'd node's user left `online` after {gone:?}");
     assert!(gone < Duration::from_secs(15), "{gone:?}");
+    let (stall, ended_on) = failing_over.await.expect("sender");
+    eprintln!("longest wait for an ack with the sender's node killed: {stall:?}");
+    assert_eq!(ended_on, 1, "Dummy-3 finished before its node was killed");
+    for (text, n) in receive(&mut four, per_sender - seen.len()).await {
+        *seen.entry(text).or_default() += n;
+    }
+    assert_eq!(seen.len(), per_sender);
+    assert!(seen.values().all(|&n| n == 1), "delivered twice: {seen:?}");
 
-    // Two users send while the stream's leader is killed.
-    let (one, _, _) = join(&a, "Dummy-1", "Dummy-2").await;
-    let (two, _, _) = join(&b, "Dummy-2", "Dummy-1").await;
+    // Two users send while the stream's leader is killed; Dummy-2's other
+    // connection gets every message of the room once.
     let (mut watcher, _, _) = join(&b, "Dummy-2", "Dummy-1").await;
     let count = 150;
     let senders = [
-        tokio::spawn(keep_sending(one, "Dummy-1", count)),
-        tokio::spawn(keep_sending(two, "Dummy-2", count)),
+        tokio::spawn(keep_sending(
+            vec![a.server().addr()],
+            "Dummy-1",
+            "Dummy-2",
+            count,
+        )),
+        tokio::spawn(keep_sending(
+            vec![b.server().addr()],
+            "Dummy-2",
+            "Dummy-1",
+            count,
+        )),
     ];
-    // Let some go through first.
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    while seen.len() < 20 {
-        let m = wait_for_event(&mut watcher, "chat message").await;
-        *seen
-            .entry(m["text"].as_str().expect("text").to_owned())
-            .or_default() += 1;
-    }
+    let mut seen = receive(&mut watcher, 20).await;
     let leader = tokio::task::block_in_place(|| {
         let leader = nats.stream_leader("CHATD_LOG");
         nats.kill(leader);
@@ -365,18 +435,17 @@ async fn kill_9_of_a_node_and_of_the_streams_leader_loses_nothing_and_doubles_no
     });
     let mut stalls = Vec::new();
     for sender in senders {
-        stalls.push(sender.await.expect("sender"));
+        stalls.push(sender.await.expect("sender").0);
     }
     eprintln!("longest wait for an ack with the stream's leader killed: {stalls:?}");
-    // Every message once to the other connection of a user, live.
-    while seen.len() < 2 * count {
-        let m = within_event(&mut watcher).await;
-        *seen
-            .entry(m["text"].as_str().expect("text").to_owned())
-            .or_default() += 1;
+    for (text, n) in receive(&mut watcher, 2 * count - seen.len()).await {
+        *seen.entry(text).or_default() += n;
     }
+    assert_eq!(seen.len(), 2 * count);
     assert!(seen.values().all(|&n| n == 1), "delivered twice: {seen:?}");
 
+    // Every acked message stored once on every node, c included once it
+    // is back.
     tokio::task::block_in_place(|| nats.restart(leader));
     c.start_again();
     c.wait_ready();
@@ -385,11 +454,10 @@ async fn kill_9_of_a_node_and_of_the_streams_leader_loses_nothing_and_doubles_no
     for m in &exported {
         *stored.entry(m["text"].as_str().expect("text")).or_default() += 1;
     }
-    assert_eq!(stored.len(), 2 * count, "some acked message is missing");
+    assert_eq!(
+        stored.len(),
+        per_sender + 2 * count,
+        "some acked message is missing"
+    );
     assert!(stored.values().all(|&n| n == 1), "stored twice: {stored:?}");
-}
-
-/// The next `chat message` of `client`.
-async fn within_event(client: &mut Client) -> Value {
-    wait_for_event(client, "chat message").await
 }
