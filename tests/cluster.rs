@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chatd::client::Client;
 use common::cluster::{Node, equal_exports};
 use common::nats::NatsCluster;
-use common::{chatd_err, chatd_ok, expect_event, send, wait_for_event, within};
+use common::{Server, chatd_err, chatd_ok, expect_event, send, wait_for_event, within};
 use serde_json::{Value, json};
 
 /// One test at a time: each runs three NATS servers and three nodes, and
@@ -233,6 +233,25 @@ async fn without_the_engine_messages_are_refused_and_it_comes_back_without_a_res
     let b = Node::start(&urls, "b");
     a.wait_ready();
     b.wait_ready();
+    // A data directory with a single node's history cannot join: the two
+    // histories would mix.
+    let alone = tempfile::tempdir().expect("temporary directory");
+    let single = Server::start(alone.path(), &[]);
+    let ack = send(&single.connect_plain("Dummy-7", "Dummy-8").await, "alone").await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    single.stop();
+    let refused = Server::try_start(alone.path(), &["--cluster", &urls, "--node", "x"])
+        .err()
+        .expect("a single node's data directory is refused");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        refused
+            .stderr
+            .contains("cannot join the cluster: it holds the history of a node that ran alone"),
+        "{}",
+        refused.stderr
+    );
+
     let (one, _, _) = join(&a, "Dummy-1", "Dummy-2").await;
     let (mut two, _, _) = join(&b, "Dummy-2", "Dummy-1").await;
     let ack = send(&one, "before").await;
