@@ -6,10 +6,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use chatd::client::Client;
-use common::cluster::{Node, equal_exports};
+use common::cluster::{Node, equal_exports, wait_for_ready_notification};
 use common::nats::NatsCluster;
 use common::{Server, chatd_err, chatd_ok, expect_event, send, wait_for_event, within};
 use serde_json::{Value, json};
@@ -177,17 +178,22 @@ async fn nodes_chat_as_one_service_and_a_node_that_was_down_catches_up_before_re
         assert_eq!(ack["ok"], true, "{ack}");
         assert_eq!(wait_for_event(to, "chat message").await, ack["message"]);
     }
+    let manager = tempfile::tempdir().expect("temporary directory");
+    let notify = manager.path().join("notify");
+    let socket = UnixDatagram::bind(&notify).expect("a notify socket");
     let started = Instant::now();
-    c.start_again();
-    c.wait_ready();
+    c.start_again_notifying(&notify);
+    tokio::task::block_in_place(|| wait_for_ready_notification(&socket));
     eprintln!(
         "node c caught up with {sent} entries and was ready in {:?}",
         started.elapsed()
     );
-    // Ready means caught up: its copy is the others' already.
+    // READY=1 means caught up: its copy is the others' already, and
+    // /healthz says so too.
     let exported = a.export();
     assert_eq!(exported.len(), 3 + sent);
     assert_eq!(c.export(), exported);
+    assert_eq!(c.healthz().0, 200);
     assert_eq!(equal_exports(&[&a, &b, &c]).len(), 3 + sent);
 
     // ts and order the same everywhere.
