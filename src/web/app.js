@@ -250,12 +250,14 @@
     if (message.ts < room.last.ts) return;
     room.last = message;
     room.typingUntil = 0;
+    // Who writes has read what came before (no `read` event tells that).
     if (message.from === me.user) {
-      // Who writes has read what came before.
       room.read = message.ts;
       room.unread = 0;
-    } else if (message.ts > room.read && !(open?.roomId === room.roomId && open.seesLatest())) {
-      room.unread += 1;
+    } else {
+      room.peerRead = Math.max(room.peerRead, message.ts);
+      const seen = open?.roomId === room.roomId && open.seesLatest();
+      if (message.ts > room.read && !seen) room.unread += 1;
     }
     renderList();
   }
@@ -344,10 +346,12 @@
     $("conversation").hidden = false;
     renderList();
 
+    // `online` counts the users with a connection in this room: whether
+    // the peer has this conversation open, not whether they are online.
     socket.on("online", (users) => {
-      const online = users.includes(peer);
-      $("presence").textContent = online ? "online" : "offline";
-      $("presence").className = online ? "online" : "";
+      const here = users.includes(peer);
+      $("presence").textContent = here ? "here now" : "";
+      $("presence").className = here ? "online" : "";
     });
     socket.on("history", (messages) => {
       const first = conversation.newest === 0;
@@ -365,7 +369,10 @@
       if (message.roomId !== roomId) return;
       const follow = conversation.seesLatest();
       addMessages(conversation, [message]);
-      if (message.from === peer) showPeerTyping(conversation, false);
+      if (message.from === peer) {
+        showPeerTyping(conversation, false);
+        conversation.peerRead = Math.max(conversation.peerRead ?? 0, message.ts);
+      }
       if (follow) scrollToEnd();
       markRead(conversation);
     });
