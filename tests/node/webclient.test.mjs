@@ -20,7 +20,18 @@ import https from "node:https";
 import os from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
-import { startServer, cleanup, sendOk, close, historyOk, ack, REPO_ROOT, TIMEOUT } from "./harness.mjs";
+import {
+  startServer,
+  cleanup,
+  sendOk,
+  close,
+  historyOk,
+  ack,
+  once,
+  pending,
+  REPO_ROOT,
+  TIMEOUT,
+} from "./harness.mjs";
 
 const CHROMIUM = "/usr/bin/chromium";
 const HAVE_CHROMIUM = fs.existsSync(CHROMIUM);
@@ -272,6 +283,11 @@ test("two users chat in the web client: badges, history paging, seen, typing, ot
   await expectShown(a, "#typing", [""]);
   await expectShown(b, "#messages li:has(.seen) .bubble", ["hello A"]);
   await expectShown(a, "#conversations .badge", []);
+  // Ten keystrokes and a send were four `typing` events, not one each.
+  const relayed = [];
+  for (let i = 0; i < 4; i++) relayed.push((await once(other, "typing")).typing);
+  assert.deepEqual(relayed, [true, false, true, false]);
+  assert.equal(pending(other, "typing"), 0, "typing sent per keystroke");
 
   // Dummy-1 writes from another device: both pages show it live, as
   // Dummy-1's own on Dummy-1's page.
