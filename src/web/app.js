@@ -83,9 +83,10 @@
     signOut(false);
     me = { user, token };
     const auth = token ? { user, token } : { user };
-    inbox = io({ auth, forceNew: true });
+    const socket = io({ auth, forceNew: true });
+    inbox = socket;
     setStatus("connecting…");
-    inbox.on("connect", () => {
+    socket.on("connect", () => {
       sessionStorage.setItem("chatd", JSON.stringify(me));
       $("signin").hidden = true;
       $("app").hidden = false;
@@ -94,8 +95,9 @@
       setStatus("connected");
       loadConversations(false);
     });
-    inbox.on("connect_error", (err) => {
-      if (inbox.active) {
+    socket.on("connect_error", (err) => {
+      if (socket !== inbox) return;
+      if (socket.active) {
         // A network error: socket.io-client retries on its own.
         setStatus("cannot reach the server, retrying…");
         return;
@@ -111,12 +113,15 @@
             : `The server refused to connect: ${err.message}`,
       );
     });
-    inbox.on("disconnect", (reason) => {
-      if (inbox?.active) setStatus(`disconnected (${reason}), reconnecting…`);
+    socket.on("disconnect", (reason) => {
+      if (socket !== inbox) return;
+      // An answer lost with the connection must not hold up the reload on reconnect.
+      listRequest = null;
+      if (socket.active) setStatus(`disconnected (${reason}), reconnecting…`);
     });
-    inbox.on("chat message", onInboxMessage);
-    inbox.on("read", onInboxRead);
-    inbox.on("typing", onInboxTyping);
+    socket.on("chat message", onInboxMessage);
+    socket.on("read", onInboxRead);
+    socket.on("typing", onInboxTyping);
   }
 
   /** Closes every connection; `forget` also drops the stored sign-in. */
@@ -158,21 +163,15 @@
     const sorted = sortedRooms();
     const last = sorted[sorted.length - 1];
     const request = more && last ? { before: last.last.ts, beforeRoom: last.roomId, limit: LIST_PAGE } : { limit: LIST_PAGE };
-    const socket = inbox;
-    listRequest = socket.timeout(ACK_TIMEOUT).emitWithAck("conversations", request).then(
+    const mine = inbox.timeout(ACK_TIMEOUT).emitWithAck("conversations", request);
+    listRequest = mine;
+    mine.then(
       (answer) => {
-        if (socket !== inbox) return;
+        if (listRequest !== mine) return; // signed out, or the connection was lost meanwhile
         listRequest = null;
         if (!answer.ok) {
           setStatus(`the conversation list failed: ${answer.error}`);
           return;
-        }
-        if (!more) {
-          // Keep rooms known only live (newer than the page) and the open one.
-          const oldest = answer.conversations.at(-1)?.last.ts ?? 0;
-          for (const [id, room] of rooms) {
-            if (room.last.ts < oldest && id !== open?.roomId) rooms.delete(id);
-          }
         }
         for (const entry of answer.conversations) {
           const known = rooms.get(entry.roomId);
@@ -184,7 +183,7 @@
         if (open) showSeen();
       },
       () => {
-        if (socket === inbox) listRequest = null;
+        if (listRequest === mine) listRequest = null;
       },
     );
   }
@@ -583,6 +582,7 @@
       .emitWithAck("chat message", { text, cid })
       .then(
         (answer) => {
+          if (!me) return; // signed out meanwhile
           if (answer.ok) {
             conversation.pending.delete(cid);
             item.remove();

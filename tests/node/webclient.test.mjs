@@ -219,7 +219,7 @@ test("two users chat in the web client: badges, history paging, seen, typing, ot
   await expectShown(a, "#conversations .peer", ["Dummy-3"]);
   await expectShown(a, "#conversations .badge", ["60"]);
   await expectShown(a, "#conversations .last", ["old 60"]);
-  assert.equal(await b.isVisible("#no-conversations"), true, "Dummy-2 has no conversations yet");
+  await b.waitForSelector("#no-conversations", { state: "visible", timeout: TIMEOUT }); // Dummy-2 has none yet
   await screenshot(a, "1-list-with-badge");
 
   // Opening it shows the last page and clears the badge, on the page and
@@ -309,7 +309,7 @@ test("two users chat in the web client: badges, history paging, seen, typing, ot
   assert.deepEqual(errors, [], "console errors or uncaught exceptions on the pages");
 });
 
-test("with --no-auth a name is enough to sign in", { skip: SKIP, timeout: 60000 }, async () => {
+test("with --no-auth a name is enough to sign in; the conversation list pages", { skip: SKIP, timeout: 60000 }, async () => {
   assert.ok(HAVE_CHROMIUM, `${CHROMIUM} is missing`);
   const server = await startServer({ auth: false });
   const errors = [];
@@ -318,10 +318,24 @@ test("with --no-auth a name is enough to sign in", { skip: SKIP, timeout: 60000 
   await signIn(page, "Dummy-1", "");
   await expectShown(page, "#me", ["Dummy-1"]);
   await expectShown(page, "#status", ["connected"]);
-  assert.equal(await page.isVisible("#no-conversations"), true);
-  // A reload keeps the sign-in for the tab.
+  await page.waitForSelector("#no-conversations", { state: "visible", timeout: TIMEOUT });
+
+  // 35 people write to Dummy-1: a page of 30 conversations, then the rest.
+  const peers = Array.from({ length: 35 }, (_, i) => `Peer-${String(i + 1).padStart(2, "0")}`);
+  for (const peer of peers) {
+    const socket = await server.connect(peer, "Dummy-1");
+    await sendOk(socket, `hello from ${peer}`);
+    close(socket);
+  }
+  // A reload keeps the sign-in for the tab, and lists the newest first.
   await page.reload();
   await expectShown(page, "#me", ["Dummy-1"]);
+  const newestFirst = peers.toReversed();
+  await expectShown(page, "#conversations .peer", newestFirst.slice(0, 30));
+  await page.getByRole("button", { name: "Older conversations" }).click();
+  await expectShown(page, "#conversations .peer", newestFirst);
+  await page.waitForSelector("#more-conversations", { state: "hidden", timeout: TIMEOUT });
+  await expectShown(page, "#conversations .badge", newestFirst.map(() => "1"));
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.waitForSelector("#signin", { state: "visible", timeout: TIMEOUT });
   assert.deepEqual(errors, [], "console errors or uncaught exceptions on the page");
