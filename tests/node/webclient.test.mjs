@@ -19,7 +19,7 @@ import http from "node:http";
 import https from "node:https";
 import os from "node:os";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { SKIP, launchChromium, expectShown } from "./chromium.mjs";
 import {
   startServer,
   cleanup,
@@ -32,13 +32,6 @@ import {
   REPO_ROOT,
   TIMEOUT,
 } from "./harness.mjs";
-
-const CHROMIUM = "/usr/bin/chromium";
-const HAVE_CHROMIUM = fs.existsSync(CHROMIUM);
-const SKIP =
-  !HAVE_CHROMIUM && !process.env.CI
-    ? `${CHROMIUM} is missing (apt-get install chromium); the web client test is skipped`
-    : false;
 
 let browser;
 
@@ -113,56 +106,17 @@ test("GET / serves the web client with security headers and ETags; --no-web answ
   await sendOk(socket, "still chatting");
 });
 
-/** Launches Chromium once for the browser tests. */
-async function launch() {
-  browser ??= await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
-  return browser;
-}
-
 /** A page of its own (own cookies and storage) that records its console errors and exceptions. */
 async function newPage(errors, name) {
   // chatd's generated certificate is self-signed.
-  const context = await (await launch()).newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 700 } });
+  browser ??= await launchChromium();
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 700 } });
   const page = await context.newPage();
   page.on("console", (message) => {
     if (message.type() === "error") errors.push(`${name}: console: ${message.text()}`);
   });
   page.on("pageerror", (err) => errors.push(`${name}: uncaught: ${err.message}`));
   return page;
-}
-
-/** Waits until the elements matching `selector` show exactly the texts `expected`. */
-async function expectShown(page, selector, expected) {
-  try {
-    await page.waitForFunction(
-      ([selector, expected]) =>
-        JSON.stringify([...document.querySelectorAll(selector)].map((e) => e.textContent)) ===
-        JSON.stringify(expected),
-      [selector, expected],
-      { timeout: TIMEOUT },
-    );
-  } catch (err) {
-    const shown = await page
-      .$$eval(selector, (elements) => elements.map((e) => e.textContent))
-      .catch(() => "?");
-    const status = await page.textContent("#status").catch(() => "?");
-    err.message =
-      `the page never showed ${JSON.stringify(expected)} in ${selector}: it shows ` +
-      `${JSON.stringify(shown)} (status: ${status})\n${err.message}`;
-    throw err;
-  }
 }
 
 /** Signs in on the page's form; `token` may be empty. */
@@ -193,7 +147,6 @@ async function screenshot(page, name) {
 }
 
 test("two users chat in the web client: badges, history paging, seen, typing, other devices", { skip: SKIP, timeout: 120000 }, async () => {
-  assert.ok(HAVE_CHROMIUM, `${CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium (.ci/run installs it)`);
   const server = await startServer({ auth: true });
   const errors = [];
 
@@ -310,7 +263,6 @@ test("two users chat in the web client: badges, history paging, seen, typing, ot
 });
 
 test("with --no-auth a name is enough to sign in; the conversation list pages", { skip: SKIP, timeout: 60000 }, async () => {
-  assert.ok(HAVE_CHROMIUM, `${CHROMIUM} is missing`);
   const server = await startServer({ auth: false });
   const errors = [];
   const page = await newPage(errors, "Dummy-1");
