@@ -250,6 +250,17 @@ test("two users chat in the web client: badges, history paging, seen, typing, ot
   await expectShown(a, "#conversations .last", ["You: from my phone", "old 60"]);
   await expectShown(b, "#messages .bubble", ["hi B", "hello A", "from my phone"]);
 
+  // Dummy-3 writes again: a badge on Dummy-1's list; Dummy-1 reads it on
+  // another device: the badge goes.
+  const dummy3again = await server.connect("Dummy-3", "Dummy-1");
+  const late = await sendOk(dummy3again, "old 61");
+  await expectShown(a, "#conversations .badge", ["1"]);
+  await expectShown(a, "#conversations .last", ["old 61", "You: from my phone"]);
+  const tablet = await server.connect("Dummy-1", "Dummy-3");
+  const read = await ack(tablet, "read", { ts: late.ts });
+  assert.deepEqual(read, { ok: true, read: late.ts });
+  await expectShown(a, "#conversations .badge", []);
+
   // Every message was stored once, in order (the pages sent each with a cid).
   const stored = await historyOk(phone, {});
   assert.deepEqual(
