@@ -3,8 +3,9 @@
 // Two browser pages, served by chatd itself over TLS, sign in as two users
 // and chat: the unread badge appears on the other page and clears when the
 // conversation is opened, "Seen" shows under the last message the peer has
-// read, "typing…" shows and goes, history pages back, a message sent from
-// another device of the same user shows live. No page may log a console
+// read, "typing…" shows and goes, history pages back, a message sent or
+// read on another device of the same user shows live, a send that got no
+// answer is retried with its cid and stored once. No page may log a console
 // error or throw. Screenshots are kept as artifacts in a directory the test
 // prints (CHATD_ARTIFACTS, else a fresh one under the system temp dir).
 //
@@ -261,11 +262,29 @@ test("two users chat in the web client: badges, history paging, seen, typing, ot
   assert.deepEqual(read, { ok: true, read: late.ts });
   await expectShown(a, "#conversations .badge", []);
 
-  // Every message was stored once, in order (the pages sent each with a cid).
+  // A send that gets no answer (the server is stopped) offers Retry. The
+  // first try was stored once the server went on; the retry carries the
+  // same cid, so it is acknowledged as that message, not stored again.
+  process.kill(server.proc.pid, "SIGSTOP");
+  try {
+    await a.getByLabel("Message", { exact: true }).fill("are you there?");
+    await a.getByLabel("Message", { exact: true }).press("Enter");
+    await a.getByRole("button", { name: "Retry" }).waitFor({ timeout: TIMEOUT });
+    await expectShown(a, "#messages li.failed .meta", ["not sent (no answer) Retry"]);
+    await screenshot(a, "6-not-sent");
+  } finally {
+    process.kill(server.proc.pid, "SIGCONT");
+  }
+  await expectShown(b, "#messages .bubble", ["hi B", "hello A", "from my phone", "are you there?"]);
+  await a.getByRole("button", { name: "Retry" }).click();
+  await expectShown(a, "#messages li.mine:not(.pending) .bubble", ["hi B", "from my phone", "are you there?"]);
+  await expectShown(a, "#messages li.failed", []);
+
+  // Every message was stored once, in order.
   const stored = await historyOk(phone, {});
   assert.deepEqual(
     stored.map((m) => `${m.from}: ${m.text}`),
-    ["Dummy-1: hi B", "Dummy-2: hello A", "Dummy-1: from my phone"],
+    ["Dummy-1: hi B", "Dummy-2: hello A", "Dummy-1: from my phone", "Dummy-1: are you there?"],
   );
 
   await screenshot(a, "5-dummy-1");
