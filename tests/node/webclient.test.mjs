@@ -318,6 +318,17 @@ test("with --no-auth a name is enough to sign in; the conversation list pages", 
   await expectShown(page, "#conversations .peer", newestFirst);
   await page.waitForSelector("#more-conversations", { state: "hidden", timeout: TIMEOUT });
   await expectShown(page, "#conversations .badge", newestFirst.map(() => "1"));
+
+  // Keyboard: the list's entries are buttons; Enter opens one and puts the
+  // cursor in the message field.
+  await page.focus("#conversations li:nth-child(2) button");
+  await page.keyboard.press("Enter");
+  await expectShown(page, "#peer-name", [newestFirst[1]]);
+  await expectShown(page, "#messages .bubble", [`hello from ${newestFirst[1]}`]);
+  assert.equal(await page.evaluate(() => document.activeElement.id), "text");
+  await page.keyboard.type("hi there");
+  await page.keyboard.press("Enter");
+  await expectShown(page, "#messages li.mine:not(.pending) .bubble", ["hi there"]);
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.waitForSelector("#signin", { state: "visible", timeout: TIMEOUT });
   assert.deepEqual(errors, [], "console errors or uncaught exceptions on the page");
