@@ -329,6 +329,14 @@ test("with --no-auth a name is enough to sign in; the conversation list pages", 
   await page.keyboard.type("hi there");
   await page.keyboard.press("Enter");
   await expectShown(page, "#messages li.mine:not(.pending) .bubble", ["hi there"]);
+
+  // Text is shown as text, never as markup.
+  const markup = `<img src=x onerror="document.title='pwned'"><b>bold?</b>`;
+  const peer = await server.connect(newestFirst[1], "Dummy-1");
+  await sendOk(peer, markup);
+  await expectShown(page, "#messages .theirs .bubble", [`hello from ${newestFirst[1]}`, markup]);
+  assert.equal(await page.locator("#messages img, #messages b").count(), 0);
+  assert.equal(await page.title(), "chatd");
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.waitForSelector("#signin", { state: "visible", timeout: TIMEOUT });
   assert.deepEqual(errors, [], "console errors or uncaught exceptions on the page");
