@@ -269,7 +269,8 @@ test("two users chat in the web client: badges, history paging, seen, typing, ot
   try {
     await a.getByLabel("Message", { exact: true }).fill("are you there?");
     await a.getByLabel("Message", { exact: true }).press("Enter");
-    await a.getByRole("button", { name: "Retry" }).waitFor({ timeout: TIMEOUT });
+    // The page waits 10 s for an answer.
+    await a.getByRole("button", { name: "Retry" }).waitFor({ timeout: TIMEOUT + 10000 });
     await expectShown(a, "#messages li.failed .meta", ["not sent (no answer) Retry"]);
     await screenshot(a, "6-not-sent");
   } finally {
