@@ -132,6 +132,7 @@
     me = null;
     rooms.clear();
     clearTimeout(listRefresh);
+    listRefresh = null;
     listRequest = null;
     renderList();
     if (forget) sessionStorage.removeItem("chatd");
@@ -157,7 +158,7 @@
   // ------------------------------------------------------------------
   // The conversation list.
 
-  /** Fetches the first page (replacing the list) or, with `more`, the next one. */
+  /** Fetches the first page (merged into the list: exact counts) or, with `more`, the next one. */
   function loadConversations(more) {
     if (!inbox || listRequest) return;
     const sorted = sortedRooms();
@@ -315,10 +316,16 @@
       oldest: Infinity,
       older: false, // more history before `oldest`
       paging: false, // a `history` request in flight
+      read: 0, // my read cursor as this page last set it
+      peerRead: 0, // the peer's, as learnt here (the list entry may know more)
       typingSent: 0, // when `typing: true` was last sent
       typingIdle: null,
       peerTypingTimer: null,
-      seesLatest: () => false,
+      /** True if the reader can see the newest message: the page is shown and scrolled to the end. */
+      seesLatest() {
+        const list = $("messages");
+        return document.visibilityState === "visible" && list.scrollTop + list.clientHeight >= list.scrollHeight - 24;
+      },
       socket: null,
     };
     open = conversation;
@@ -331,10 +338,6 @@
     };
     const socket = io({ auth, forceNew: true });
     conversation.socket = socket;
-    conversation.seesLatest = () => {
-      const list = $("messages");
-      return document.visibilityState === "visible" && list.scrollTop + list.clientHeight >= list.scrollHeight - 24;
-    };
 
     $("peer-name").textContent = peer;
     $("presence").textContent = "";
@@ -370,16 +373,14 @@
       addMessages(conversation, [message]);
       if (message.from === peer) {
         showPeerTyping(conversation, false);
-        conversation.peerRead = Math.max(conversation.peerRead ?? 0, message.ts);
+        conversation.peerRead = Math.max(conversation.peerRead, message.ts);
       }
       if (follow) scrollToEnd();
       markRead(conversation);
     });
     socket.on("read", ({ roomId: room, user, ts }) => {
-      if (room !== roomId) return;
-      const entry = rooms.get(roomId);
-      if (user === peer && entry) entry.peerRead = Math.max(entry.peerRead, ts);
-      if (user === peer && !entry) conversation.peerRead = Math.max(conversation.peerRead ?? 0, ts);
+      if (room !== roomId || user !== peer) return;
+      conversation.peerRead = Math.max(conversation.peerRead, ts);
       showSeen();
     });
     socket.on("typing", ({ roomId: room, typing }) => {
@@ -460,8 +461,9 @@
       conversation.messages.set(message.ts, message);
       const item = messageItem(message);
       // Most arrive at either end; find the place from the end otherwise.
+      // Messages still being sent stay last.
       let after = list.lastElementChild;
-      while (after && Number(after.dataset.ts) > message.ts) after = after.previousElementSibling;
+      while (after && !(Number(after.dataset.ts) <= message.ts)) after = after.previousElementSibling;
       if (after) after.after(item);
       else list.prepend(item);
       conversation.newest = Math.max(conversation.newest, message.ts);
@@ -484,7 +486,7 @@
   /** "Seen" under my newest message the peer has read. */
   function showSeen() {
     if (!open) return;
-    const peerRead = Math.max(rooms.get(open.roomId)?.peerRead ?? 0, open.peerRead ?? 0);
+    const peerRead = Math.max(rooms.get(open.roomId)?.peerRead ?? 0, open.peerRead);
     let seen = null;
     for (const item of $("messages").querySelectorAll("li.mine[data-ts]")) {
       if (Number(item.dataset.ts) <= peerRead) seen = item;
@@ -499,7 +501,7 @@
   function markRead(conversation) {
     if (open !== conversation || !conversation.newest || !conversation.seesLatest()) return;
     const room = rooms.get(conversation.roomId);
-    const read = Math.max(room?.read ?? 0, conversation.read ?? 0);
+    const read = Math.max(room?.read ?? 0, conversation.read);
     if (conversation.newest <= read) return;
     conversation.read = conversation.newest;
     if (room) {
@@ -623,8 +625,13 @@
   // ------------------------------------------------------------------
   // Start: a sign-in kept for this tab, or the form.
 
-  const kept = JSON.parse(sessionStorage.getItem("chatd") || "null");
-  if (kept && NAME.test(kept.user)) {
+  let kept = null;
+  try {
+    kept = JSON.parse(sessionStorage.getItem("chatd") || "null");
+  } catch {
+    sessionStorage.removeItem("chatd");
+  }
+  if (kept && typeof kept.user === "string" && NAME.test(kept.user)) {
     $("user").value = kept.user;
     $("token").value = kept.token || "";
     signIn(kept.user, kept.token || "");
