@@ -5,9 +5,11 @@
 // conversation is opened, "Seen" shows under the last message the peer has
 // read, "typing…" shows and goes, history pages back, a message sent or
 // read on another device of the same user shows live, a send that got no
-// answer is retried with its cid and stored once. No page may log a console
-// error or throw. Screenshots are kept as artifacts in a directory the test
-// prints (CHATD_ARTIFACTS, else a fresh one under the system temp dir).
+// answer is retried with its cid and stored once, a page cut off from the
+// network reconnects (with `since`) and shows what it missed, once. No page
+// may log a console error or throw. Screenshots are kept as artifacts in a
+// directory the test prints (CHATD_ARTIFACTS, else a fresh one under the
+// system temp dir).
 //
 // Without Chromium (/usr/bin/chromium, driven by playwright-core) the
 // browser tests fail when $CI is set and are skipped otherwise. The HTTP
@@ -18,6 +20,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import http from "node:http";
 import https from "node:https";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { SKIP, launchChromium, expectShown } from "./chromium.mjs";
@@ -341,4 +344,98 @@ test("with --no-auth a name is enough to sign in; the conversation list pages", 
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.waitForSelector("#signin", { state: "visible", timeout: TIMEOUT });
   assert.deepEqual(errors, [], "console errors or uncaught exceptions on the page");
+});
+
+/**
+ * A TCP relay to `port` on 127.0.0.1 (TLS passes through untouched) that
+ * can cut every connection it carries and refuse new ones: a network that
+ * drops. Resolves with { port, down(), up(), close() }.
+ */
+async function startRelay(port) {
+  const pairs = new Set();
+  let up = true;
+  const relay = net.createServer((client) => {
+    if (!up) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(port, "127.0.0.1");
+    const pair = [client, upstream];
+    pairs.add(pair);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      pairs.delete(pair);
+    };
+    for (const socket of pair) socket.on("error", end).on("close", end);
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise((resolve, reject) => {
+    relay.once("error", reject);
+    relay.listen(0, "127.0.0.1", resolve);
+  });
+  return {
+    port: relay.address().port,
+    down() {
+      up = false;
+      for (const pair of pairs) for (const socket of pair) socket.destroy();
+      pairs.clear();
+    },
+    up() {
+      up = true;
+    },
+    close() {
+      this.down();
+      return new Promise((resolve) => relay.close(resolve));
+    },
+  };
+}
+
+test("after the network drops, the page reconnects and shows what it missed, once", { skip: SKIP, timeout: 60000 }, async () => {
+  const server = await startServer({ auth: false });
+  const relay = await startRelay(server.port);
+  try {
+    const errors = [];
+    const page = await newPage(errors, "Dummy-1");
+    // What the page sends, on polling and on websocket: its handshakes.
+    const sent = [];
+    page.on("request", (request) => sent.push(request.postData() ?? ""));
+    page.on("websocket", (ws) => ws.on("framesent", ({ payload }) => sent.push(String(payload))));
+    await page.goto(`https://127.0.0.1:${relay.port}/`);
+    await signIn(page, "Dummy-1", "");
+    await page.getByLabel("Chat with").fill("Dummy-2");
+    await page.getByLabel("Chat with").press("Enter");
+    const peer = await server.connect("Dummy-2", "Dummy-1");
+    const before = await sendOk(peer, "before");
+    await expectShown(page, "#messages .bubble", ["before"]);
+
+    relay.down();
+    await page.waitForFunction(() => /reconnecting|retrying/.test(document.getElementById("status").textContent), null, {
+      timeout: TIMEOUT,
+    });
+    await sendOk(peer, "missed 1");
+    await sendOk(peer, "missed 2");
+    await screenshot(page, "7-offline");
+    relay.up();
+
+    await expectShown(page, "#status", ["connected"]);
+    await expectShown(page, "#messages .bubble", ["before", "missed 1", "missed 2"]);
+    await expectShown(page, "#conversations .last", ["missed 2"]);
+    await expectShown(page, "#conversations .badge", []);
+    // The conversation's connection came back asking for what it missed.
+    assert.ok(
+      sent.some((payload) => payload.includes(`"since":${before.ts}`)),
+      "no handshake with since: the ts of the last message the page had",
+    );
+    await sendOk(peer, "after");
+    await expectShown(page, "#messages .bubble", ["before", "missed 1", "missed 2", "after"]);
+
+    // The browser reports the cut connections; nothing else may show.
+    const unexpected = errors.filter(
+      (error) => !/WebSocket connection to .* failed|Failed to load resource|net::ERR_/.test(error),
+    );
+    assert.deepEqual(unexpected, [], "console errors or uncaught exceptions on the page");
+  } finally {
+    await relay.close();
+  }
 });
