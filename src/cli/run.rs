@@ -145,6 +145,10 @@ pub struct RunCommand {
     /// an origin (scheme://host[:port]) whose web pages may connect; repeatable (default: none)
     #[argh(option)]
     pub cors_origin: Vec<String>,
+
+    /// do not serve the built-in web client at / (it answers 404)
+    #[argh(switch)]
+    pub no_web: bool,
 }
 
 impl RunCommand {
@@ -300,6 +304,7 @@ impl RunCommand {
         server.trusted_proxies = TrustedProxies::new(self.trusted_proxy.clone());
         server.handshake_timeout = Duration::from_secs(self.handshake_timeout);
         server.max_header_bytes = self.max_header_bytes;
+        server.web = !self.no_web;
         let server = Arc::new(server);
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(server.clone().accept_loop(listener, stop_accepting.clone()));
