@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use argh::FromArgs;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::retention;
@@ -17,6 +18,7 @@ use crate::chat::service::{Chat, ChatConfig};
 use crate::datadir;
 use crate::duration::parse_duration;
 use crate::engineio::EngineConfig;
+use crate::health::Health;
 use crate::metrics::METRICS;
 use crate::server::limits::{ConnectionLimits, Gate};
 use crate::server::notify::Notifier;
@@ -301,6 +303,10 @@ impl RunCommand {
         server.handshake_timeout = Duration::from_secs(self.handshake_timeout);
         server.max_header_bytes = self.max_header_bytes;
         let server = Arc::new(server);
+        tokio::spawn(report_store_health(
+            chat.store().failing(),
+            server.health.clone(),
+        ));
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(server.clone().accept_loop(listener, stop_accepting.clone()));
         tracing::info!(data_dir = %data_dir.display(), tls = tls.is_some(), auth = !self.no_auth, "chatd listening on {}", self.listen);
@@ -338,6 +344,20 @@ impl RunCommand {
         }
         chat.closed();
         Ok(())
+    }
+}
+
+/// Keeps the health part "store" failing, with the store's reason, while
+/// the store cannot commit.
+async fn report_store_health(mut failing: watch::Receiver<Option<String>>, health: Arc<Health>) {
+    loop {
+        match &*failing.borrow_and_update() {
+            Some(reason) => health.fail("store", reason.clone()),
+            None => health.recover("store"),
+        }
+        if failing.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -182,6 +182,18 @@ pub(crate) fn init(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Writes the schema version again, durably: a commit that needs pages
+/// of its own, to tell whether the disk takes writes again.
+pub(crate) fn probe(db: &redb::Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().ctx("starting a write probe")?;
+    write_u64(
+        &mut txn.open_table(STATE).ctx("opening state table")?,
+        SCHEMA_KEY,
+        SCHEMA_VERSION,
+    )?;
+    txn.commit().ctx("committing a write probe")
+}
+
 /// Creates every schema 3 table that does not exist yet.
 pub(crate) fn create_tables(
     txn: &WriteTransaction,
