@@ -335,8 +335,8 @@ impl Worker {
         if let Some((ended, backoff)) = self.last_outage
             && ended.elapsed() < OUTAGE_REPORT
         {
-            outage.backoff = backoff;
-            outage.next_reopen = Instant::now() + backoff;
+            outage.backoff = (backoff * 2).min(REOPEN_MAX);
+            outage.next_reopen = Instant::now() + outage.backoff;
         }
         self.store.set_failing(Some(outage.reason()));
         self.outage = Some(outage);
@@ -406,10 +406,10 @@ impl Worker {
 
     // One step of background work; a fault of the disk starts an outage.
     fn background_step(&mut self, committed: usize) {
-        if let Err(error) = self.background.step(&self.store, committed) {
-            if error.is_storage_fault() {
-                self.fault(&error);
-            }
+        if let Err(error) = self.background.step(&self.store, committed)
+            && error.is_storage_fault()
+        {
+            self.fault(&error);
         }
     }
 }

@@ -176,9 +176,7 @@ impl Store {
     /// as [`Store::open`] does and writing to it durably (a write probe):
     /// what clears redb's "previous I/O error" state once the disk works
     /// again. Until it succeeds, every read and write gives
-    /// [`StoreError::Closed`] (or the open's error). If a read still holds
-    /// the old database, the open fails with [`StoreError::Locked`]: try
-    /// again later.
+    /// [`StoreError::Closed`]; a read under way on the old file fails.
     pub fn reopen(&self) -> Result<(), StoreError> {
         let old = self
             .shared
@@ -406,6 +404,20 @@ mod tests {
         let store = Store::open(&data).unwrap();
         assert_eq!(store.rooms().unwrap(), vec!["r".to_string()]);
         assert_eq!(store.applied_seq().unwrap(), 1);
+    }
+
+    #[test]
+    fn reopen_keeps_the_data_and_closes_reads_of_the_old_file() {
+        let (_dir, store) = tmp_store();
+        put(&store, "r", 1, "x");
+        let reading = redb::ReadableDatabase::begin_read(&**store.db().unwrap()).unwrap();
+        // redb closes the file under a read still under way: it fails.
+        store.reopen().unwrap();
+        assert!(reading.open_table(schema::STATE).is_err());
+        drop(reading);
+        assert_eq!(store.rooms().unwrap(), vec!["r".to_string()]);
+        put(&store, "r", 2, "y");
+        assert_eq!(store.applied_seq().unwrap(), 2);
     }
 
     #[test]
