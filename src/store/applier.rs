@@ -39,7 +39,7 @@ use super::error::DbContext;
 use super::fold::{FOLD_AT, STEP, fold_step};
 use super::schema::BUCKETS;
 use super::sweep::{pending as sweep_pending, sweep_step};
-use super::{Store, StoreError};
+use super::{Store, StoreError, contained};
 use crate::metrics::METRICS;
 
 /// Most changes applied in one transaction; bounds a batch's latency.
@@ -142,7 +142,7 @@ impl<T: Send + 'static> Applier<T> {
         mode: ApplierMode,
     ) -> Result<Applier<T>, StoreError> {
         let background = Background::load(&store)?;
-        let last_seq = store.applied_seq()?;
+        let last_seq = contained("reading the log position", || store.applied_seq())?;
         let timer = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -281,7 +281,7 @@ impl Worker {
                 }
             }
             let started = Instant::now();
-            match commit(&self.store, &batch) {
+            match contained("committing changes", || commit(&self.store, &batch)) {
                 Ok(committed) => {
                     METRICS.commit(batch.len(), started.elapsed());
                     METRICS.set_recent(committed.staged);
@@ -366,7 +366,8 @@ impl Worker {
         };
         let reopened = self.store.reopen().and_then(|()| {
             let background = Background::load(&self.store)?;
-            Ok((self.store.applied_seq()?, background))
+            let applied = contained("reading the log position", || self.store.applied_seq())?;
+            Ok((applied, background))
         });
         let (applied, background) = match reopened {
             Ok(reopened) => reopened,
@@ -562,6 +563,12 @@ struct Background {
 
 impl Background {
     fn load(store: &Store) -> Result<Background, StoreError> {
+        contained("reading what waits to be folded and swept", || {
+            Background::load_unguarded(store)
+        })
+    }
+
+    fn load_unguarded(store: &Store) -> Result<Background, StoreError> {
         use redb::{ReadableDatabase, ReadableTableMetadata};
         let txn = store.db()?.begin_read().ctx("starting read transaction")?;
         let staged = txn
@@ -610,7 +617,9 @@ impl Background {
     // nothing is lost, a later pass does the work again.
     fn step(&mut self, store: &Store, committed: usize) -> Result<(), StoreError> {
         if let Some(b) = self.folding {
-            match fold_step(store, b, STEP.max(2 * committed)) {
+            match contained("folding staged messages", || {
+                fold_step(store, b, STEP.max(2 * committed))
+            }) {
                 Ok(folded) => {
                     self.unsynced = true;
                     self.staged = folded.staged;
@@ -626,7 +635,7 @@ impl Background {
                 }
             }
         } else if self.sweeping {
-            match sweep_step(store, SWEEP_STEP) {
+            match contained("deleting purged messages", || sweep_step(store, SWEEP_STEP)) {
                 Ok(swept) => {
                     self.unsynced = true;
                     self.sweeping = !swept.done;

@@ -98,6 +98,17 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// Reading the file panicked inside redb: a damaged page.
+    #[error(
+        "the store file is damaged ({what} failed: {reason}); `chatd check` tells what is readable, `chatd salvage --out NEW_DIR` copies it into a new store"
+    )]
+    Damaged {
+        /// What the store was doing.
+        what: &'static str,
+        /// What the panic said.
+        reason: String,
+    },
+
     /// Some other stored value that does not decode.
     #[error("corrupt {what}: {reason}")]
     Corrupt {

@@ -12,6 +12,7 @@
 pub mod change;
 mod chunk;
 pub mod clock;
+mod contain;
 mod error;
 mod fold;
 #[doc(hidden)]
@@ -41,6 +42,7 @@ pub use self::change::{
     Applied, AppliedBatch, Change, NewMessage, NotApplied, Outcome, Pending, PurgeCommand, ReadMark,
 };
 pub use self::clock::{format_time, now_us, utc_offset_s};
+pub use self::contain::{contained, panic_message};
 use self::error::DbContext;
 pub use self::error::StoreError;
 pub use self::inbox::Conversation;
@@ -235,8 +237,12 @@ impl Store {
 }
 
 /// Opens (creating) the database file and checks (or writes) its schema,
-/// upgrading an older one.
+/// upgrading an older one; a damaged file is an error, not a panic.
 fn open_database(path: &Path) -> Result<OpenDatabase, StoreError> {
+    contained("opening the store", || open_database_unguarded(path))
+}
+
+fn open_database_unguarded(path: &Path) -> Result<OpenDatabase, StoreError> {
     let db = Database::builder()
         .set_cache_size(CACHE_BYTES)
         .create(path)
