@@ -1,6 +1,6 @@
 //! `chatd run`: the server.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use crate::server::proxy::{Cidr, TrustedProxies};
 use crate::server::signals::{Signal, Signals};
 use crate::server::{Server, metrics, tls};
 use crate::socketio::SocketIo;
-use crate::store::{Store, StoreError};
+use crate::store::{DB_FILE_NAME, Store, StoreError};
 
 /// How long shutdown waits for in-flight messages to commit.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -147,6 +147,10 @@ pub struct RunCommand {
     /// an origin (scheme://host[:port]) whose web pages may connect; repeatable (default: none)
     #[argh(option)]
     pub cors_origin: Vec<String>,
+
+    /// start with an empty history although the data directory was used before and its chatd.redb is missing or empty
+    #[argh(switch)]
+    pub new_store: bool,
 }
 
 impl RunCommand {
@@ -198,6 +202,9 @@ impl RunCommand {
                 "--ipv6-prefix-len {} is not a prefix length: give 0 to 128",
                 self.ipv6_prefix_len
             );
+        }
+        if !self.new_store {
+            history_not_lost(&data_dir)?;
         }
         let store = Store::open(&data_dir).map_err(|error| match error {
             StoreError::Locked { .. } => anyhow::anyhow!(
@@ -345,6 +352,41 @@ impl RunCommand {
         chat.closed();
         Ok(())
     }
+}
+
+/// Refuses to start with an empty history where one was kept before: a
+/// missing `chatd.redb` beside the generated certificate (`tls/`, made by
+/// an earlier `chatd run`), or an empty one beside that or the token
+/// secret, is a lost or truncated file (a restore gone wrong, a wrong
+/// mount), not a new installation. A secret alone is not enough to tell:
+/// `chatd token` makes it before the first start.
+fn history_not_lost(data_dir: &Path) -> anyhow::Result<()> {
+    let db = data_dir.join(DB_FILE_NAME);
+    let size = match std::fs::metadata(&db) {
+        Ok(meta) => Some(meta.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", db.display())),
+    };
+    let tls = data_dir.join(tls::SELF_SIGNED_DIR);
+    let secret = data_dir.join(datadir::SECRET_FILE);
+    let used_by = match size {
+        None if tls.exists() => tls,
+        Some(0) if tls.exists() => tls,
+        Some(0) if secret.exists() => secret,
+        _ => return Ok(()),
+    };
+    let state = if size.is_none() {
+        "missing"
+    } else {
+        "empty (0 bytes)"
+    };
+    bail!(
+        "{} is {state}, but {} shows a server kept its history here before: refusing to start \
+         with an empty history. Restore the file from a backup (or mount the right volume); to \
+         start afresh deliberately, run once with --new-store",
+        db.display(),
+        used_by.display()
+    )
 }
 
 /// Keeps the health part "store" failing, with the store's reason, while

@@ -23,6 +23,7 @@ mod model;
 mod read;
 mod record;
 mod room;
+mod salvage;
 mod schema;
 mod sweep;
 mod upgrade;
@@ -47,6 +48,7 @@ use self::error::DbContext;
 pub use self::error::StoreError;
 pub use self::inbox::Conversation;
 pub use self::read::{HistoryPage, HistoryQuery};
+pub use self::salvage::{Salvaged, salvage};
 pub use self::schema::SCHEMA_VERSION;
 
 /// File name of the database inside the data directory.
