@@ -482,3 +482,67 @@ fn read_cids(
     }
     cids
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::change::{Change, PurgeCommand, ReadMark};
+    use crate::store::testutil::*;
+    use crate::store::{DB_FILE_NAME, Outcome};
+
+    #[test]
+    fn an_intact_store_is_copied_whole_with_cursors_cids_and_purges() {
+        let (dir, store) = tmp_store();
+        for i in 1..=40u64 {
+            let mut m = msg("dm:A_B", "A", "B", &format!("m{i}"), 1_000 * i);
+            m.cid = Some(format!("c{i}"));
+            store.apply(Change::Message(m)).unwrap();
+            put(&store, "dm:C_D", 1_000 * i, &format!("n{i}"));
+        }
+        fold_all(&store);
+        // Staged ones too, a cursor, and a purge of the oldest ten.
+        put(&store, "dm:A_B", 99_000, "staged");
+        let cursor = exported(&store)[20].ts;
+        store
+            .apply(Change::Read(ReadMark {
+                room: "dm:A_B".into(),
+                user: "B".into(),
+                ts: cursor,
+            }))
+            .unwrap();
+        let floor = exported(&store)[10].ts;
+        store
+            .apply(Change::Purge(PurgeCommand::Room {
+                room: "dm:A_B".into(),
+                before: Some(floor),
+            }))
+            .unwrap();
+        let before = exported(&store);
+        let unread = store.conversations("B", None, None, 10).unwrap();
+        drop(store);
+
+        let new_dir = tempfile::tempdir().unwrap();
+        let new = Store::open(new_dir.path()).unwrap();
+        let path = dir.path().join(DB_FILE_NAME);
+        let salvaged = salvage(&path, Some(&new)).unwrap();
+        assert!(salvaged.lost.is_empty(), "{:?}", salvaged.lost);
+        assert_eq!(salvaged.rooms, 2);
+        assert_eq!(salvaged.messages, before.len() as u64);
+        assert_eq!(salvaged.cids, 30);
+        assert_eq!(exported(&new), before);
+        assert_eq!(new.read_cursor("dm:A_B", "B").unwrap(), cursor);
+        assert_eq!(new.conversations("B", None, None, 10).unwrap(), unread);
+        // A cid of a copied message is a duplicate; one of a purged one is not.
+        let mut again = msg("dm:A_B", "A", "B", "again", 200_000);
+        again.cid = Some("c20".into());
+        assert!(matches!(
+            new.apply(Change::Message(again.clone())).unwrap(),
+            Outcome::Duplicate(m) if m.text == "m20"
+        ));
+        again.cid = Some("c5".into());
+        assert!(matches!(
+            new.apply(Change::Message(again)).unwrap(),
+            Outcome::Stored(m) if m.ts > 99_000
+        ));
+    }
+}
