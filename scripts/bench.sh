@@ -34,7 +34,8 @@
 # metrics.
 #
 # Usage: scripts/bench.sh
-# Env: RUNS (5) SCENARIOS ("closed open idle connect store") DURATION (10)
+# Env: RUNS (5) SCENARIOS ("closed open idle connect store") SERVERS (all:
+# "chatd node socketioxide chatd-wss chatd-tls"; others are skipped) DURATION (10)
 # WARMUP (2) CLOSED_PAIRS (100) OPEN_PAIRS (1000) OPEN_RATE (20)
 # IDLE_CONNECTIONS (10000) IDLE_HOLD (5) HANDSHAKES (2000)
 # HANDSHAKE_CONCURRENCY (16) STORE_MESSAGES (200000) STORE_ROOMS (1000)
@@ -45,6 +46,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 SCENARIOS=${SCENARIOS:-closed open idle connect store}
+SERVERS=${SERVERS:-chatd node socketioxide chatd-wss chatd-tls}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CLOSED_PAIRS=${CLOSED_PAIRS:-100}
@@ -226,6 +228,9 @@ scenario() {
     local scen=$1 servers=$2 runs=$3
     shift 3
     local run server
+    servers=$(for server in $servers; do
+        if [[ " $SERVERS " == *" $server "* ]]; then printf '%s ' "$server"; fi
+    done)
     for ((run = 1; run <= runs; run++)); do
         echo "== $scen, run $run of $runs" >&2
         # shellcheck disable=SC2086 # a list of words
