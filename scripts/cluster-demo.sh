@@ -36,74 +36,26 @@ fail() {
   exit 1
 }
 
-# until SECONDS WHAT COMMAND...: runs COMMAND every 0.1 s until it succeeds.
-until_ok() {
-  local seconds=$1 what=$2
-  shift 2
-  for _ in $(seq $((seconds * 10))); do
-    "$@" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  fail "$what: not after $seconds s"
-}
+source scripts/lib/cluster.sh
 
 # wait_for FILE LINE [COUNT]: until FILE holds LINE (a whole line) COUNT times.
 has_line() { [[ $(grep -cxF -- "$2" "$1" 2>/dev/null) -ge ${3:-1} ]]; }
 wait_for() { until_ok 10 "\"$2\" (x${3:-1}) in $(basename "$1")" has_line "$@"; }
 
-# Free loopback ports: 3 NATS client ports and 3 route ports.
-mapfile -t PORTS < <(python3 - <<'EOF'
-import socket
-held = []
-for _ in range(6):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    held.append(s)
-    print(s.getsockname()[1])
-EOF
-)
-ROUTES="nats-route://127.0.0.1:${PORTS[3]},nats-route://127.0.0.1:${PORTS[4]},nats-route://127.0.0.1:${PORTS[5]}"
-URLS="nats://127.0.0.1:${PORTS[0]},nats://127.0.0.1:${PORTS[1]},nats://127.0.0.1:${PORTS[2]}"
-
-# The engine: three JetStream servers, fsync on every write (with the
-# default lazy fsync a power loss can lose acknowledged messages).
-for i in 0 1 2; do
-  name="nats$((i + 1))"
-  mkdir -p "$WORK/$name"
-  cat >"$WORK/$name.conf" <<EOF
-server_name: $name
-listen: 127.0.0.1:${PORTS[$i]}
-jetstream { store_dir: "$WORK/$name", sync_interval: always }
-cluster { name: chatd-demo, listen: 127.0.0.1:${PORTS[$((i + 3))]}, routes: [$ROUTES] }
-EOF
-  "$NATS_SERVER" -c "$WORK/$name.conf" >"$WORK/$name.log" 2>&1 &
-  PIDS+=("$!")
-done
+start_engine
 
 # One token secret for the whole service.
 head -c 48 /dev/urandom | base64 >"$WORK/jwt-secret"
 chmod 600 "$WORK/jwt-secret"
 
 # The three chatd nodes; each is ready once it has caught up with the log.
-NODE_PORTS=()
-for n in 1 2 3; do
-  RUST_LOG=chatd=warn "$CHATD" run --listen 127.0.0.1:0 --data-dir "$WORK/node$n" \
-    --jwt-secret "$WORK/jwt-secret" --cluster "$URLS" --node "node$n" \
-    >"$WORK/node$n.log" 2>"$WORK/node$n.err" &
-  PIDS+=("$!")
-done
-for n in 1 2 3; do
-  until_ok 60 "node$n listening" grep -q '^Listening at ' "$WORK/node$n.log"
-  NODE_PORTS+=("$(sed -n 's/^Listening at //p' "$WORK/node$n.log")")
-  ready() { curl -sfk "https://127.0.0.1:$1/healthz"; }
-  until_ok 60 "node$n ready (/healthz 200)" ready "${NODE_PORTS[$((n - 1))]}"
-done
+for n in 1 2 3; do start_node "$n" --jwt-secret "$WORK/jwt-secret"; done
 
 # chat USER PEER NODE: a `chatd chat` on node NODE, reading a fifo.
 chat() {
   local user=$1 peer=$2 node=$3
   mkfifo "$WORK/$user.in"
-  "$CHATD" chat --user "$user" --peer "$peer" --url "wss://127.0.0.1:${NODE_PORTS[$((node - 1))]}" \
+  "$CHATD" chat --user "$user" --peer "$peer" --url "wss://127.0.0.1:${NODE_PORT[$node]}" \
     --token "$("$CHATD" token "$user" --jwt-secret "$WORK/jwt-secret")" \
     --data-dir "$WORK/node$node" \
     <"$WORK/$user.in" >"$WORK/$user.log" 2>"$WORK/$user.err" &
@@ -151,8 +103,8 @@ count="$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' 
 echo "\$ chatd export --all  (node1, node2 and node3 gave the same $count messages)" >>"$WORK/operator.log"
 cat "$WORK/export3.json" >>"$WORK/operator.log"
 
-for n in 1 2 3; do kill -TERM "${PIDS[$((n + 2))]}"; done
-for n in 1 2 3; do wait "${PIDS[$((n + 2))]}" || fail "node$n did not exit cleanly"; done
+for n in 1 2 3; do kill -TERM "${NODE_PID[$n]}"; done
+for n in 1 2 3; do wait "${NODE_PID[$n]}" || fail "node$n did not exit cleanly"; done
 
 for n in 1 2 3; do show "node$n" "$WORK/node$n.log"; done
 show "Dummy-1 (node1)" "$WORK/Dummy-1.log"
