@@ -36,6 +36,7 @@ use super::{ExportError, ExportScope, PurgeScope, SOCKET_FILE, write_export};
 use crate::chat::service::{Chat, Ticket};
 use crate::datadir::temp_sibling;
 use crate::log::Log;
+use crate::store::panic_message;
 use crate::store::{Change, Outcome};
 
 /// Bytes gathered before an export chunk is sent.
@@ -260,15 +261,6 @@ fn export<L: Log<Ticket>>(chat: &Chat<L>, scope: ExportScope) -> Response<AdminB
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
-}
-
-/// What a panic carried, for the log.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
-        (Some(message), _) => (*message).to_owned(),
-        (_, Some(message)) => message.clone(),
-        _ => "no message".to_owned(),
-    }
 }
 
 /// A purge goes through the log like every other change: in order with

@@ -59,7 +59,8 @@ pub(super) async fn dispatch<L: Log<Ticket>>(
                 chat.in_flight.settle(answered);
             }
             Settled::Dropped { error, tickets } => {
-                tracing::error!(%error, count = tickets.len(), "changes not applied: refused");
+                // The applier logs the failure (once per outage, not per batch).
+                tracing::debug!(%error, count = tickets.len(), "changes not applied: refused");
                 let count = tickets.len();
                 for ticket in tickets {
                     unavailable(ticket);

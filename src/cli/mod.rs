@@ -6,6 +6,7 @@ pub mod export;
 pub mod online;
 pub mod purge;
 pub mod run;
+pub mod salvage;
 pub mod token;
 
 use argh::FromArgs;
@@ -28,6 +29,8 @@ enum Command {
     Online(online::OnlineCommand),
     Export(export::ExportCommand),
     Purge(purge::PurgeCommand),
+    Check(salvage::CheckCommand),
+    Salvage(salvage::SalvageCommand),
     Chat(chat::ChatCommand),
     Token(token::TokenCommand),
     Bench(bench::BenchCommand),
@@ -41,6 +44,8 @@ impl Chatd {
             Command::Online(command) => command.execute(),
             Command::Export(command) => command.execute(),
             Command::Purge(command) => command.execute(),
+            Command::Check(command) => command.execute(),
+            Command::Salvage(command) => command.execute(),
             Command::Chat(command) => command.execute(),
             Command::Token(command) => command.execute(),
             Command::Bench(command) => command.execute(),

@@ -2,12 +2,13 @@
 
 mod cluster;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use argh::FromArgs;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use self::cluster::ClusterNode;
@@ -30,7 +31,7 @@ use crate::server::proxy::{Cidr, TrustedProxies};
 use crate::server::signals::{Signal, Signals};
 use crate::server::{Server, metrics, tls};
 use crate::socketio::SocketIo;
-use crate::store::{Store, StoreError};
+use crate::store::{DB_FILE_NAME, Store, StoreError};
 
 /// How long shutdown waits for in-flight messages to commit.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,6 +153,10 @@ pub struct RunCommand {
     #[argh(option)]
     pub cors_origin: Vec<String>,
 
+    /// do not serve the built-in web client at / (it answers 404)
+    #[argh(switch)]
+    pub no_web: bool,
+
     /// run as one node of a cluster on these NATS JetStream servers: nats://HOST:PORT[,nats://HOST:PORT...] (default: a single node)
     #[argh(option)]
     pub cluster: Option<String>,
@@ -159,6 +164,10 @@ pub struct RunCommand {
     /// this node's name in the cluster: 1-64 of A-Z a-z 0-9 _ - (default: the host name)
     #[argh(option)]
     pub node: Option<String>,
+
+    /// start with an empty history although the data directory was used before and its chatd.redb is missing or empty
+    #[argh(switch)]
+    pub new_store: bool,
 }
 
 impl RunCommand {
@@ -210,6 +219,9 @@ impl RunCommand {
                 "--ipv6-prefix-len {} is not a prefix length: give 0 to 128",
                 self.ipv6_prefix_len
             );
+        }
+        if !self.new_store {
+            history_not_lost(&data_dir)?;
         }
         let store = Store::open(&data_dir).map_err(|error| match error {
             StoreError::Locked { .. } => anyhow::anyhow!(
@@ -359,8 +371,10 @@ impl RunCommand {
         server.trusted_proxies = TrustedProxies::new(self.trusted_proxy.clone());
         server.handshake_timeout = Duration::from_secs(self.handshake_timeout);
         server.max_header_bytes = self.max_header_bytes;
+        server.web = !self.no_web;
         server.health = health.clone();
         let server = Arc::new(server);
+        tokio::spawn(report_store_health(chat.store().failing(), health.clone()));
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(server.clone().accept_loop(listener, stop_accepting.clone()));
         tracing::info!(data_dir = %data_dir.display(), tls = tls.is_some(), auth = !self.no_auth, "chatd listening on {}", self.listen);
@@ -416,6 +430,55 @@ struct Setup {
     certs: Option<Arc<tls::CertFiles>>,
     tls: Option<crate::server::tls_stream::TlsAcceptor>,
     health: Arc<Health>,
+}
+
+/// Refuses to start with an empty history where one was kept before: a
+/// missing `chatd.redb` beside the generated certificate (`tls/`, made by
+/// an earlier `chatd run`), or an empty one beside that or the token
+/// secret, is a lost or truncated file (a restore gone wrong, a wrong
+/// mount), not a new installation. A secret alone is not enough to tell:
+/// `chatd token` makes it before the first start.
+fn history_not_lost(data_dir: &Path) -> anyhow::Result<()> {
+    let db = data_dir.join(DB_FILE_NAME);
+    let size = match std::fs::metadata(&db) {
+        Ok(meta) => Some(meta.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", db.display())),
+    };
+    let tls = data_dir.join(tls::SELF_SIGNED_DIR);
+    let secret = data_dir.join(datadir::SECRET_FILE);
+    let used_by = match size {
+        None if tls.exists() => tls,
+        Some(0) if tls.exists() => tls,
+        Some(0) if secret.exists() => secret,
+        _ => return Ok(()),
+    };
+    let state = if size.is_none() {
+        "missing"
+    } else {
+        "empty (0 bytes)"
+    };
+    bail!(
+        "{} is {state}, but {} shows a server kept its history here before: refusing to start \
+         with an empty history. Restore the file from a backup (or mount the right volume); to \
+         start afresh deliberately, run once with --new-store",
+        db.display(),
+        used_by.display()
+    )
+}
+
+/// Keeps the health part "store" failing, with the store's reason, while
+/// the store cannot commit.
+async fn report_store_health(mut failing: watch::Receiver<Option<String>>, health: Arc<Health>) {
+    loop {
+        match &*failing.borrow_and_update() {
+            Some(reason) => health.fail("store", reason.clone()),
+            None => health.recover("store"),
+        }
+        if failing.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// SIGHUP: serves the certificate files' current content from the next

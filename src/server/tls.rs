@@ -106,7 +106,7 @@ fn certified_key(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
 }
 
 /// Where the generated pair lives inside the data directory.
-const SELF_SIGNED_DIR: &str = "tls";
+pub const SELF_SIGNED_DIR: &str = "tls";
 
 /// `<data_dir>/tls/cert.pem` and `<data_dir>/tls/key.pem`, whether they exist
 /// or not: clients trust that certificate by default.

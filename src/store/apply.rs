@@ -782,7 +782,7 @@ mod tests {
     #[test]
     fn an_eid_is_a_duplicate_within_the_window_only() {
         let (_dir, store) = tmp_store();
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db().unwrap().begin_write().unwrap();
         let mut batch = Batch::begin(&txn).unwrap();
         let mut m = msg(ROOM, "Ann", "Bob", "hi", 10);
         m.eid = Some([7; 16]);
@@ -798,7 +798,7 @@ mod tests {
         batch.finish().unwrap();
         txn.commit().unwrap();
         // The window's old end is pruned by position.
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db().unwrap().begin_write().unwrap();
         let t = Tables::open(&txn).unwrap();
         assert_eq!(
             t.eid_log.first().unwrap().unwrap().0.value(),
@@ -971,7 +971,7 @@ mod tests {
         send(&store, "Ann", "x", 1);
         send(&store, "Ann", "y", 2);
         assert_eq!(store.applied_seq().unwrap(), 2);
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db().unwrap().begin_write().unwrap();
         let batch = Batch::begin(&txn).unwrap();
         assert_eq!(batch.position_of(None).unwrap(), Some(3));
         assert_eq!(batch.position_of(Some(2)).unwrap(), None);

@@ -51,6 +51,22 @@ pub enum StoreError {
         source: redb::DatabaseError,
     },
 
+    /// The database is being closed and opened again after a storage
+    /// fault ([`Store::reopen`](super::Store::reopen)), or that failed.
+    #[error("database {path} is closed while it is reopened after a storage error")]
+    Closed {
+        /// The database file.
+        path: PathBuf,
+    },
+
+    /// The store cannot commit now (its disk failed); the applier refuses
+    /// changes until it has reopened the file and a write succeeded.
+    #[error("the store cannot commit now: {reason}")]
+    Failing {
+        /// What failed, and since when.
+        reason: String,
+    },
+
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     Io {
@@ -79,6 +95,17 @@ pub enum StoreError {
         /// The ts of the message (or of the first message of its chunk).
         ts: u64,
         /// Why it did not decode.
+        reason: String,
+    },
+
+    /// Reading the file panicked inside redb: a damaged page.
+    #[error(
+        "the store file is damaged ({what} failed: {reason}); `chatd check` tells what is readable, `chatd salvage --out NEW_DIR` copies it into a new store"
+    )]
+    Damaged {
+        /// What the store was doing.
+        what: &'static str,
+        /// What the panic said.
         reason: String,
     },
 
@@ -115,6 +142,24 @@ pub enum StoreError {
     /// The applier thread could not be started.
     #[error("cannot start the applier thread: {0}")]
     Spawn(#[source] std::io::Error),
+}
+
+impl StoreError {
+    /// Whether this is a fault of the file or the disk under it (I/O,
+    /// damage, a closed database), which reopening the file may clear,
+    /// rather than a change the rules cannot apply.
+    pub fn is_storage_fault(&self) -> bool {
+        !matches!(
+            self,
+            StoreError::TsExhausted { .. }
+                | StoreError::RoomsExhausted
+                | StoreError::LogGap { .. }
+                | StoreError::NewerSchema { .. }
+                | StoreError::OlderSchema { .. }
+                | StoreError::NotChatd { .. }
+                | StoreError::Spawn(_)
+        )
+    }
 }
 
 /// Attaches a context string to any redb error, so `?` stays short at call sites.

@@ -55,7 +55,7 @@ pub(crate) struct Folded {
 /// into chunks, in one non-durable transaction.
 pub(crate) fn fold_step(store: &Store, b: u8, budget: usize) -> Result<Folded, StoreError> {
     debug_assert!(b < BUCKETS);
-    let mut txn = store.db.begin_write().ctx("starting fold step")?;
+    let mut txn = store.db()?.begin_write().ctx("starting fold step")?;
     txn.set_durability(Durability::None)
         .ctx("making the fold step non-durable")?;
     let folded = {

@@ -65,7 +65,7 @@ impl Store {
         if limit == 0 {
             return Ok(list);
         }
-        let txn = self.db.begin_read().ctx("starting read transaction")?;
+        let txn = self.db()?.begin_read().ctx("starting read transaction")?;
         let inbox = txn.open_table(INBOX).ctx("opening inbox")?;
         let ids = txn.open_table(ROOM_IDS).ctx("opening room ids")?;
         let rooms = txn.open_table(ROOMS).ctx("opening rooms")?;

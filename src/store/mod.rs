@@ -12,6 +12,7 @@
 pub mod change;
 mod chunk;
 pub mod clock;
+mod contain;
 mod error;
 mod fold;
 #[doc(hidden)]
@@ -22,6 +23,7 @@ mod model;
 mod read;
 mod record;
 mod room;
+mod salvage;
 mod schema;
 mod sweep;
 mod upgrade;
@@ -30,9 +32,10 @@ mod applier;
 mod apply;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use redb::Database;
+use tokio::sync::watch;
 
 pub use self::applier::{Applier, ApplierHandle, ApplierMode, MAX_BATCH};
 pub use self::apply::EID_WINDOW;
@@ -40,10 +43,12 @@ pub use self::change::{
     Applied, AppliedBatch, Change, NewMessage, NotApplied, Outcome, Pending, PurgeCommand, ReadMark,
 };
 pub use self::clock::{format_time, now_us, utc_offset_s};
+pub use self::contain::{contained, panic_message};
 use self::error::DbContext;
 pub use self::error::StoreError;
 pub use self::inbox::Conversation;
 pub use self::read::{HistoryPage, HistoryQuery};
+pub use self::salvage::{Salvaged, salvage};
 pub use self::schema::SCHEMA_VERSION;
 
 /// File name of the database inside the data directory.
@@ -74,10 +79,23 @@ pub struct StoredMessage {
 }
 
 /// A cheaply clonable handle on the open database.
+///
+/// The database itself can be closed and opened again under the handle
+/// ([`Store::reopen`]): redb refuses every commit after an I/O error until
+/// its file is reopened, and a server must get over a full disk without a
+/// restart. Every read and write takes the database open at that moment.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<OpenDatabase>,
-    path: Arc<PathBuf>,
+    shared: Arc<Shared>,
+}
+
+/// What every clone of a [`Store`] shares.
+struct Shared {
+    path: PathBuf,
+    // None while a reopen is under way (or after one failed).
+    db: RwLock<Option<Arc<OpenDatabase>>>,
+    // Why the store cannot commit now (None: it can), set by its applier.
+    failing: watch::Sender<Option<String>>,
 }
 
 /// The database, and the process's count of open ones: redb marks a file
@@ -120,7 +138,9 @@ impl Drop for OpenCount {
 // Manual impl: the database handle has nothing useful to print.
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("path", &self.shared.path)
+            .finish()
     }
 }
 
@@ -137,39 +157,54 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(DB_FILE_NAME);
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|source| match source {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    StoreError::Locked { path: path.clone() }
-                }
-                source => StoreError::Open {
-                    path: path.clone(),
-                    source,
-                },
-            })?;
-        let txn = db.begin_write().ctx("starting schema check")?;
-        if let schema::Found::Legacy(version) = schema::check_or_init(&txn, &path)? {
-            let started = std::time::Instant::now();
-            tracing::info!(path = %path.display(), version, "upgrading the store to schema {SCHEMA_VERSION}");
-            let upgraded = upgrade::from_legacy(&txn, version, &path)?;
-            tracing::info!(
-                messages = upgraded.messages,
-                rooms = upgraded.rooms,
-                literal_times = upgraded.literal_times,
-                secs = started.elapsed().as_secs_f64(),
-                "store upgraded"
-            );
-        }
-        txn.commit().ctx("committing schema check")?;
+        let db = open_database(&path)?;
         Ok(Store {
-            db: Arc::new(OpenDatabase {
-                db,
-                _open: OpenCount::new(),
+            shared: Arc::new(Shared {
+                path,
+                db: RwLock::new(Some(Arc::new(db))),
+                failing: watch::Sender::new(None),
             }),
-            path: Arc::new(path),
         })
+    }
+
+    /// The database as open now; [`StoreError::Closed`] while a reopen is
+    /// under way.
+    fn db(&self) -> Result<Arc<OpenDatabase>, StoreError> {
+        let db = self.shared.db.read().unwrap_or_else(|e| e.into_inner());
+        db.clone().ok_or_else(|| StoreError::Closed {
+            path: self.shared.path.clone(),
+        })
+    }
+
+    /// Closes the database and opens its file again, checking the schema
+    /// as [`Store::open`] does and writing to it durably (a write probe):
+    /// what clears redb's "previous I/O error" state once the disk works
+    /// again. Until it succeeds, every read and write gives
+    /// [`StoreError::Closed`]; a read under way on the old file fails.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let old = self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        // Closes the file, unless a read still holds it.
+        drop(old);
+        let db = open_database(&self.shared.path)?;
+        schema::probe(&db)?;
+        *self.shared.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+        Ok(())
+    }
+
+    /// Why the store cannot commit now (None while it can): its applier
+    /// sets it when a commit fails and clears it once one succeeds again.
+    pub fn failing(&self) -> watch::Receiver<Option<String>> {
+        self.shared.failing.subscribe()
+    }
+
+    /// Sets what [`Store::failing`] tells.
+    pub(crate) fn set_failing(&self, reason: Option<String>) {
+        self.shared.failing.send_replace(reason);
     }
 
     /// Waits (at most `timeout`) until every store this process opened is
@@ -188,19 +223,58 @@ impl Store {
 
     /// Path of the database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
     /// Records the identity of the log this store follows (a cluster's
     /// stream), so a node can refuse to apply another log on top of it.
     pub fn set_log_id(&self, id: &[u8]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().ctx("starting write")?;
+        let txn = self.db()?.begin_write().ctx("starting write")?;
         txn.open_table(schema::STATE)
             .ctx("opening state")?
             .insert(schema::LOG_ID_KEY, id)
             .ctx("writing log id")?;
         txn.commit().ctx("committing log id")
     }
+}
+
+/// Opens (creating) the database file and checks (or writes) its schema,
+/// upgrading an older one; a damaged file is an error, not a panic.
+fn open_database(path: &Path) -> Result<OpenDatabase, StoreError> {
+    contained("opening the store", || open_database_unguarded(path))
+}
+
+fn open_database_unguarded(path: &Path) -> Result<OpenDatabase, StoreError> {
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: path.to_owned(),
+            },
+            source => StoreError::Open {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+    let txn = db.begin_write().ctx("starting schema check")?;
+    if let schema::Found::Legacy(version) = schema::check_or_init(&txn, path)? {
+        let started = std::time::Instant::now();
+        tracing::info!(path = %path.display(), version, "upgrading the store to schema {SCHEMA_VERSION}");
+        let upgraded = upgrade::from_legacy(&txn, version, path)?;
+        tracing::info!(
+            messages = upgraded.messages,
+            rooms = upgraded.rooms,
+            literal_times = upgraded.literal_times,
+            secs = started.elapsed().as_secs_f64(),
+            "store upgraded"
+        );
+    }
+    txn.commit().ctx("committing schema check")?;
+    Ok(OpenDatabase {
+        db,
+        _open: OpenCount::new(),
+    })
 }
 
 #[cfg(test)]
@@ -274,7 +348,7 @@ pub(crate) mod testutil {
         store: &Store,
         changes: impl IntoIterator<Item = Change>,
     ) -> Vec<super::Outcome> {
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db().unwrap().begin_write().unwrap();
         let mut batch = super::apply::Batch::begin(&txn).unwrap();
         let outcomes = changes
             .into_iter()
@@ -303,7 +377,7 @@ pub(crate) mod testutil {
     /// How many messages wait in `staged`.
     pub fn staged_len(store: &Store) -> u64 {
         use redb::{ReadableDatabase, ReadableTableMetadata};
-        let txn = store.db.begin_read().unwrap();
+        let txn = store.db().unwrap().begin_read().unwrap();
         txn.open_table(STAGED).unwrap().len().unwrap()
     }
 
@@ -341,9 +415,23 @@ mod tests {
     }
 
     #[test]
+    fn reopen_keeps_the_data_and_closes_reads_of_the_old_file() {
+        let (_dir, store) = tmp_store();
+        put(&store, "r", 1, "x");
+        let reading = redb::ReadableDatabase::begin_read(&**store.db().unwrap()).unwrap();
+        // redb closes the file under a read still under way: it fails.
+        store.reopen().unwrap();
+        assert!(reading.open_table(schema::STATE).is_err());
+        drop(reading);
+        assert_eq!(store.rooms().unwrap(), vec!["r".to_string()]);
+        put(&store, "r", 2, "y");
+        assert_eq!(store.applied_seq().unwrap(), 2);
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let (dir, store) = tmp_store();
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db().unwrap().begin_write().unwrap();
         write_u64(
             &mut txn.open_table(STATE).unwrap(),
             SCHEMA_KEY,

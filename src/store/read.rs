@@ -463,7 +463,7 @@ impl Snapshot {
 impl Store {
     fn snapshot(&self) -> Result<Snapshot, StoreError> {
         Ok(Snapshot {
-            txn: self.db.begin_read().ctx("starting read transaction")?,
+            txn: self.db()?.begin_read().ctx("starting read transaction")?,
         })
     }
 
@@ -886,7 +886,7 @@ mod tests {
         for layout in [Layout::Staged, Layout::Folded] {
             let (_dir, s) = fixture(layout);
             // Flip bytes in the middle of the room's stored values.
-            let txn = s.db.begin_write().unwrap();
+            let txn = s.db().unwrap().begin_write().unwrap();
             {
                 let mut staged = txn.open_table(STAGED).unwrap();
                 let mut chunks = txn.open_table(CHUNKS).unwrap();

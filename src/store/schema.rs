@@ -2,7 +2,7 @@
 //!
 //! | table      | key                          | value                         |
 //! |------------|------------------------------|-------------------------------|
-//! | `state`    | name                         | `schema`, `applied_seq`, `next_room` (u64 LE), `log_id` |
+//! | `state`    | name                         | `schema`, `applied_seq`, `next_room` (u64 LE), `log_id`; `probe` only during a write probe |
 //! | `room_ids` | room name                    | room id (u32)                 |
 //! | `rooms`    | room id                      | [`RoomState`](super::room::RoomState) |
 //! | `chunks`   | (room id, first ts)          | a chunk of the room's messages (`chunk.rs`) |
@@ -75,6 +75,8 @@ pub(crate) const APPLIED_SEQ_KEY: &[u8] = b"applied_seq";
 pub(crate) const NEXT_ROOM_KEY: &[u8] = b"next_room";
 /// `state` key of the identity of the log the store follows (cluster).
 pub(crate) const LOG_ID_KEY: &[u8] = b"log_id";
+/// `state` key the write probe after a storage fault writes and removes.
+pub(crate) const PROBE_KEY: &[u8] = b"probe";
 /// `meta` key of the schema version (schema 1 and 2, and the marker).
 pub(crate) const LEGACY_VERSION_KEY: &str = "schema_version";
 
@@ -181,6 +183,31 @@ pub(crate) fn init(txn: &WriteTransaction) -> Result<(), StoreError> {
         .ctx("writing schema version")?;
     Ok(())
 }
+
+/// Tells whether the disk takes writes again: durably writes
+/// [`PROBE_BYTES`] under a key of its own, then removes them. Big enough
+/// that pages freed inside the file cannot hold it all, so a disk that is
+/// still full fails it (a one-page probe passed there, and the next batch
+/// failed again).
+pub(crate) fn probe(db: &redb::Database) -> Result<(), StoreError> {
+    let write = |value: Option<&[u8]>| -> Result<(), StoreError> {
+        let txn = db.begin_write().ctx("starting a write probe")?;
+        {
+            let mut state = txn.open_table(STATE).ctx("opening state table")?;
+            match value {
+                Some(value) => state.insert(PROBE_KEY, value).map(drop),
+                None => state.remove(PROBE_KEY).map(drop),
+            }
+            .ctx("writing a write probe")?;
+        }
+        txn.commit().ctx("committing a write probe")
+    };
+    write(Some(&vec![0x5a; PROBE_BYTES]))?;
+    write(None)
+}
+
+/// Size of the write [`probe`] makes.
+pub(crate) const PROBE_BYTES: usize = 1024 * 1024;
 
 /// Creates every schema 3 table that does not exist yet.
 pub(crate) fn create_tables(

@@ -30,7 +30,7 @@ pub(crate) struct Swept {
 /// Whether some room waits for a sweep.
 pub(crate) fn pending(store: &Store) -> Result<bool, StoreError> {
     use redb::ReadableDatabase;
-    let txn = store.db.begin_read().ctx("starting read transaction")?;
+    let txn = store.db()?.begin_read().ctx("starting read transaction")?;
     let sweep = txn.open_table(SWEEP).ctx("opening sweep")?;
     Ok(sweep.first().ctx("reading sweep")?.is_some())
 }
@@ -38,7 +38,7 @@ pub(crate) fn pending(store: &Store) -> Result<bool, StoreError> {
 /// Deletes about `budget` purged messages of the first room waiting for a
 /// sweep, in one non-durable transaction.
 pub(crate) fn sweep_step(store: &Store, budget: usize) -> Result<Swept, StoreError> {
-    let mut txn = store.db.begin_write().ctx("starting sweep step")?;
+    let mut txn = store.db()?.begin_write().ctx("starting sweep step")?;
     txn.set_durability(Durability::None)
         .ctx("making the sweep step non-durable")?;
     let swept = {
@@ -289,13 +289,13 @@ mod tests {
 
     fn cids(store: &Store) -> u64 {
         use redb::{ReadableDatabase, ReadableTableMetadata};
-        let txn = store.db.begin_read().unwrap();
+        let txn = store.db().unwrap().begin_read().unwrap();
         txn.open_table(CIDS).unwrap().len().unwrap()
     }
 
     fn chunk_firsts(store: &Store) -> Vec<u64> {
         use redb::ReadableDatabase;
-        let txn = store.db.begin_read().unwrap();
+        let txn = store.db().unwrap().begin_read().unwrap();
         let chunks = txn.open_table(CHUNKS).unwrap();
         chunks
             .iter()
@@ -372,7 +372,7 @@ mod tests {
         while !sweep_step(&store, 1000).unwrap().done {}
         {
             use redb::{ReadableDatabase, ReadableTableMetadata};
-            let txn = store.db.begin_read().unwrap();
+            let txn = store.db().unwrap().begin_read().unwrap();
             assert_eq!(txn.open_table(SWEEP).unwrap().len().unwrap(), 0);
         }
         assert_eq!(cids(&store), 51);

@@ -333,14 +333,30 @@ impl Server {
 
     /// Stops the server with SIGTERM, checks that it exits with 0, and
     /// returns every console line it printed.
-    pub fn stop(mut self) -> Vec<String> {
+    pub fn stop(self) -> Vec<String> {
+        self.stop_with_output().0
+    }
+
+    /// Like [`stop`](Self::stop), but returns every log line (stderr).
+    pub fn stop_with_logs(self) -> Vec<String> {
+        self.stop_with_output().1
+    }
+
+    // Every console line and every log line, once the server exited with 0.
+    fn stop_with_output(mut self) -> (Vec<String>, Vec<String>) {
         self.signal(libc::SIGTERM);
         // Its stdout closes when it exits: wait for that, with a timeout.
         self.console.rest();
         let status = self.child.wait().expect("wait for chatd run");
-        let stderr = self.logs.rest().join("\n");
-        assert_eq!(status.code(), Some(0), "chatd run exited badly: {stderr}");
-        std::mem::take(&mut self.console.seen)
+        self.logs.rest();
+        let logs = std::mem::take(&mut self.logs.seen);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "chatd run exited badly: {}",
+            logs.join("\n")
+        );
+        (std::mem::take(&mut self.console.seen), logs)
     }
 }
 
