@@ -6,12 +6,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use chatd::client::Client;
-use common::cluster::{Node, equal_exports};
+use common::cluster::{Node, equal_exports, wait_for_ready_notification};
 use common::nats::NatsCluster;
-use common::{chatd_err, chatd_ok, expect_event, send, wait_for_event, within};
+use common::{Server, chatd_err, chatd_ok, expect_event, send, wait_for_event, within};
 use serde_json::{Value, json};
 
 /// One test at a time: each runs three NATS servers and three nodes, and
@@ -177,17 +178,22 @@ async fn nodes_chat_as_one_service_and_a_node_that_was_down_catches_up_before_re
         assert_eq!(ack["ok"], true, "{ack}");
         assert_eq!(wait_for_event(to, "chat message").await, ack["message"]);
     }
+    let manager = tempfile::tempdir().expect("temporary directory");
+    let notify = manager.path().join("notify");
+    let socket = UnixDatagram::bind(&notify).expect("a notify socket");
     let started = Instant::now();
-    c.start_again();
-    c.wait_ready();
+    c.start_again_notifying(&notify);
+    tokio::task::block_in_place(|| wait_for_ready_notification(&socket));
     eprintln!(
         "node c caught up with {sent} entries and was ready in {:?}",
         started.elapsed()
     );
-    // Ready means caught up: its copy is the others' already.
+    // READY=1 means caught up: its copy is the others' already, and
+    // /healthz says so too.
     let exported = a.export();
     assert_eq!(exported.len(), 3 + sent);
     assert_eq!(c.export(), exported);
+    assert_eq!(c.healthz().0, 200);
     assert_eq!(equal_exports(&[&a, &b, &c]).len(), 3 + sent);
 
     // ts and order the same everywhere.
@@ -233,6 +239,25 @@ async fn without_the_engine_messages_are_refused_and_it_comes_back_without_a_res
     let b = Node::start(&urls, "b");
     a.wait_ready();
     b.wait_ready();
+    // A data directory with a single node's history cannot join: the two
+    // histories would mix.
+    let alone = tempfile::tempdir().expect("temporary directory");
+    let single = Server::start(alone.path(), &[]);
+    let ack = send(&single.connect_plain("Dummy-7", "Dummy-8").await, "alone").await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    single.stop();
+    let refused = Server::try_start(alone.path(), &["--cluster", &urls, "--node", "x"])
+        .err()
+        .expect("a single node's data directory is refused");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        refused
+            .stderr
+            .contains("cannot join the cluster: it holds the history of a node that ran alone"),
+        "{}",
+        refused.stderr
+    );
+
     let (one, _, _) = join(&a, "Dummy-1", "Dummy-2").await;
     let (mut two, _, _) = join(&b, "Dummy-2", "Dummy-1").await;
     let ack = send(&one, "before").await;
@@ -339,9 +364,14 @@ async fn keep_sending(
 /// Connects `who` to `peer` on `nodes[*at]`, or on the next node that
 /// answers (`at` moves on to it).
 async fn connect_any(nodes: &[SocketAddr], at: &mut usize, who: &str, peer: &str) -> Client {
+    connect_any_with(nodes, at, json!({"user": who, "peer": peer})).await
+}
+
+/// Connects with `auth` to `nodes[*at]`, or to the next node that answers.
+async fn connect_any_with(nodes: &[SocketAddr], at: &mut usize, auth: Value) -> Client {
     within("a node to connect to", async {
         loop {
-            match Client::connect_plain(nodes[*at], json!({"user": who, "peer": peer})).await {
+            match Client::connect_plain(nodes[*at], auth.clone()).await {
                 Ok(client) => return client,
                 Err(_) => {
                     *at = (*at + 1) % nodes.len();
@@ -351,6 +381,45 @@ async fn connect_any(nodes: &[SocketAddr], at: &mut usize, who: &str, peer: &str
         }
     })
     .await
+}
+
+/// Counts the messages from `peer` that `user`, connected to the first of
+/// `nodes` that answers, receives, live or in its `history`, until it has
+/// `want` different ones. When its node goes away it connects to the next
+/// with `since`, the `ts` of the last message it got, as a client does.
+async fn receive_failing_over(
+    nodes: Vec<SocketAddr>,
+    user: &str,
+    peer: &str,
+    want: usize,
+) -> HashMap<String, usize> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut since: Option<u64> = None;
+    let mut at = 0;
+    while seen.len() < want {
+        let mut auth = json!({"user": user, "peer": peer});
+        if let Some(since) = since {
+            auth["since"] = json!(since);
+        }
+        let mut client = connect_any_with(&nodes, &mut at, auth).await;
+        while seen.len() < want {
+            let Some(event) = within("a message", client.next_event()).await else {
+                break;
+            };
+            let messages = match event.name.as_str() {
+                "history" => event.args[0].as_array().cloned().unwrap_or_default(),
+                "chat message" => vec![event.args[0].clone()],
+                _ => continue,
+            };
+            for m in messages.iter().filter(|m| m["from"] == peer) {
+                *seen
+                    .entry(m["text"].as_str().expect("text").to_owned())
+                    .or_default() += 1;
+                since = since.max(m["ts"].as_u64());
+            }
+        }
+    }
+    seen
 }
 
 /// Counts the `chat message`s `client` receives until it has `want`
@@ -387,6 +456,13 @@ async fn kill_9_of_a_node_and_of_the_streams_leader_loses_nothing_and_doubles_no
     online_becomes(&mut six, online, json!(["Dummy-5", "Dummy-6"])).await;
     let (mut four, _, _) = join(&a, "Dummy-4", "Dummy-3").await;
     let per_sender = 60;
+    // Dummy-4 on node c too, back on node a with `since` once c is gone.
+    let four_on_c = tokio::spawn(receive_failing_over(
+        vec![c.server().addr(), a.server().addr()],
+        "Dummy-4",
+        "Dummy-3",
+        per_sender,
+    ));
     let failing_over = tokio::spawn(keep_sending(
         vec![c.server().addr(), a.server().addr()],
         "Dummy-3",
@@ -408,6 +484,11 @@ async fn kill_9_of_a_node_and_of_the_streams_leader_loses_nothing_and_doubles_no
     }
     assert_eq!(seen.len(), per_sender);
     assert!(seen.values().all(|&n| n == 1), "delivered twice: {seen:?}");
+    let seen = four_on_c.await.expect("receiver");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "live and history overlap after a failover: {seen:?}"
+    );
 
     // Two users send while the stream's leader is killed; Dummy-2's other
     // connection gets every message of the room once.

@@ -296,7 +296,13 @@ impl RunCommand {
                     departure,
                 } = ClusterNode::start(&urls, self.node.as_deref(), store, config, health.clone())
                     .await?;
-                let served = self.serve_chat(chat, setup, catch_up.wait(health)).await;
+                // Ready once caught up and nothing else fails (the engine
+                // answers): READY=1 and /healthz 200 say the same.
+                let ready = async move {
+                    catch_up.wait(health.clone()).await;
+                    health.wait_healthy().await;
+                };
+                let served = self.serve_chat(chat, setup, ready).await;
                 departure.leave().await;
                 served
             }

@@ -269,3 +269,31 @@ async fn forward<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_node_is_caught_up_once_it_applied_the_tail_it_started_with() {
+        let health = Arc::new(Health::default());
+        let (applied, rx) = watch::channel(2);
+        let catch_up = CatchUp {
+            applied: rx,
+            tail: 5,
+        };
+        let waiting = tokio::spawn(catch_up.wait(health.clone()));
+        tokio::task::yield_now().await;
+        assert_eq!(
+            health.status(),
+            Err("catch-up: catching up with the log: applied 2 of 5".into())
+        );
+        applied.send_replace(4);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // Entries applied since the start count too: past the tail is done.
+        applied.send_replace(7);
+        waiting.await.expect("caught up");
+        assert_eq!(health.status(), Ok(()));
+    }
+}

@@ -3,6 +3,7 @@
 //! of the node), on a [`NatsCluster`](super::nats::NatsCluster).
 
 use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,25 @@ impl Node {
         self.server = Some(Server::start(
             &self.data_dir,
             &["--cluster", &self.urls, "--node", &self.name],
+        ));
+    }
+
+    /// Starts the node again on its data directory, telling a service
+    /// manager at `notify_socket` (`$NOTIFY_SOCKET`) when it is ready.
+    pub fn start_again_notifying(&mut self, notify_socket: &Path) {
+        assert!(self.server.is_none(), "{} already runs", self.name);
+        let socket = notify_socket.to_str().expect("a UTF-8 path");
+        self.server = Some(Server::spawn(
+            &self.data_dir,
+            &[
+                "--no-tls",
+                "--no-auth",
+                "--cluster",
+                &self.urls,
+                "--node",
+                &self.name,
+            ],
+            &[("NOTIFY_SOCKET", socket)],
         ));
     }
 
@@ -148,5 +168,23 @@ pub fn equal_exports(nodes: &[&Node]) -> Vec<Value> {
             others.iter().map(Vec::len).collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for a `READY=1` notification on `socket` (a service manager's
+/// `$NOTIFY_SOCKET`).
+pub fn wait_for_ready_notification(socket: &UnixDatagram) {
+    socket
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("a read timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.recv(&mut buf).expect("READY=1 in time");
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "READY=1")
+        {
+            return;
+        }
     }
 }
