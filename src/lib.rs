@@ -19,3 +19,4 @@ pub mod refusal;
 pub mod server;
 pub mod socketio;
 pub mod store;
+pub mod web;

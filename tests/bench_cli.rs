@@ -77,6 +77,28 @@ fn check_pairs(report: &Value) {
     check_latency(report, "e2e");
     check_latency(report, "ack");
     assert!(number(report, "server_cpu_s_per_100k_delivered") >= 0.0);
+    // The server's time, split, and what its cores did meanwhile.
+    let split = number(report, "server_user_s") + number(report, "server_system_s");
+    assert!(
+        (split - number(report, "server_cpu_s")).abs() < 1e-6,
+        "{report}"
+    );
+    assert!(
+        number(report, "server_voluntary_switches") > 0.0,
+        "{report}"
+    );
+    assert!(number(report, "server_involuntary_switches") >= 0.0);
+    for key in [
+        "server_cpu_percent",
+        "server_core_busy_percent",
+        "server_core_steal_percent",
+        "server_core_others_percent",
+    ] {
+        assert!(
+            (0.0..=200.0).contains(&number(report, key)),
+            "{key}: {report}"
+        );
+    }
 }
 
 #[test]

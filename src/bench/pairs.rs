@@ -224,6 +224,45 @@ fn report(config: &PairsConfig, outcomes: Vec<Outcome>, cpu: CpuSpent) -> Report
     report.add_tally("errors", total.errors);
     report.add("server_cpu_s", cpu.server_s, "s");
     report.add("server_cpu_s_per_100k_delivered", per_100k, "s");
+    // Where the server's time went, and what else its core did: the
+    // figures that tell a change in the server from noise of the machine.
+    let server = cpu.server;
+    report.add(
+        "server_cpu_percent",
+        cpu.server_s.and_then(|s| ratio(s * 100.0, seconds)),
+        "%",
+    );
+    report.add("server_user_s", server.map(|s| s.user_s), "s");
+    report.add("server_system_s", server.map(|s| s.system_s), "s");
+    report.add(
+        "server_voluntary_switches",
+        server.map(|s| s.voluntary_switches),
+        "",
+    );
+    report.add(
+        "server_involuntary_switches",
+        server.map(|s| s.involuntary_switches),
+        "",
+    );
+    report.add(
+        "server_core_busy_percent",
+        server.map(|s| s.core_busy_percent),
+        "%",
+    );
+    report.add(
+        "server_core_steal_percent",
+        server.map(|s| s.core_steal_percent),
+        "%",
+    );
+    // Busy time of the server's cores that was not the server's own.
+    report.add(
+        "server_core_others_percent",
+        server.and_then(|s| {
+            let own = ratio(cpu.server_s? * 100.0, seconds * s.cores as f64)?;
+            Some((s.core_busy_percent - own).max(0.0))
+        }),
+        "%",
+    );
     // On one core, a bench near 100% is itself the bottleneck.
     report.add(
         "bench_cpu_percent",

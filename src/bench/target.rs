@@ -1,4 +1,4 @@
-//! The server under test: its URL, TLS trust, and how to prove who a
+//! The server under test: its URL (or a cluster's node URLs), TLS trust, and how to prove who a
 //! benchmark user is (a token minted with the server's secret, or nothing
 //! for a server running `--no-auth`).
 
@@ -21,7 +21,8 @@ use crate::datadir;
 
 /// Where and how benchmark connections go.
 pub struct Target {
-    url: String,
+    /// One URL, or a cluster's nodes: connections go to them in turn.
+    urls: Vec<String>,
     options: ConnectOptions,
     /// `None` for a server running `--no-auth`.
     key: Option<TokenKey>,
@@ -31,11 +32,12 @@ pub struct Target {
 pub type Connected = (Client, Duration);
 
 impl Target {
-    /// A target from the command line's flags: `token_secret` (the server's
-    /// secret file) unless `no_auth`; for `wss://`, a certificate to trust
-    /// (`ca`) or `insecure`.
+    /// A target from the command line's flags: the server's URL, or the
+    /// URLs of a cluster's nodes (all `ws://` or all `wss://`);
+    /// `token_secret` (the server's secret file) unless `no_auth`; for
+    /// `wss://`, a certificate to trust (`ca`) or `insecure`.
     pub fn new(
-        url: &str,
+        urls: &[String],
         token_secret: Option<&Path>,
         no_auth: bool,
         ca: Option<&Path>,
@@ -48,7 +50,14 @@ impl Target {
             (None, true) => None,
             _ => bail!("pass exactly one of --token-secret FILE and --no-auth"),
         };
-        let tls = if url.starts_with("wss://") || url.starts_with("https://") {
+        let is_tls = |url: &String| url.starts_with("wss://") || url.starts_with("https://");
+        let Some(first) = urls.first() else {
+            bail!("--url is required");
+        };
+        if urls.iter().any(|url| is_tls(url) != is_tls(first)) {
+            bail!("the --url values must all be ws:// or all be wss://");
+        }
+        let tls = if is_tls(first) {
             let config = match (ca, insecure) {
                 (Some(ca), false) => tls::trusting(ca)?,
                 (None, true) => tls::insecure()?,
@@ -64,7 +73,7 @@ impl Target {
             None
         };
         Ok(Target {
-            url: url.to_owned(),
+            urls: urls.to_vec(),
             options: ConnectOptions {
                 tls,
                 ..ConnectOptions::default()
@@ -100,8 +109,8 @@ impl Target {
     }
 
     /// Opens one connection per auth payload, at most `concurrency`
-    /// handshakes at a time, showing progress. Results come in the order
-    /// of `auths`.
+    /// handshakes at a time, showing progress; the k-th goes to the k-th
+    /// URL in turn. Results come in the order of `auths`.
     pub async fn connect_all(
         &self,
         auths: Vec<Value>,
@@ -121,7 +130,8 @@ impl Target {
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let (url, options, done) = (self.url.clone(), self.options.clone(), done.clone());
+            let url = self.url_of(index).to_owned();
+            let (options, done) = (self.options.clone(), done.clone());
             handshakes.spawn(async move {
                 let started = Instant::now();
                 let result = Client::connect(&url, auth, &options).await;
@@ -146,6 +156,11 @@ impl Target {
             .collect()
     }
 
+    /// Where the `index`-th connection goes.
+    fn url_of(&self, index: usize) -> &str {
+        &self.urls[index % self.urls.len()]
+    }
+
     /// Opens one connection per auth payload like
     /// [`connect_all`](Self::connect_all), failing on the first that does
     /// not join.
@@ -161,7 +176,8 @@ impl Target {
             .enumerate()
             .map(|(index, result)| {
                 result.map(|(client, _)| client).with_context(|| {
-                    format!("connection {} of {total} to {} failed", index + 1, self.url)
+                    let url = self.url_of(index);
+                    format!("connection {} of {total} to {url} failed", index + 1)
                 })
             })
             .collect()

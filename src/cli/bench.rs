@@ -57,9 +57,9 @@ impl BenchCommand {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "pairs")]
 pub struct PairsCommand {
-    /// the server, ws://host:port or wss://host:port
+    /// the server, ws://host:port or wss://host:port; repeat it for a cluster's nodes: connections go to them in turn, so a pair's two users are on different nodes
     #[argh(option)]
-    url: String,
+    url: Vec<String>,
     /// pairs of users, two connections each (default 100)
     #[argh(option, default = "100")]
     pairs: usize,
@@ -171,7 +171,7 @@ impl IdleCommand {
             bail!("--connections must be at least 1");
         }
         let target = Target::new(
-            &self.url,
+            std::slice::from_ref(&self.url),
             self.token_secret.as_deref(),
             self.no_auth,
             self.ca.as_deref(),
@@ -225,7 +225,7 @@ impl ConnectCommand {
             bail!("--connections and --concurrency must be at least 1");
         }
         let target = Target::new(
-            &self.url,
+            std::slice::from_ref(&self.url),
             self.token_secret.as_deref(),
             self.no_auth,
             self.ca.as_deref(),

@@ -20,6 +20,10 @@ pub struct Chatd {
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; argh's derive takes the commands themselves, not boxes"
+)]
 enum Command {
     Run(run::RunCommand),
     Online(online::OnlineCommand),

@@ -44,7 +44,17 @@ impl PurgeCommand {
         let scope = self.scope(now_us())?;
         let data_dir = datadir::resolve(self.data_dir.as_deref());
         let purged = match Target::reach(&data_dir)? {
-            Target::Direct(store) => scope.run(&store)?,
+            Target::Direct(store) => {
+                // A cluster node's copy purged alone would differ from the
+                // others' for good: a purge goes through the cluster's log.
+                if store.log_id()?.is_some() {
+                    bail!(
+                        "{} is a copy of a cluster's history: purge while its node runs (chatd run --cluster), so every node purges the same",
+                        data_dir.display()
+                    );
+                }
+                scope.run(&store)?
+            }
             Target::Server(client) => client.purge(&scope)?,
         };
         let s = if purged == 1 { "" } else { "s" };

@@ -1,5 +1,7 @@
 //! `chatd run`: the server.
 
+mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,16 +11,19 @@ use argh::FromArgs;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use self::cluster::ClusterNode;
 use crate::admin::retention;
 use crate::admin::server::AdminServer;
 use crate::chat::auth::{DEFAULT_MAX_TTL, TokenKey};
 use crate::chat::console::Console;
 use crate::chat::rate::RateLimit;
+use crate::chat::service::Ticket;
 use crate::chat::service::{Chat, ChatConfig};
 use crate::datadir;
 use crate::duration::parse_duration;
 use crate::engineio::EngineConfig;
 use crate::health::Health;
+use crate::log::Log;
 use crate::metrics::METRICS;
 use crate::server::limits::{ConnectionLimits, Gate};
 use crate::server::notify::Notifier;
@@ -148,6 +153,18 @@ pub struct RunCommand {
     #[argh(option)]
     pub cors_origin: Vec<String>,
 
+    /// do not serve the built-in web client at / (it answers 404)
+    #[argh(switch)]
+    pub no_web: bool,
+
+    /// run as one node of a cluster on these NATS JetStream servers: nats://HOST:PORT[,nats://HOST:PORT...] (default: a single node)
+    #[argh(option)]
+    pub cluster: Option<String>,
+
+    /// this node's name in the cluster: 1-64 of A-Z a-z 0-9 _ - (default: the host name)
+    #[argh(option)]
+    pub node: Option<String>,
+
     /// start with an empty history although the data directory was used before and its chatd.redb is missing or empty
     #[argh(switch)]
     pub new_store: bool,
@@ -189,7 +206,7 @@ impl RunCommand {
             .collect()
     }
 
-    async fn serve(self) -> anyhow::Result<()> {
+    async fn serve(mut self) -> anyhow::Result<()> {
         let data_dir = datadir::resolve(self.data_dir.as_deref());
         datadir::ensure(&data_dir)?;
         let outside: Vec<&std::path::Path> = [&self.jwt_secret, &self.tls_cert, &self.tls_key]
@@ -236,6 +253,9 @@ impl RunCommand {
                 "--tls-cert and --tls-key go together: give both, or neither for the generated certificate"
             ),
         };
+        if self.node.is_some() && self.cluster.is_none() {
+            bail!("--node names a node of a cluster: give --cluster too");
+        }
         if self.retention.is_some_and(|r| r.is_zero()) {
             bail!("--retention must be longer than 0s");
         }
@@ -247,20 +267,56 @@ impl RunCommand {
             );
         }
 
-        let chat = Chat::start(
-            store,
-            ChatConfig {
-                auth,
-                max_message_bytes: self.max_message_bytes,
-                rate: RateLimit::per_second(self.rate_limit),
-                new_rooms_per_minute: self.new_rooms_per_minute,
-                console: true,
-                // A quarter of the queue: the rest is room for deliveries,
-                // presence and history to the same connection.
-                unacked_per_connection: (self.outbound_queue / 4).max(1),
-            },
-        )
-        .context("cannot start the store writer")?;
+        let config = ChatConfig {
+            auth,
+            max_message_bytes: self.max_message_bytes,
+            rate: RateLimit::per_second(self.rate_limit),
+            new_rooms_per_minute: self.new_rooms_per_minute,
+            console: true,
+            // A quarter of the queue: the rest is room for deliveries,
+            // presence and history to the same connection.
+            unacked_per_connection: (self.outbound_queue / 4).max(1),
+        };
+        let health = Arc::new(Health::default());
+        let setup = Setup {
+            data_dir,
+            certs,
+            tls,
+            health: health.clone(),
+        };
+        match self.cluster.take() {
+            None => {
+                let chat = Chat::start(store, config).context("cannot start the store writer")?;
+                self.serve_chat(chat, setup, std::future::ready(())).await
+            }
+            Some(urls) => {
+                let ClusterNode {
+                    chat,
+                    catch_up,
+                    departure,
+                } = ClusterNode::start(&urls, self.node.as_deref(), store, config, health.clone())
+                    .await?;
+                let served = self.serve_chat(chat, setup, catch_up.wait(health)).await;
+                departure.leave().await;
+                served
+            }
+        }
+    }
+
+    /// Serves `chat` until SIGTERM or SIGINT; tells the service manager it
+    /// is ready once `ready` (catching up with a cluster's log) is done.
+    async fn serve_chat<L: Log<Ticket>>(
+        self,
+        chat: Arc<Chat<L>>,
+        setup: Setup,
+        ready: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Setup {
+            data_dir,
+            certs,
+            tls,
+            health,
+        } = setup;
         let listener = tokio::net::TcpListener::bind(&self.listen)
             .await
             .with_context(|| {
@@ -309,22 +365,30 @@ impl RunCommand {
         server.trusted_proxies = TrustedProxies::new(self.trusted_proxy.clone());
         server.handshake_timeout = Duration::from_secs(self.handshake_timeout);
         server.max_header_bytes = self.max_header_bytes;
+        server.web = !self.no_web;
+        server.health = health.clone();
         let server = Arc::new(server);
-        tokio::spawn(report_store_health(
-            chat.store().failing(),
-            server.health.clone(),
-        ));
+        tokio::spawn(report_store_health(chat.store().failing(), health.clone()));
         let stop_accepting = CancellationToken::new();
         let accept = tokio::spawn(server.clone().accept_loop(listener, stop_accepting.clone()));
         tracing::info!(data_dir = %data_dir.display(), tls = tls.is_some(), auth = !self.no_auth, "chatd listening on {}", self.listen);
         let mut signals = Signals::install()?;
         Console::listening(port);
         let notifier = Arc::new(Notifier::from_env());
-        notifier.ready();
-        notifier.spawn_watchdog(server.health.clone());
-
+        let mut ready = std::pin::pin!(ready);
+        let mut waiting = true;
         let signal = loop {
-            match signals.next().await {
+            let signal = tokio::select! {
+                () = &mut ready, if waiting => {
+                    waiting = false;
+                    tracing::info!("ready");
+                    notifier.ready();
+                    notifier.spawn_watchdog(health.clone());
+                    continue;
+                }
+                signal = signals.next() => signal,
+            };
+            match signal {
                 Signal::Reload => reload_tls(certs.as_deref()),
                 Signal::Stop(signal) => break signal,
             }
@@ -352,6 +416,14 @@ impl RunCommand {
         chat.closed();
         Ok(())
     }
+}
+
+/// What `serve` prepared for `serve_chat`.
+struct Setup {
+    data_dir: PathBuf,
+    certs: Option<Arc<tls::CertFiles>>,
+    tls: Option<crate::server::tls_stream::TlsAcceptor>,
+    health: Arc<Health>,
 }
 
 /// Refuses to start with an empty history where one was kept before: a

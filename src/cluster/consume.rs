@@ -16,6 +16,10 @@ use futures_util::StreamExt;
 use super::entry::{EntryError, LogEntry, decode_entry};
 use super::{ClusterError, Engine};
 
+/// How long the reader waits for an entry before it asks whether the log
+/// has any it was not given.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
 /// Pause before recreating a consumer that failed for good.
 const RECREATE_PAUSE: Duration = Duration::from_millis(500);
 
@@ -65,7 +69,7 @@ impl LogReader {
         loop {
             let messages = match &mut self.messages {
                 Some(messages) => messages,
-                None => match self.open().await {
+                None => match open(&self.stream, self.next_seq, &self.engine.node).await {
                     Ok(messages) => self.messages.insert(messages),
                     Err(err) => {
                         tracing::debug!("log reader: {err}; retrying");
@@ -74,7 +78,21 @@ impl LogReader {
                     }
                 },
             };
-            let message = match messages.next().await {
+            let next = tokio::select! {
+                next = messages.next() => Some(next),
+                () = tokio::time::sleep(STALL_CHECK) => None,
+            };
+            let Some(next) = next else {
+                if stalled(&self.stream, self.next_seq).await {
+                    tracing::warn!(
+                        "log reader: no entry for {STALL_CHECK:?} while the log has entries from {} on; reopening",
+                        self.next_seq
+                    );
+                    self.messages = None;
+                }
+                continue;
+            };
+            let message = match next {
                 Some(Ok(message)) => message,
                 Some(Err(err)) => {
                     tracing::warn!("log reader at seq {}: {err}; reopening", self.next_seq);
@@ -109,29 +127,33 @@ impl LogReader {
             };
         }
     }
+}
 
-    async fn open(&self) -> Result<pull::Ordered, ClusterError> {
-        let config = pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: self.next_seq,
-            },
-            ..Default::default()
-        };
-        self.stream
-            .create_consumer(config)
-            .await
-            .map_err(|err| ClusterError::engine("create the log consumer", err))?
-            .messages()
-            .await
-            .map_err(|err| ClusterError::engine("read the log", err))
-            .inspect(|_| {
-                tracing::debug!(
-                    "{}: reading the log from seq {}",
-                    self.engine.node,
-                    self.next_seq
-                )
-            })
-    }
+/// Whether `stream` holds entries from `next_seq` on that a reader was not
+/// given: its consumer is lost (its server died, say), which the client
+/// would notice only after two missed idle heartbeats, 30 s.
+async fn stalled(stream: &Stream, next_seq: u64) -> bool {
+    log_tail(stream).await.is_ok_and(|tail| tail >= next_seq)
+}
+
+/// An ordered consumer of `stream` from `next_seq` on. A free function, so
+/// the reader (whose consumer is not `Sync`) is not borrowed across its
+/// awaits and can be moved into a task.
+async fn open(stream: &Stream, next_seq: u64, node: &str) -> Result<pull::Ordered, ClusterError> {
+    let config = pull::OrderedConfig {
+        deliver_policy: DeliverPolicy::ByStartSequence {
+            start_sequence: next_seq,
+        },
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|err| ClusterError::engine("create the log consumer", err))?
+        .messages()
+        .await
+        .map_err(|err| ClusterError::engine("read the log", err))
+        .inspect(|_| tracing::debug!("{node}: reading the log from seq {next_seq}"))
 }
 
 /// The position of the log's last entry now (0 for an empty log): a node

@@ -17,6 +17,9 @@ const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// [`super::publish`].
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Publishes of the log whose ack may be awaited at once.
+const MAX_ACKS_PENDING: usize = 32 * 1024;
+
 /// The longest pause between attempts to reach a server again.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
@@ -55,6 +58,10 @@ impl Engine {
             })?;
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(REQUEST_TIMEOUT)
+            // Publishes waiting for their ack wait for room instead of
+            // failing: under load the sender is held back, not refused.
+            .max_ack_inflight(MAX_ACKS_PENDING)
+            .backpressure_on_inflight(true)
             .build(client.clone());
         Ok(Engine {
             client,

@@ -8,6 +8,7 @@
 //! acknowledged. No connection, no answer in time, or no leader is `Down`
 //! with the reason.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -16,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::Engine;
 use super::stream::LOG_STREAM;
+use crate::health::Health;
 
 /// How often the probe asks.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -64,6 +66,23 @@ pub fn watch_health(engine: Engine) -> (watch::Receiver<EngineHealth>, JoinHandl
         }
     });
     (rx, probe)
+}
+
+/// The health part that reports the engine.
+pub const ENGINE_PART: &str = "engine";
+
+/// Keeps the node's health part [`ENGINE_PART`] in step with `engine`
+/// until the probe ends.
+pub async fn report_engine(mut engine: watch::Receiver<EngineHealth>, health: Arc<Health>) {
+    loop {
+        match &*engine.borrow_and_update() {
+            EngineHealth::Up => health.recover(ENGINE_PART),
+            EngineHealth::Down(reason) => health.fail(ENGINE_PART, reason.clone()),
+        }
+        if engine.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// One look at the engine.

@@ -8,6 +8,8 @@
 //!   is in doubt with the same id.
 //! - [`consume`]: reading the log in order from a position, catch-up then
 //!   live.
+//! - [`log`]: the chat's `Log` on all of them: append publishes, every
+//!   node follows the stream into its own store.
 //! - [`health`]: whether the engine can take a publish now, with a reason.
 //! - [`lease`], [`roster`]: presence on the KV bucket: a lease per node,
 //!   a key per connection, a dead node's connections dropped everywhere.
@@ -19,6 +21,7 @@ pub mod engine;
 pub mod entry;
 pub mod health;
 pub mod lease;
+pub mod log;
 pub mod presence;
 pub mod publish;
 pub mod roster;
@@ -48,6 +51,14 @@ pub enum ClusterError {
         /// The engine's (or the client's) error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The node's store could not be read or written.
+    #[error("the node's store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The node's store holds another history than the cluster's log.
+    #[error(
+        "this data directory cannot join the cluster: {0}; give the node an empty --data-dir (it copies the history from the cluster)"
+    )]
+    ForeignStore(String),
 }
 
 impl ClusterError {

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use thiserror::Error;
@@ -50,15 +50,49 @@ pub async fn publish_entry(
     eid: &EntryId,
     payload: Bytes,
 ) -> Result<Published, PublishRefused> {
+    let first = send_entry(engine, eid, payload.clone()).await;
+    settle_entry(engine, eid, payload, first).await
+}
+
+/// The first attempt at publishing entry `eid`, handed to the connection
+/// but not yet answered: attempts sent one after another reach the stream
+/// in that order, so a caller that sends in order (one connection's
+/// messages) and settles later keeps its order. Finish it with
+/// [`settle_entry`].
+pub async fn send_entry(engine: &Engine, eid: &EntryId, payload: Bytes) -> FirstAttempt {
+    let publish = PublishMessage::build()
+        .message_id(entry_id_hex(eid))
+        .payload(payload);
+    FirstAttempt(engine.jetstream.send_publish(LOG_SUBJECT, publish).await)
+}
+
+/// A first attempt from [`send_entry`].
+pub struct FirstAttempt(Result<PublishAckFuture, PublishError>);
+
+/// Waits for the answer to `first`, retrying while it is in doubt; as
+/// [`publish_entry`].
+pub async fn settle_entry(
+    engine: &Engine,
+    eid: &EntryId,
+    payload: Bytes,
+    first: FirstAttempt,
+) -> Result<Published, PublishRefused> {
     let msg_id = entry_id_hex(eid);
     let mut in_doubt = false;
     let mut attempts = 0u32;
+    let mut sent = Some(first.0);
     loop {
         attempts += 1;
-        let publish = PublishMessage::build()
-            .message_id(msg_id.as_str())
-            .payload(payload.clone());
-        let outcome = match engine.jetstream.send_publish(LOG_SUBJECT, publish).await {
+        let sent = match sent.take() {
+            Some(sent) => sent,
+            None => {
+                let publish = PublishMessage::build()
+                    .message_id(msg_id.as_str())
+                    .payload(payload.clone());
+                engine.jetstream.send_publish(LOG_SUBJECT, publish).await
+            }
+        };
+        let outcome = match sent {
             // Not handed to the connection at all: this attempt was not sent.
             Err(err) => Err((false, err)),
             Ok(ack) => ack.await.map_err(|err| {

@@ -69,9 +69,7 @@ pub async fn ensure_log_stream(
     replication: Replication,
 ) -> Result<jetstream::stream::Stream, ClusterError> {
     let config = log_stream_config(replication);
-    engine
-        .jetstream
-        .create_or_update_stream(config)
+    patiently(|| engine.jetstream.create_or_update_stream(config.clone()))
         .await
         .map_err(|source| ClusterError::engine(format!("create stream {LOG_STREAM}"), source))?;
     engine
@@ -96,11 +94,32 @@ pub async fn ensure_presence_bucket(
         limit_markers: Some(MARKER_TTL),
         ..Default::default()
     };
-    engine
-        .jetstream
-        .create_or_update_key_value(config)
+    patiently(|| engine.jetstream.create_or_update_key_value(config.clone()))
         .await
         .map_err(|source| {
             ClusterError::engine(format!("create KV bucket {PRESENCE_BUCKET}"), source)
         })
+}
+
+/// Attempts at creating the stream or the bucket before giving up.
+const CREATE_ATTEMPTS: u32 = 5;
+
+/// Runs an idempotent create-or-update until it succeeds, at most
+/// [`CREATE_ATTEMPTS`] times: creating a replicated stream takes a round of
+/// the servers' consensus, which a busy cluster may not finish within one
+/// request's timeout.
+async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    mut create: impl FnMut() -> F,
+) -> Result<T, E> {
+    let mut attempt = 1;
+    loop {
+        match create().await {
+            Err(err) if attempt < CREATE_ATTEMPTS => {
+                tracing::debug!("creating in the engine (attempt {attempt}): {err}; again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            result => return result,
+        }
+    }
 }

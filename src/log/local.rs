@@ -56,13 +56,7 @@ async fn forward<T>(
     settled: mpsc::Sender<Settled<T>>,
 ) {
     while let Some(batch) = batches.recv().await {
-        let next = match batch.result {
-            Ok(applied) => Settled::Applied(applied),
-            Err((error, pendings)) => Settled::Dropped {
-                error: error.to_string(),
-                tickets: pendings.into_iter().filter_map(|p| p.ticket).collect(),
-            },
-        };
+        let next = Settled::of_batch(batch);
         if settled.send(next).await.is_err() {
             return;
         }

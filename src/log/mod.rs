@@ -15,7 +15,7 @@ use std::future::Future;
 
 pub use local::LocalLog;
 
-use crate::store::change::{Applied, Change};
+use crate::store::change::{Applied, AppliedBatch, Change};
 
 /// What the log tells the chat about appended changes, in log order.
 #[derive(Debug)]
@@ -47,4 +47,17 @@ pub trait Log<T: Send + 'static>: Send + Sync + 'static {
         change: Change,
         ticket: T,
     ) -> impl Future<Output = Result<(), NotAppended<T>>> + Send;
+}
+
+impl<T> Settled<T> {
+    /// What the chat is told of one batch from the store's applier.
+    pub fn of_batch(batch: AppliedBatch<T>) -> Settled<T> {
+        match batch.result {
+            Ok(applied) => Settled::Applied(applied),
+            Err((error, pendings)) => Settled::Dropped {
+                error: error.to_string(),
+                tickets: pendings.into_iter().filter_map(|p| p.ticket).collect(),
+            },
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! HTTP routing: `/socket.io/` (Engine.IO over long-polling or websocket,
-//! with the CORS allow-list), `/healthz`, and 404 for the rest.
+//! with the CORS allow-list), `/healthz`, the web client's files (`/`,
+//! `/web/…`) unless it is off, and 404 for the rest.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,6 +82,11 @@ async fn route<H: EngineHandler>(
                 answer
             }
         };
+    }
+    if server.web
+        && let Some(answer) = crate::web::answer(request.method(), path, request.headers())
+    {
+        return answer;
     }
     let Some(mount) = server
         .paths

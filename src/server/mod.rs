@@ -64,6 +64,8 @@ pub struct Server<H: EngineHandler> {
     pub max_header_bytes: usize,
     /// What `/healthz` answers: 200 while no part of the node is failing.
     pub health: Arc<Health>,
+    /// Serve the built-in web client at `/` ([`crate::web`]).
+    pub web: bool,
 }
 
 impl<H: EngineHandler> Server<H> {
@@ -89,6 +91,7 @@ impl<H: EngineHandler> Server<H> {
             handshake_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             health: Arc::default(),
+            web: false,
         }
     }
 

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
+pub mod cluster;
 pub mod nats;
 pub mod raw;
 

@@ -18,7 +18,7 @@ import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { SKIP, launchChromium, expectShown } from "./chromium.mjs";
 import {
   startServer,
   cleanup,
@@ -30,13 +30,6 @@ import {
   roomOf,
   TIMEOUT,
 } from "./harness.mjs";
-
-const CHROMIUM = "/usr/bin/chromium";
-const HAVE_CHROMIUM = fs.existsSync(CHROMIUM);
-const SKIP =
-  !HAVE_CHROMIUM && !process.env.CI
-    ? `${CHROMIUM} is missing (apt-get install chromium); the browser test is skipped`
-    : false;
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
@@ -88,53 +81,13 @@ after(async () => {
   await cleanup();
 });
 
-/** The text of each element matching `selector` on the page. */
-function texts(page, selector) {
-  return page.$$eval(selector, (elements) => elements.map((e) => e.textContent));
-}
-
-/** Waits until the elements matching `selector` show exactly the texts `expected`. */
-async function expectShown(page, selector, expected) {
-  try {
-    await page.waitForFunction(
-      ([selector, expected]) =>
-        JSON.stringify([...document.querySelectorAll(selector)].map((e) => e.textContent)) ===
-        JSON.stringify(expected),
-      [selector, expected],
-      { timeout: TIMEOUT },
-    );
-  } catch (err) {
-    err.message =
-      `the page never showed ${JSON.stringify(expected)} in ${selector}: it shows ` +
-      `${JSON.stringify(await texts(page, selector).catch(() => "?"))} ` +
-      `(status: ${await page.textContent("#status").catch(() => "?")})\n${err.message}`;
-    throw err;
-  }
-}
-
 test("a web page in Chromium chats with a Node client over TLS", { skip: SKIP, timeout: 60000 }, async () => {
-  assert.ok(
-    HAVE_CHROMIUM,
-    `${CHROMIUM} is missing: the browser test needs the Debian package chromium ` +
-      "(apt-get install -y --no-install-recommends chromium; .ci/run installs it)",
-  );
   const pageOrigin = `http://127.0.0.1:${pageServer.address().port}`;
   const server = await startServer({ auth: true, args: ["--cors-origin", pageOrigin] });
 
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--ignore-certificate-errors", // chatd's generated self-signed certificate
-    ],
-  });
+  browser = await launchChromium([
+    "--ignore-certificate-errors", // chatd's generated self-signed certificate
+  ]);
   const page = await browser.newPage();
   const pageErrors = [];
   page.on("pageerror", (err) => pageErrors.push(err.message));
