@@ -4,7 +4,8 @@
 //! running), `chatd check` names what is unreadable, and `chatd salvage`
 //! copies everything else into a new store that serves it, cids included.
 //! Also: a data directory that lost its `chatd.redb` is not silently
-//! started afresh.
+//! started afresh, and a SIGTERM leaves a file that opens without redb's
+//! repair (which rejects a whole file for one bad checksum).
 
 mod common;
 
@@ -185,4 +186,41 @@ async fn a_lost_store_file_is_not_replaced_by_an_empty_history() {
     let server = Server::start(&data, &["--new-store"]);
     server.stop();
     assert!(std::fs::metadata(&db).unwrap().len() > 0);
+}
+
+/// Whether opening the store file at `data` runs redb's repair (the walk
+/// of the whole file an unclean close forces, which rejects the file if
+/// any page's checksum fails).
+fn open_needs_repair(data: &Path) -> bool {
+    let repaired = std::rc::Rc::new(std::cell::Cell::new(false));
+    let seen = repaired.clone();
+    let mut builder = redb::Database::builder();
+    builder.set_repair_callback(move |_| seen.set(true));
+    drop(
+        builder
+            .open(data.join("chatd.redb"))
+            .expect("the store opens"),
+    );
+    repaired.get()
+}
+
+#[tokio::test]
+async fn a_graceful_stop_leaves_a_file_that_opens_without_repair() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    history(&data).await;
+    assert!(
+        !open_needs_repair(&data),
+        "SIGTERM left a file that needs repair"
+    );
+
+    // What the check tells apart: a kill leaves one that does.
+    let server = Server::start(&data, &[]);
+    let alice = server.connect_plain("Alice", "Bob").await;
+    assert_eq!(send(&alice, "before the kill").await["ok"], true);
+    drop(server); // SIGKILL
+    assert!(
+        open_needs_repair(&data),
+        "a killed server's file opened without repair"
+    );
 }
