@@ -266,7 +266,8 @@ async fn fails_then_heals(data: &Path, fill_dir: &Path, may_land: bool) {
     // Space again: the server recovers by itself.
     std::fs::remove_file(&ballast).unwrap();
     assert_eq!(wait_for_health(server.port, 200).await, "ok\n");
-    server.log_line("store recovered");
+    let recovered = server.log_line("store recovered");
+    eprintln!("{recovered}");
     // Every refused message is sent again with its cid, and taken once.
     let mut landed = 0;
     for &i in &refused {
