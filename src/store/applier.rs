@@ -63,13 +63,13 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// First wait before reopening a store whose disk failed; doubled after
 /// each failed attempt.
-pub const REOPEN_FIRST: Duration = Duration::from_millis(100);
+const REOPEN_FIRST: Duration = Duration::from_millis(100);
 
 /// Longest wait between two attempts at reopening a failed store.
-pub const REOPEN_MAX: Duration = Duration::from_secs(5);
+const REOPEN_MAX: Duration = Duration::from_secs(5);
 
 /// How often the log says that a store still cannot commit.
-pub const OUTAGE_REPORT: Duration = Duration::from_secs(10);
+const OUTAGE_REPORT: Duration = Duration::from_secs(10);
 
 // Applied batches waiting for their reader. Each holds up to MAX_BATCH
 // changes; when full, the applier waits, the queue fills, submit() waits.

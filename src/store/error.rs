@@ -145,20 +145,28 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether this is a fault of the file or the disk under it (I/O,
-    /// damage, a closed database), which reopening the file may clear,
-    /// rather than a change the rules cannot apply.
+    /// Whether this is a fault of the disk or of the open file (I/O
+    /// errors, redb's "previous I/O error" state, a closed database) that
+    /// reopening the file may clear once the disk works again. Damaged
+    /// content and changes the rules refuse are not: a reopen reads the
+    /// same bytes.
     pub fn is_storage_fault(&self) -> bool {
-        !matches!(
-            self,
-            StoreError::TsExhausted { .. }
-                | StoreError::RoomsExhausted
-                | StoreError::LogGap { .. }
-                | StoreError::NewerSchema { .. }
-                | StoreError::OlderSchema { .. }
-                | StoreError::NotChatd { .. }
-                | StoreError::Spawn(_)
-        )
+        match self {
+            StoreError::Db { source, .. } => matches!(
+                source,
+                redb::Error::Io(_)
+                    | redb::Error::PreviousIo
+                    | redb::Error::DatabaseClosed
+                    | redb::Error::Backend(_)
+                    | redb::Error::LockPoisoned(_)
+            ),
+            StoreError::Closed { .. }
+            | StoreError::Failing { .. }
+            | StoreError::Open { .. }
+            | StoreError::Locked { .. }
+            | StoreError::Io { .. } => true,
+            _ => false,
+        }
     }
 }
 

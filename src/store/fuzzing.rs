@@ -1,11 +1,16 @@
-//! What the fuzz target `stored_record` drives: the decoders of every value
-//! the store reads back from disk. Bad bytes must give an error, never a
-//! panic or a large allocation; what decodes must encode back to what
-//! decodes the same.
+//! What the fuzz targets `stored_record` and `damaged_store` drive: the
+//! decoders of every value the store reads back from disk, and the paths
+//! that open a whole damaged file. Bad bytes must give an error, never a
+//! panic (one inside redb is caught: `contain.rs`) or a large allocation;
+//! what decodes must encode back to what decodes the same.
+
+use std::path::Path;
+use std::sync::OnceLock;
 
 use super::chunk::{self, Builder};
 use super::record::{self, Context};
 use super::room::RoomState;
+use super::{DB_FILE_NAME, Store, contained, salvage};
 
 /// Decodes `data` as a chunk, a staged record or a room state (its first
 /// byte picks which) and checks that what decodes survives a round trip.
@@ -64,6 +69,84 @@ fn chunk_round_trip(bytes: &[u8]) {
     assert_eq!(again, records, "records changed in a round trip");
 }
 
+/// Damages a small store file with `data` (patches: a u32 LE offset, a
+/// length byte, that many bytes), then opens it as `chatd run` does, exports
+/// it as `chatd export` does with no server, and walks it as `chatd check`
+/// does. Any of these may fail; none may panic past its guard.
+pub fn damaged_store(data: &[u8]) {
+    let mut file = base_file().to_vec();
+    let mut rest = data;
+    while let [a, b, c, d, n, tail @ ..] = rest {
+        let at = u32::from_le_bytes([*a, *b, *c, *d]) as usize % file.len();
+        let n = (*n as usize).min(tail.len()).min(file.len() - at);
+        file[at..at + n].copy_from_slice(&tail[..n]);
+        rest = &tail[n..];
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    open_damaged(dir.path(), &file);
+}
+
+/// What [`damaged_store`] does with the damaged bytes `file`, in `dir`.
+pub fn open_damaged(dir: &Path, file: &[u8]) {
+    let path = dir.join(DB_FILE_NAME);
+    std::fs::write(&path, file).expect("write the damaged file");
+    if let Ok(store) = Store::open(dir) {
+        let _ = contained("exporting", || store.export_all(|_| Ok(())));
+    }
+    let _ = salvage(&path, None);
+}
+
+/// A store file with a little of everything: three rooms, chunks and
+/// staged messages, cids, a cursor and a purge; closed cleanly.
+fn base_file() -> &'static [u8] {
+    static FILE: OnceLock<Vec<u8>> = OnceLock::new();
+    FILE.get_or_init(|| {
+        use super::change::{Change, NewMessage, PurgeCommand, ReadMark};
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(dir.path()).expect("a new store");
+        let message = |room: &str, from: &str, to: &str, i: u64| NewMessage {
+            room: room.into(),
+            sid: "jxKCSoWK6t4p8vojAAAD".into(),
+            from: from.into(),
+            to: to.into(),
+            text: format!("message {i} in {room}"),
+            cid: Some(format!("c{i}")),
+            time_us: 1_700_000_000_000_000 + i * 1_000_000,
+            utc_offset_s: 3600,
+            eid: None,
+        };
+        for i in 0..60 {
+            let (room, from, to) = [
+                ("dm:A_B", "A", "B"),
+                ("dm:B_C", "C", "B"),
+                ("dm:A_C", "A", "C"),
+            ][i as usize % 3];
+            store
+                .apply(Change::Message(message(room, from, to, i)))
+                .expect("apply");
+            if i == 40 {
+                store.settle().expect("fold");
+            }
+        }
+        store
+            .apply(Change::Read(ReadMark {
+                room: "dm:A_B".into(),
+                user: "B".into(),
+                ts: 1_700_000_030_000_000,
+            }))
+            .expect("read");
+        store
+            .apply(Change::Purge(PurgeCommand::Room {
+                room: "dm:A_C".into(),
+                before: Some(1_700_000_010_000_000),
+            }))
+            .expect("purge");
+        let path = store.path().to_owned();
+        drop(store);
+        std::fs::read(path).expect("read the store file")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +188,22 @@ mod tests {
             }
             stored_value(&bytes);
         }
+    }
+
+    #[test]
+    fn no_damaged_page_panics_open_export_or_check() {
+        // Every page of the file overwritten in turn, with two patterns:
+        // what a torn write or a bad sector leaves.
+        let file = base_file();
+        let dir = tempfile::tempdir().unwrap();
+        for page in 0..file.len() / 4096 {
+            for fill in [0x00, 0xa5] {
+                let mut damaged = file.to_vec();
+                damaged[page * 4096..(page + 1) * 4096].fill(fill);
+                open_damaged(dir.path(), &damaged);
+            }
+        }
+        // And the fuzz target's own decoding of patches.
+        damaged_store(&[0, 16, 0, 0, 3, 0xff, 0xff, 0xff]);
     }
 }

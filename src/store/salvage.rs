@@ -141,12 +141,15 @@ pub fn salvage(path: &Path, into: Option<&Store>) -> Result<Salvaged, StoreError
     // others only those of messages read.
     let mut partial: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
     let mut known: BTreeSet<u32> = BTreeSet::new();
+    // Ids in a row without a readable room, and the run of unreadable
+    // ones under way (its first id and error).
     let mut misses = 0;
+    let mut unreadable: Option<(u32, String)> = None;
     let mut id = 0u32;
     let mut last_id = None;
-    // Every id below next_room; when that is unreadable, until a long
-    // run of ids without a room.
-    while next_room.map_or(misses < ROOM_ID_SLACK, |n| u64::from(id) < n) {
+    // Every id below next_room (or, when that is unreadable, any id),
+    // until a long run of ids without a readable room.
+    while misses < ROOM_ID_SLACK && next_room.is_none_or(|n| u64::from(id) < n) {
         let st = contained("reading a room state", || {
             let txn = db.begin_read().ctx("starting read transaction")?;
             room_state(&txn.open_table(ROOMS).ctx("opening rooms")?, id)
@@ -154,6 +157,7 @@ pub fn salvage(path: &Path, into: Option<&Store>) -> Result<Salvaged, StoreError
         match st {
             Ok(Some(st)) => {
                 misses = 0;
+                end_run(&mut unreadable, id, &mut out.lost);
                 last_id = Some(id);
                 let waiting = staged.remove(&id).unwrap_or_default();
                 let (records, complete) = read_room(&db, &st, waiting, &mut out.lost);
@@ -167,15 +171,23 @@ pub fn salvage(path: &Path, into: Option<&Store>) -> Result<Salvaged, StoreError
                     write_room(into, &st, &records)?;
                 }
             }
-            Ok(None) => misses += 1,
+            Ok(None) => {
+                misses += 1;
+                end_run(&mut unreadable, id, &mut out.lost);
+            }
             Err(error) => {
-                misses = 0;
-                out.lost
-                    .push(format!("room id {id}: its state is unreadable: {error}"));
+                misses += 1;
+                unreadable.get_or_insert((id, error.to_string()));
             }
         }
         let Some(next) = id.checked_add(1) else { break };
         id = next;
+    }
+    end_run(&mut unreadable, id, &mut out.lost);
+    if next_room.is_some_and(|n| u64::from(id) < n) {
+        out.lost.push(format!(
+            "room ids from {id} on: not read, after {ROOM_ID_SLACK} in a row without a readable state"
+        ));
     }
     for (room, _) in staged {
         out.lost.push(format!(
@@ -207,6 +219,16 @@ pub fn salvage(path: &Path, into: Option<&Store>) -> Result<Salvaged, StoreError
         txn.commit().ctx("committing the salvaged state")?;
     }
     Ok(out)
+}
+
+// Reports a run of room ids whose states were unreadable, ending before `id`.
+fn end_run(run: &mut Option<(u32, String)>, id: u32, lost: &mut Vec<String>) {
+    if let Some((first, error)) = run.take() {
+        lost.push(format!(
+            "room ids {first} to {}: their states are unreadable: {error}",
+            id - 1
+        ));
+    }
 }
 
 // The applied log position, the next room id and the log id; what is
