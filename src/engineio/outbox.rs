@@ -7,8 +7,8 @@
 //! close to a megabyte): when the queue is full the session is closed
 //! instead. It holds
 //! memory only for what is queued (tokio's channel keeps a block of 32 slots
-//! per connection, 1.3 KiB of every idle connection), and gives a burst's
-//! room back once drained.
+//! per connection, 1.3 KiB of every idle connection): a burst's room is
+//! given back once drained, and all of it once the writer waits.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -104,6 +104,14 @@ impl Shared {
         true
     }
 
+    /// Gives an empty queue's room back, for a writer about to wait.
+    fn release_if_empty(&self) {
+        let mut queue = self.queue();
+        if queue.items.is_empty() {
+            queue.items = VecDeque::new();
+        }
+    }
+
     fn pop(&self) -> Option<Outbound> {
         let mut queue = self.queue();
         let item = queue.items.pop_front()?;
@@ -185,6 +193,8 @@ impl OutboxReceiver {
             if let Some(item) = self.shared.pop() {
                 return item;
             }
+            // Idle connections wait far longer than they write.
+            self.shared.release_if_empty();
             ready.await;
         }
     }
@@ -241,8 +251,14 @@ mod tests {
         }
         assert!(receiver.try_recv().is_none());
         assert!(receiver.shared.queue().items.capacity() <= KEEP);
+        let shared = receiver.shared.clone();
         let waiting = tokio::spawn(async move { receiver.recv().await });
         tokio::task::yield_now().await;
+        assert_eq!(
+            shared.queue().items.capacity(),
+            0,
+            "a waiting writer's queue holds no room"
+        );
         assert!(outbox.send_text(Bytes::from_static(b"4late")));
         let late = waiting.await.expect("the receiver wakes");
         assert!(matches!(late, Outbound::Text(t) if t == "4late"));

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::{Mutex, MutexGuard, Notify};
-use tokio::time::{Duration, Instant};
+use tokio::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::heartbeat::{Ended, Heartbeat};
@@ -278,22 +278,86 @@ impl<S: SessionHandler> Session<S> {
     async fn live(&self, config: &EngineConfig, shutdown: &CancellationToken) -> Ended {
         let heartbeat = self.heartbeat.run(config, &self.outbox, &self.closing);
         tokio::pin!(heartbeat);
-        let grace = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(grace);
-        let mut shutting_down = false;
-        loop {
-            tokio::select! {
-                biased;
-                ended = &mut heartbeat => return ended,
-                _ = shutdown.cancelled(), if !shutting_down => {
-                    shutting_down = true;
-                    self.close(CloseReason::ServerClose);
-                    grace.as_mut().reset(Instant::now() + SHUTDOWN_GRACE);
-                }
-                // A polling client between two polls may never come back
-                // for its close packet.
-                _ = &mut grace, if shutting_down => self.abort(CloseReason::ServerClose),
-            }
+        tokio::select! {
+            biased;
+            ended = &mut heartbeat => return ended,
+            _ = shutdown.cancelled() => self.close(CloseReason::ServerClose),
         }
+        // The grace timer only from shutdown on: made at the start, every
+        // session would carry it for its whole life.
+        tokio::select! {
+            biased;
+            ended = &mut heartbeat => return ended,
+            // A polling client between two polls may never come back for
+            // its close packet.
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => self.abort(CloseReason::ServerClose),
+        }
+        heartbeat.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engineio::{Outbound, ProtocolError, Unlimited};
+
+    /// A handler that takes every packet and records nothing.
+    struct Quiet;
+
+    impl SessionHandler for Quiet {
+        async fn on_text(&mut self, _: &str) -> Result<(), ProtocolError> {
+            Ok(())
+        }
+        async fn on_binary(&mut self, _: Bytes) -> Result<(), ProtocolError> {
+            Ok(())
+        }
+        async fn on_close(self, _: CloseReason) {}
+    }
+
+    fn session(config: &EngineConfig) -> Session<Quiet> {
+        Session::new(
+            "sid".to_owned(),
+            (IpAddr::from([127, 0, 0, 1]), Arc::new(Unlimited)),
+            Outbox::new(8),
+            Quiet,
+            (Transport::Polling, Heartbeat::new(config)),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_queues_the_close_and_drops_an_undelivered_one_after_the_grace() {
+        let config = EngineConfig {
+            ping_interval: Duration::from_secs(3600),
+            ..EngineConfig::default()
+        };
+        let session = session(&config);
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let started = tokio::time::Instant::now();
+        session.run(&config, &shutdown).await;
+        assert_eq!(started.elapsed(), SHUTDOWN_GRACE, "ended by the grace");
+        assert_eq!(session.reason(), CloseReason::ServerClose);
+        let mut receiver = session.take_receiver().await.expect("never taken");
+        assert!(matches!(receiver.try_recv(), Some(Outbound::Close)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_closing_within_the_grace_ends_then() {
+        let config = EngineConfig {
+            ping_interval: Duration::from_secs(3600),
+            ..EngineConfig::default()
+        };
+        let session = session(&config);
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let started = tokio::time::Instant::now();
+        let closing = session.closing().clone();
+        tokio::spawn(async move {
+            // The writer delivering the close ends the session.
+            tokio::time::sleep(SHUTDOWN_GRACE / 4).await;
+            closing.cancel();
+        });
+        session.run(&config, &shutdown).await;
+        assert_eq!(started.elapsed(), SHUTDOWN_GRACE / 4);
     }
 }

@@ -30,7 +30,9 @@ pub struct Connection<H: Handler> {
     outbox: Outbox,
     request: RequestInfo,
     sockets: Vec<(Socket, H::State)>,
-    pending: Option<PendingBinary>,
+    /// Boxed: rarely there, and inline it would make every connection's
+    /// session as large as a JSON value and its attachments.
+    pending: Option<Box<PendingBinary>>,
     joined: Option<oneshot::Sender<()>>,
     max_attachment_bytes: usize,
 }
@@ -157,7 +159,7 @@ impl<H: Handler> SessionHandler for Connection<H> {
                     if !self.sockets.iter().any(|(s, _)| s.nsp() == packet.nsp) {
                         return Err(not_joined(packet.nsp));
                     }
-                    self.pending = Some(PendingBinary {
+                    self.pending = Some(Box::new(PendingBinary {
                         nsp: packet.nsp.to_owned(),
                         kind,
                         id: packet.id,
@@ -165,7 +167,7 @@ impl<H: Handler> SessionHandler for Connection<H> {
                         expected: packet.attachments,
                         attachments: Vec::with_capacity(packet.attachments),
                         budget: self.max_attachment_bytes,
-                    });
+                    }));
                 } else {
                     let event = Event {
                         args,
