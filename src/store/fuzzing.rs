@@ -206,4 +206,11 @@ mod tests {
         // And the fuzz target's own decoding of patches.
         damaged_store(&[0, 16, 0, 0, 3, 0xff, 0xff, 0xff]);
     }
+
+    #[test]
+    fn a_damaged_allocator_state_does_not_panic_the_close() {
+        // Found by the fuzzer: redb's close commits the allocator state it
+        // read from the file, and asserted on a damaged one.
+        damaged_store(&[32, 1, 0, 40, 191, 2, 40, 74]);
+    }
 }

@@ -104,7 +104,8 @@ struct Shared {
 /// which takes seconds for a large history. [`Store::wait_closed`] lets a
 /// process wait for that before it exits.
 struct OpenDatabase {
-    db: Database,
+    // Some until dropped: see the Drop impl.
+    db: Option<Database>,
     // Dropped after `db` (fields drop in order): counts the close.
     _open: OpenCount,
 }
@@ -113,7 +114,24 @@ impl std::ops::Deref for OpenDatabase {
     type Target = Database;
 
     fn deref(&self) -> &Database {
-        &self.db
+        self.db
+            .as_ref()
+            .expect("the database is taken only when dropped")
+    }
+}
+
+impl Drop for OpenDatabase {
+    fn drop(&mut self) {
+        // Closing commits redb's allocator state, which panics inside redb
+        // when that state was read from a damaged file: contained, so a
+        // damaged store never takes the process down on its way out.
+        let db = self.db.take();
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db))) {
+            tracing::warn!(
+                "closing the store file failed ({}): its next open checks it whole",
+                panic_message(&*panic)
+            );
+        }
     }
 }
 
@@ -272,7 +290,7 @@ fn open_database_unguarded(path: &Path) -> Result<OpenDatabase, StoreError> {
     }
     txn.commit().ctx("committing schema check")?;
     Ok(OpenDatabase {
-        db,
+        db: Some(db),
         _open: OpenCount::new(),
     })
 }
