@@ -324,8 +324,8 @@ mod tests {
         )
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn shutdown_queues_the_close_and_drops_an_undelivered_one_after_the_grace() {
+    /// A session with no ping due for an hour, and a shutdown already under way.
+    fn shutting_down() -> (EngineConfig, Session<Quiet>, CancellationToken) {
         let config = EngineConfig {
             ping_interval: Duration::from_secs(3600),
             ..EngineConfig::default()
@@ -333,6 +333,12 @@ mod tests {
         let session = session(&config);
         let shutdown = CancellationToken::new();
         shutdown.cancel();
+        (config, session, shutdown)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_queues_the_close_and_drops_an_undelivered_one_after_the_grace() {
+        let (config, session, shutdown) = shutting_down();
         let started = tokio::time::Instant::now();
         session.run(&config, &shutdown).await;
         assert_eq!(started.elapsed(), SHUTDOWN_GRACE, "ended by the grace");
@@ -343,13 +349,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_session_closing_within_the_grace_ends_then() {
-        let config = EngineConfig {
-            ping_interval: Duration::from_secs(3600),
-            ..EngineConfig::default()
-        };
-        let session = session(&config);
-        let shutdown = CancellationToken::new();
-        shutdown.cancel();
+        let (config, session, shutdown) = shutting_down();
         let started = tokio::time::Instant::now();
         let closing = session.closing().clone();
         tokio::spawn(async move {
