@@ -293,10 +293,15 @@ impl Drop for NatsCluster {
     }
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, below Linux's ephemeral
+/// range (32768 and up): a port the kernel handed out for `:0` can be taken
+/// as the local port of some outgoing connection (the servers' own routes)
+/// before the server binds it, and the server then exits.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
+    loop {
+        let port = 10_000 + rand::random::<u16>() % 22_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
