@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -196,20 +196,25 @@ async fn health_says_why_without_quorum_and_comes_back_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_stream_leader_during_publishes_loses_nothing_acknowledged() {
     const PUBLISHERS: usize = 8;
+    // A kill lands between two publishes now and then (no publish in
+    // flight at that instant); the leader of the moment is killed again,
+    // up to this many times, until one was in doubt.
+    const ROUNDS: usize = 4;
     let mut cluster = NatsCluster::start();
     let (engine, stream) = log_node(&cluster, "node-a").await;
-    let leader = cluster.stream_leader(LOG_STREAM);
 
     // Publishers publish one entry after another until told to stop; each
-    // reports the entries acknowledged (with their seq) and refused.
+    // reports the entries acknowledged (with their seq) and refused, and
+    // counts those known only after a retry.
     let stop = Arc::new(AtomicBool::new(false));
+    let retried = Arc::new(AtomicUsize::new(0));
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
         let engine = engine.clone();
         let stop = stop.clone();
+        let retried = retried.clone();
         publishers.push(tokio::spawn(async move {
             let mut acked: Vec<(EntryId, u64)> = Vec::new();
-            let mut retried = 0;
             let mut refused: Vec<(EntryId, PublishRefused)> = Vec::new();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -217,7 +222,9 @@ async fn kill_9_of_the_stream_leader_during_publishes_loses_nothing_acknowledged
                 match publish_entry(&engine, &eid, bytes).await {
                     Ok(published) => {
                         acked.push((eid, published.seq));
-                        retried += usize::from(published.attempts > 1);
+                        if published.attempts > 1 {
+                            retried.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     Err(refusal) => {
                         refused.push((eid, refusal));
@@ -226,41 +233,51 @@ async fn kill_9_of_the_stream_leader_during_publishes_loses_nothing_acknowledged
                 }
                 n += 1;
             }
-            (acked, refused, retried)
+            (acked, refused)
         }));
     }
-    // Let some entries through, kill the leader, wait for a new one, let
-    // more through, then bring the old leader back.
-    let before = wait_for_tail(&stream, 200).await;
-    cluster.kill(leader);
-    let killed = std::time::Instant::now();
-    // The write stall: until entries beyond those in flight at the kill
-    // are committed by the new leader (for the report, not asserted).
-    wait_for_tail(&stream, before + PUBLISHERS as u64 + 1).await;
-    let stall = killed.elapsed();
-    let new_leader = cluster.stream_leader(LOG_STREAM);
-    assert_ne!(new_leader, leader);
-    wait_for_tail(&stream, before + 200).await;
-    cluster.restart(leader);
-    wait_for_tail(&stream, before + 400).await;
+    // Each round: let some entries through, kill the leader, wait for a
+    // new one, let more through, then bring the old leader back.
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let leader = cluster.stream_leader(LOG_STREAM);
+        let before = wait_for_tail(&stream, log_tail(&stream).await.unwrap_or(0) + 200).await;
+        cluster.kill(leader);
+        let killed = std::time::Instant::now();
+        // The write stall: until entries beyond those in flight at the
+        // kill are committed by the new leader (for the report, not
+        // asserted).
+        wait_for_tail(&stream, before + PUBLISHERS as u64 + 1).await;
+        let stall = killed.elapsed();
+        let new_leader = cluster.stream_leader(LOG_STREAM);
+        assert_ne!(new_leader, leader);
+        wait_for_tail(&stream, before + 200).await;
+        cluster.restart(leader);
+        wait_for_tail(&stream, before + 400).await;
+        rounds.push(format!(
+            "leader {leader} -> {new_leader}, write stall {stall:?}"
+        ));
+        if retried.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+    }
     stop.store(true, Ordering::Relaxed);
 
     let mut acked = HashMap::new();
     let mut refused = Vec::new();
-    let mut retried = 0;
     for publisher in publishers {
-        let (a, r, n) = within("publishers to finish", publisher)
+        let (a, r) = within("publishers to finish", publisher)
             .await
             .expect("publisher");
         acked.extend(a);
         refused.extend(r);
-        retried += n;
     }
-    // The publishes in flight when the leader died were in doubt, and
+    // The publishes in flight when a leader died were in doubt, and
     // resolved by retrying them.
+    let retried = retried.load(Ordering::Relaxed);
     assert!(
         retried > 0,
-        "no publish was in doubt: the kill came too late"
+        "no publish was in doubt in {ROUNDS} leader kills: {rounds:?}"
     );
     let tail = log_tail(&stream).await.expect("tail");
     let log = read_log(&engine, 1, tail).await;
@@ -281,11 +298,10 @@ async fn kill_9_of_the_stream_leader_during_publishes_loses_nothing_acknowledged
         );
     }
     println!(
-        "{} entries acknowledged ({retried} after a retry), {} refused; leader {} -> {}, write stall {stall:?}",
+        "{} entries acknowledged ({retried} after a retry), {} refused; {}",
         acked.len(),
         refused.len(),
-        leader,
-        new_leader
+        rounds.join("; ")
     );
 }
 

@@ -19,6 +19,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -65,7 +66,30 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts three servers and waits until the cluster has a meta leader.
+    ///
+    /// A port can still be taken between the check and the server's bind
+    /// (by anything else on the machine); a server that exits while the
+    /// cluster forms is retried with fresh ports, up to three times.
     pub fn start() -> NatsCluster {
+        let mut attempt = 1;
+        loop {
+            let mut cluster = NatsCluster::configure();
+            for i in 0..cluster.servers.len() {
+                cluster.start_again(i);
+            }
+            match cluster.try_wait_ready() {
+                Ok(()) => return cluster,
+                Err(why) if attempt < 3 => {
+                    eprintln!("nats cluster, attempt {attempt}: {why}; again on new ports");
+                    attempt += 1;
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+    }
+
+    /// Writes the configuration of three servers on fresh ports.
+    fn configure() -> NatsCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let ports: Vec<[u16; 3]> = (0..3)
             .map(|_| [free_port(), free_port(), free_port()])
@@ -104,12 +128,7 @@ impl NatsCluster {
                 }
             })
             .collect();
-        let mut cluster = NatsCluster { servers, _dir: dir };
-        for i in 0..cluster.servers.len() {
-            cluster.start_again(i);
-        }
-        cluster.wait_ready();
-        cluster
+        NatsCluster { servers, _dir: dir }
     }
 
     /// `nats://127.0.0.1:P1,nats://127.0.0.1:P2,...`, as `--cluster` takes it.
@@ -188,21 +207,48 @@ impl NatsCluster {
     /// Waits until every running server is healthy and they all name the
     /// same meta leader (so JetStream API requests are answered).
     pub fn wait_ready(&mut self) {
+        if let Err(why) = self.try_wait_ready() {
+            panic!("{why}");
+        }
+    }
+
+    /// [`wait_ready`](Self::wait_ready), answering why not (a server
+    /// exited, or no common meta leader in time) with the servers' logs.
+    fn try_wait_ready(&mut self) -> Result<(), String> {
         let running: Vec<usize> = (0..self.servers.len())
             .filter(|&i| self.is_running(i))
             .collect();
-        self.wait_for("a meta leader known to every running server", |cluster| {
+        let what = "a meta leader known to every running server";
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
             let mut leaders = running.iter().map(|&i| {
-                let healthy = cluster.monitor(i, "/healthz")?["status"] == "ok";
-                let jsz = cluster.monitor(i, "/jsz")?;
+                let healthy = self.monitor(i, "/healthz")?["status"] == "ok";
+                let jsz = self.monitor(i, "/jsz")?;
                 let leader = jsz["meta_cluster"]["leader"].as_str()?.to_owned();
                 (healthy && !leader.is_empty()).then_some(leader)
             });
-            let first = leaders.next()??;
-            leaders
-                .all(|leader| leader.as_deref() == Some(&first))
-                .then_some(())
-        });
+            if let Some(Some(first)) = leaders.next()
+                && leaders.all(|leader| leader.as_deref() == Some(&first))
+            {
+                return Ok(());
+            }
+            for &i in &running {
+                let server = &mut self.servers[i];
+                let child = server.child.as_mut().expect("server is running");
+                if let Ok(Some(status)) = child.try_wait() {
+                    server.child = None;
+                    let name = server.name.clone();
+                    return Err(format!(
+                        "{name} exited ({status}) before {what}\n{}",
+                        self.logs()
+                    ));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no {what} within {TIMEOUT:?}\n{}", self.logs()));
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// The index of the server that leads stream `stream`, once a running
@@ -296,10 +342,22 @@ impl Drop for NatsCluster {
 /// A loopback port nothing listens on right now, below Linux's ephemeral
 /// range (32768 and up): a port the kernel handed out for `:0` can be taken
 /// as the local port of some outgoing connection (the servers' own routes)
-/// before the server binds it, and the server then exits.
+/// before the server binds it, and the server then exits. Ports come from
+/// one sequence per test process, so clusters of tests running side by
+/// side never pick the same one.
 fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const LOW: u16 = 10_000;
+    const SPAN: u16 = 22_000;
+    // Each test binary starts at its own random offset into the range.
+    let _ = NEXT.compare_exchange(
+        0,
+        rand::random::<u16>() % SPAN + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
     loop {
-        let port = 10_000 + rand::random::<u16>() % 22_000;
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
