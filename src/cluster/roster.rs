@@ -14,9 +14,12 @@
 //! since a node clears its old keys before it takes its lease and puts its
 //! connections after, and the bucket keeps that order.
 
+use std::time::Duration;
+
 use async_nats::jetstream::kv::{self, Operation};
+use async_nats::jetstream::stream::Stream;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 
 use super::ClusterError;
 use super::stream::PRESENCE_BUCKET;
@@ -138,20 +141,100 @@ impl Roster {
     }
 }
 
+/// How long a watch waits for a change before it asks whether the bucket
+/// has one it was not given.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
 /// Every node's presence as it is, then each change as it happens.
+///
+/// The watch is JetStream's ordered consumer, which the client recreates
+/// when a delivery goes missing, but only notices a consumer lost with its
+/// server (a stream leader's change, say) after missed heartbeats, and
+/// after some failures not at all: meanwhile the node would not see other
+/// nodes' users come and go. So a watch that is given nothing for
+/// [`STALL_CHECK`] asks the bucket for the entry after the last one it was
+/// given, and ends with an error when one was there at two checks in a row
+/// (the caller watches again).
 pub async fn watch_roster(
     kv: &kv::Store,
-) -> Result<impl Stream<Item = Result<RosterEvent, ClusterError>> + use<>, ClusterError> {
+) -> Result<impl futures_util::Stream<Item = Result<RosterEvent, ClusterError>> + use<>, ClusterError>
+{
     let watch = kv
         .watch_with_history(">")
         .await
         .map_err(|err| ClusterError::engine("watch presence", err))?;
-    Ok(watch.filter_map(|entry| async move {
-        match entry {
-            Ok(entry) => roster_event(&entry.key, entry.operation, &entry.value).map(Ok),
-            Err(err) => Some(Err(ClusterError::engine("watch presence", err))),
+    let watching = Watching {
+        watch,
+        bucket: kv.stream.clone(),
+        seen: 0,
+        undelivered: None,
+    };
+    Ok(futures_util::stream::unfold(
+        watching,
+        |mut watching| async move {
+            let event = watching.next_event().await?;
+            Some((event, watching))
+        },
+    ))
+}
+
+/// A watch of the bucket and how far it got.
+struct Watching {
+    watch: kv::Watch,
+    bucket: Stream,
+    /// The revision (stream position) of the last entry delivered.
+    seen: u64,
+    /// An entry after `seen` the bucket held at the last stall check.
+    undelivered: Option<u64>,
+}
+
+impl Watching {
+    /// The next event; `None` once the watch ended.
+    async fn next_event(&mut self) -> Option<Result<RosterEvent, ClusterError>> {
+        loop {
+            let next = tokio::select! {
+                next = self.watch.next() => next?,
+                () = tokio::time::sleep(STALL_CHECK) => {
+                    if let Err(err) = self.check_stall().await {
+                        return Some(Err(err));
+                    }
+                    continue;
+                }
+            };
+            let entry = match next {
+                Ok(entry) => entry,
+                Err(err) => return Some(Err(ClusterError::engine("watch presence", err))),
+            };
+            self.seen = entry.revision;
+            if let Some(event) = roster_event(&entry.key, entry.operation, &entry.value) {
+                return Some(Ok(event));
+            }
         }
-    }))
+    }
+
+    /// Fails when an entry the bucket held at the previous check has still
+    /// not been delivered (one held at a single check may just be on its
+    /// way). A bucket that cannot be asked is not a stall.
+    async fn check_stall(&mut self) -> Result<(), ClusterError> {
+        if let Some(missing) = self.undelivered.take()
+            && missing > self.seen
+        {
+            return Err(ClusterError::engine(
+                "watch presence",
+                std::io::Error::other(format!(
+                    "no change delivered for {STALL_CHECK:?} while the bucket holds revision {missing} (last delivered {})",
+                    self.seen
+                )),
+            ));
+        }
+        self.undelivered = self
+            .bucket
+            .direct_get_next_for_subject(format!("$KV.{PRESENCE_BUCKET}.>"), Some(self.seen + 1))
+            .await
+            .ok()
+            .map(|message| message.sequence);
+        Ok(())
+    }
 }
 
 /// What one bucket entry means; `None` for keys that are not ours.

@@ -128,6 +128,15 @@ impl Lines {
     pub fn rest(&mut self) -> Vec<String> {
         std::iter::from_fn(|| self.next_line()).collect()
     }
+
+    /// The last `n` lines of the whole output, taken or not, for a failing
+    /// test's report; never panics (it runs while a test panics).
+    fn last(&mut self, n: usize) -> Vec<String> {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+            self.seen.push(line);
+        }
+        self.seen[self.seen.len().saturating_sub(n)..].to_vec()
+    }
 }
 
 /// A `chatd run` child process on a loopback port.
@@ -373,6 +382,14 @@ impl Drop for Server {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        // A failing test shows what the server logged.
+        if std::thread::panicking() {
+            eprintln!(
+                "----- chatd on port {} logged (last lines) -----\n{}",
+                self.port,
+                self.logs.last(80).join("\n")
+            );
         }
     }
 }
