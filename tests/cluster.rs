@@ -542,3 +542,40 @@ async fn kill_9_of_a_node_and_of_the_streams_leader_loses_nothing_and_doubles_no
     );
     assert!(stored.values().all(|&n| n == 1), "stored twice: {stored:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_crosses_nodes_while_the_presence_buckets_leader_is_killed() {
+    let _serial = SERIAL.lock().await;
+    let mut nats = NatsCluster::start();
+    let urls = nats.urls();
+    let a = Node::start(&urls, "a");
+    let b = Node::start(&urls, "b");
+    for node in [&a, &b] {
+        node.wait_ready();
+    }
+    let (mut one, online, _) = join(&a, "Dummy-1", "Dummy-2").await;
+    assert_eq!(online, json!(["Dummy-1"]));
+
+    // The bucket's leader dies (its consumers, the nodes' watches, with
+    // it, and writes fail until a new one is elected): Dummy-2 joins on b
+    // meanwhile, and later leaves; Dummy-1 on a sees both (each wait fails
+    // after 20 s; a watch that is not watched again never delivers, a
+    // dropped write never arrives).
+    let leader = tokio::task::block_in_place(|| {
+        let leader = nats.stream_leader("KV_chatd_presence");
+        nats.kill(leader);
+        leader
+    });
+    let killed = Instant::now();
+    let (two, _, _) = join(&b, "Dummy-2", "Dummy-1").await;
+    online_becomes(&mut one, online, json!(["Dummy-1", "Dummy-2"])).await;
+    let joined = killed.elapsed();
+    drop(two);
+    let left_at = Instant::now();
+    online_becomes(&mut one, json!(["Dummy-1", "Dummy-2"]), json!(["Dummy-1"])).await;
+    let left = left_at.elapsed();
+    eprintln!(
+        "with the presence bucket's leader killed: joined seen after {joined:?}, left after {left:?}"
+    );
+    tokio::task::block_in_place(|| nats.restart(leader));
+}

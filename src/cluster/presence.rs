@@ -34,9 +34,12 @@ use crate::presence::{
 /// this node gives its own.
 pub const REMOTE_KEYS: ConnKey = 1 << 62;
 
-/// Attempts at one write to the bucket before it is left to the next
-/// re-announcement.
-const WRITE_ATTEMPTS: u32 = 3;
+/// The pause before a failed write to the bucket is tried again; it
+/// doubles with each failure up to [`WRITE_RETRY_MAX`].
+const WRITE_RETRY_FIRST: Duration = Duration::from_millis(50);
+
+/// The longest pause between attempts at one write.
+const WRITE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Pause before the watcher watches again after the watch failed.
 const REWATCH_PAUSE: Duration = Duration::from_millis(500);
@@ -225,7 +228,13 @@ async fn write(
         return;
     }
     while let Some(change) = queue.recv().await {
-        for attempt in 1..=WRITE_ATTEMPTS {
+        // A join or leave is retried until the bucket has it (the engine
+        // may be electing a leader, a few seconds): dropped, the other
+        // nodes would miss the user until this node's lease is taken
+        // again. Later changes wait, so the bucket keeps their order.
+        let mut pause = WRITE_RETRY_FIRST;
+        let mut failures = 0u32;
+        loop {
             let result = match &change {
                 Write::Joined { conn, user, room } => {
                     roster.announce(*conn, user, room.as_deref()).await
@@ -235,11 +244,20 @@ async fn write(
                 Write::Typing(typing) => relay_typing(&engine, typing).await.or(Ok(())),
             };
             match result {
-                Ok(()) => break,
-                Err(err) if attempt == WRITE_ATTEMPTS => {
-                    tracing::warn!("presence: not written to the engine: {err}")
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!("presence: written to the engine after {failures} failures");
+                    }
+                    break;
                 }
-                Err(_) => {}
+                Err(err) => {
+                    if failures == 0 {
+                        tracing::warn!("presence: not written to the engine: {err}; retrying");
+                    }
+                    failures += 1;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(WRITE_RETRY_MAX);
+                }
             }
         }
     }
