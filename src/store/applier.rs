@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::watch;
 
-use super::apply::Batch;
+use super::apply::{Batch, RoomCache};
 use super::change::{Applied, AppliedBatch, NotApplied, Outcome, Pending};
 use super::error::DbContext;
 use super::fold::{FOLD_AT, STEP, fold_step};
@@ -160,6 +160,7 @@ impl<T: Send + 'static> Applier<T> {
                 outage: None,
                 last_outage: None,
                 timer,
+                rooms: RoomCache::default(),
             };
             std::thread::Builder::new()
                 .name("chatd-applier".into())
@@ -187,6 +188,8 @@ struct Worker {
     last_outage: Option<(Instant, Duration)>,
     // Waits for the queue with a timeout (tokio's blocking_recv has none).
     timer: tokio::runtime::Runtime,
+    // Rooms as the last commit left them.
+    rooms: RoomCache,
 }
 
 impl Worker {
@@ -281,7 +284,8 @@ impl Worker {
                 }
             }
             let started = Instant::now();
-            match contained("committing changes", || commit(&self.store, &batch)) {
+            let rooms = &mut self.rooms;
+            match contained("committing changes", || commit(&self.store, &batch, rooms)) {
                 Ok(committed) => {
                     METRICS.commit(batch.len(), started.elapsed());
                     METRICS.set_recent(committed.staged);
@@ -398,6 +402,7 @@ impl Worker {
         );
         let landed = applied > self.last_seq;
         self.last_seq = applied;
+        self.rooms = RoomCache::default();
         self.last_outage = Some((Instant::now(), outage.backoff));
         self.background = background;
         self.outage = None;
@@ -407,6 +412,12 @@ impl Worker {
 
     // One step of background work; a fault of the disk starts an outage.
     fn background_step(&mut self, committed: usize) {
+        // The step rewrites the states of the rooms it folds or sweeps.
+        match self.background.folding {
+            Some(b) => self.rooms.forget_bucket(b),
+            None if self.background.sweeping => self.rooms.clear(),
+            None => {}
+        }
         if let Err(error) = self.background.step(&self.store, committed)
             && error.is_storage_fault()
         {
@@ -521,11 +532,17 @@ pub(crate) struct Committed {
     pub purged: bool,
 }
 
-/// Applies `batch` in one durable transaction.
-pub(crate) fn commit<T>(store: &Store, batch: &[Pending<T>]) -> Result<Committed, StoreError> {
+/// Applies `batch` in one durable transaction, starting from the rooms in
+/// `rooms` and leaving there the rooms it committed (nothing if it failed).
+pub(crate) fn commit<T>(
+    store: &Store,
+    batch: &[Pending<T>],
+    rooms: &mut RoomCache,
+) -> Result<Committed, StoreError> {
     use redb::ReadableTableMetadata;
+    let cache = std::mem::take(rooms);
     let txn = store.db()?.begin_write().ctx("starting a commit")?;
-    let mut applied = Batch::begin(&txn)?;
+    let mut applied = Batch::begin(&txn, cache)?;
     applied.expect(batch.iter().map(|pending| &pending.change));
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut purged = false;
@@ -540,8 +557,9 @@ pub(crate) fn commit<T>(store: &Store, batch: &[Pending<T>]) -> Result<Committed
         }
     }
     let staged = applied.t.staged.len().ctx("counting staged messages")?;
-    applied.finish()?;
+    let cache = applied.finish()?;
     txn.commit().ctx("committing changes")?;
+    *rooms = cache;
     Ok(Committed {
         outcomes,
         staged,
@@ -693,7 +711,11 @@ impl Store {
             change,
             ticket: None,
         };
-        let mut committed = commit(self, std::slice::from_ref(&pending))?;
+        let mut committed = commit(
+            self,
+            std::slice::from_ref(&pending),
+            &mut RoomCache::default(),
+        )?;
         let (_, outcome) = committed.outcomes.remove(0);
         let outcome = outcome.expect("the next position is always applied");
         if committed.purged {
