@@ -141,6 +141,26 @@ impl<T: Send + 'static> Applier<T> {
         queue_len: usize,
         mode: ApplierMode,
     ) -> Result<Applier<T>, StoreError> {
+        let (out_tx, out_rx) = mpsc::channel(OUTPUT_BATCHES);
+        let (handle, thread) = Applier::spawn_into(store, queue_len, mode, out_tx, |batch| batch)?;
+        Ok(Applier {
+            handle,
+            batches: out_rx,
+            thread,
+        })
+    }
+
+    /// Starts the applier thread handing each applied batch, as `wrap`
+    /// turns it, straight to `out`: for a reader that wants its own type,
+    /// with no task in between to forward it (one wake-up per commit, not
+    /// two).
+    pub fn spawn_into<O: Send + 'static>(
+        store: Store,
+        queue_len: usize,
+        mode: ApplierMode,
+        out: mpsc::Sender<O>,
+        wrap: fn(AppliedBatch<T>) -> O,
+    ) -> Result<(ApplierHandle<T>, JoinHandle<()>), StoreError> {
         let background = Background::load(&store)?;
         let last_seq = contained("reading the log position", || store.applied_seq())?;
         let timer = tokio::runtime::Builder::new_current_thread()
@@ -148,7 +168,6 @@ impl<T: Send + 'static> Applier<T> {
             .build()
             .map_err(StoreError::Spawn)?;
         let (tx, rx) = mpsc::channel(queue_len.max(1));
-        let (out_tx, out_rx) = mpsc::channel(OUTPUT_BATCHES);
         store.set_failing(None);
         let failing = store.failing();
         let thread = {
@@ -164,14 +183,10 @@ impl<T: Send + 'static> Applier<T> {
             };
             std::thread::Builder::new()
                 .name("chatd-applier".into())
-                .spawn(move || worker.run(rx, out_tx))
+                .spawn(move || worker.run(rx, out, wrap))
                 .map_err(StoreError::Spawn)?
         };
-        Ok(Applier {
-            handle: ApplierHandle { tx, failing },
-            batches: out_rx,
-            thread,
-        })
+        Ok((ApplierHandle { tx, failing }, thread))
     }
 }
 
@@ -194,7 +209,12 @@ struct Worker {
 
 impl Worker {
     // The thread body. Returns (dropping `out`) when the queue is closed and empty.
-    fn run<T>(mut self, mut rx: mpsc::Receiver<Pending<T>>, out: mpsc::Sender<AppliedBatch<T>>) {
+    fn run<T, O>(
+        mut self,
+        mut rx: mpsc::Receiver<Pending<T>>,
+        out: mpsc::Sender<O>,
+        wrap: fn(AppliedBatch<T>) -> O,
+    ) {
         let mut out_open = true;
         loop {
             // Background work goes on while no change waits.
@@ -234,7 +254,7 @@ impl Worker {
             let result = self.commit_batch(batch, &rx);
             // Keep committing even if nobody listens: the changes are still
             // applied, only their answers are lost.
-            if out_open && out.blocking_send(AppliedBatch { result }).is_err() {
+            if out_open && out.blocking_send(wrap(AppliedBatch { result })).is_err() {
                 tracing::warn!("applied-batch receiver dropped; answers are being discarded");
                 out_open = false;
             }

@@ -157,6 +157,8 @@ pub(crate) struct Batch<'t> {
     pub t: Tables<'t>,
     applied_seq: u64,
     next_room: u64,
+    // Rooms were created: `next_room` is written back.
+    created: bool,
     touched: HashMap<u32, Touched>,
     // Room ids and untouched room states from earlier commits.
     ids: HashMap<String, u32>,
@@ -192,6 +194,7 @@ impl<'t> Batch<'t> {
             t,
             applied_seq,
             next_room,
+            created: false,
             touched: HashMap::new(),
             ids: cache.ids,
             cached: cache.states,
@@ -556,6 +559,7 @@ impl<'t> Batch<'t> {
         }
         let id = u32::try_from(self.next_room).map_err(|_| StoreError::RoomsExhausted)?;
         self.next_room += 1;
+        self.created = true;
         self.t
             .room_ids
             .insert(m.room.as_bytes(), id)
@@ -643,7 +647,9 @@ impl<'t> Batch<'t> {
             self.cached.insert(id, touched.state);
         }
         write_u64(&mut self.t.state, APPLIED_SEQ_KEY, self.applied_seq)?;
-        write_u64(&mut self.t.state, NEXT_ROOM_KEY, self.next_room)?;
+        if self.created {
+            write_u64(&mut self.t.state, NEXT_ROOM_KEY, self.next_room)?;
+        }
         self.prune_eids()?;
         if self.ids.len() > CACHED_ROOMS {
             self.ids.clear();
