@@ -4,7 +4,7 @@
 use tokio::sync::mpsc;
 
 use super::{Log, NotAppended, Settled};
-use crate::store::change::{AppliedBatch, Change, Pending};
+use crate::store::change::{Change, Pending};
 use crate::store::{Applier, ApplierHandle, ApplierMode, Store, StoreError};
 
 /// Settled batches that may wait for the chat before the applier waits.
@@ -23,16 +23,12 @@ impl<T: Send + 'static> LocalLog<T> {
         queue: usize,
     ) -> Result<(LocalLog<T>, mpsc::Receiver<Settled<T>>), StoreError> {
         // A failed commit is handed back: its senders are told
-        // `unavailable`, and nothing of it was stored.
-        let applier = Applier::<T>::spawn(store, queue, ApplierMode::HandBack)?;
+        // `unavailable`, and nothing of it was stored. Batches go from the
+        // applier thread straight to the chat's channel.
         let (tx, rx) = mpsc::channel(SETTLED_QUEUE);
-        tokio::spawn(forward(applier.batches, tx));
-        Ok((
-            LocalLog {
-                applier: applier.handle,
-            },
-            rx,
-        ))
+        let (applier, _thread) =
+            Applier::spawn_into(store, queue, ApplierMode::HandBack, tx, Settled::of_batch)?;
+        Ok((LocalLog { applier }, rx))
     }
 }
 
@@ -47,18 +43,5 @@ impl<T: Send + 'static> Log<T> for LocalLog<T> {
             let ticket = back.ticket.expect("submitted with a ticket");
             (back.change, ticket)
         })
-    }
-}
-
-/// Turns the applier's batches into settled changes.
-async fn forward<T>(
-    mut batches: mpsc::Receiver<AppliedBatch<T>>,
-    settled: mpsc::Sender<Settled<T>>,
-) {
-    while let Some(batch) = batches.recv().await {
-        let next = Settled::of_batch(batch);
-        if settled.send(next).await.is_err() {
-            return;
-        }
     }
 }

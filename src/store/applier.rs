@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::watch;
 
-use super::apply::Batch;
+use super::apply::{Batch, RoomCache};
 use super::change::{Applied, AppliedBatch, NotApplied, Outcome, Pending};
 use super::error::DbContext;
 use super::fold::{FOLD_AT, STEP, fold_step};
@@ -141,6 +141,26 @@ impl<T: Send + 'static> Applier<T> {
         queue_len: usize,
         mode: ApplierMode,
     ) -> Result<Applier<T>, StoreError> {
+        let (out_tx, out_rx) = mpsc::channel(OUTPUT_BATCHES);
+        let (handle, thread) = Applier::spawn_into(store, queue_len, mode, out_tx, |batch| batch)?;
+        Ok(Applier {
+            handle,
+            batches: out_rx,
+            thread,
+        })
+    }
+
+    /// Starts the applier thread handing each applied batch, as `wrap`
+    /// turns it, straight to `out`: for a reader that wants its own type,
+    /// with no task in between to forward it (one wake-up per commit, not
+    /// two).
+    pub fn spawn_into<O: Send + 'static>(
+        store: Store,
+        queue_len: usize,
+        mode: ApplierMode,
+        out: mpsc::Sender<O>,
+        wrap: fn(AppliedBatch<T>) -> O,
+    ) -> Result<(ApplierHandle<T>, JoinHandle<()>), StoreError> {
         let background = Background::load(&store)?;
         let last_seq = contained("reading the log position", || store.applied_seq())?;
         let timer = tokio::runtime::Builder::new_current_thread()
@@ -148,7 +168,6 @@ impl<T: Send + 'static> Applier<T> {
             .build()
             .map_err(StoreError::Spawn)?;
         let (tx, rx) = mpsc::channel(queue_len.max(1));
-        let (out_tx, out_rx) = mpsc::channel(OUTPUT_BATCHES);
         store.set_failing(None);
         let failing = store.failing();
         let thread = {
@@ -160,17 +179,14 @@ impl<T: Send + 'static> Applier<T> {
                 outage: None,
                 last_outage: None,
                 timer,
+                rooms: RoomCache::default(),
             };
             std::thread::Builder::new()
                 .name("chatd-applier".into())
-                .spawn(move || worker.run(rx, out_tx))
+                .spawn(move || worker.run(rx, out, wrap))
                 .map_err(StoreError::Spawn)?
         };
-        Ok(Applier {
-            handle: ApplierHandle { tx, failing },
-            batches: out_rx,
-            thread,
-        })
+        Ok((ApplierHandle { tx, failing }, thread))
     }
 }
 
@@ -187,11 +203,18 @@ struct Worker {
     last_outage: Option<(Instant, Duration)>,
     // Waits for the queue with a timeout (tokio's blocking_recv has none).
     timer: tokio::runtime::Runtime,
+    // Rooms as the last commit left them.
+    rooms: RoomCache,
 }
 
 impl Worker {
     // The thread body. Returns (dropping `out`) when the queue is closed and empty.
-    fn run<T>(mut self, mut rx: mpsc::Receiver<Pending<T>>, out: mpsc::Sender<AppliedBatch<T>>) {
+    fn run<T, O>(
+        mut self,
+        mut rx: mpsc::Receiver<Pending<T>>,
+        out: mpsc::Sender<O>,
+        wrap: fn(AppliedBatch<T>) -> O,
+    ) {
         let mut out_open = true;
         loop {
             // Background work goes on while no change waits.
@@ -231,7 +254,7 @@ impl Worker {
             let result = self.commit_batch(batch, &rx);
             // Keep committing even if nobody listens: the changes are still
             // applied, only their answers are lost.
-            if out_open && out.blocking_send(AppliedBatch { result }).is_err() {
+            if out_open && out.blocking_send(wrap(AppliedBatch { result })).is_err() {
                 tracing::warn!("applied-batch receiver dropped; answers are being discarded");
                 out_open = false;
             }
@@ -281,7 +304,8 @@ impl Worker {
                 }
             }
             let started = Instant::now();
-            match contained("committing changes", || commit(&self.store, &batch)) {
+            let rooms = &mut self.rooms;
+            match contained("committing changes", || commit(&self.store, &batch, rooms)) {
                 Ok(committed) => {
                     METRICS.commit(batch.len(), started.elapsed());
                     METRICS.set_recent(committed.staged);
@@ -398,6 +422,7 @@ impl Worker {
         );
         let landed = applied > self.last_seq;
         self.last_seq = applied;
+        self.rooms = RoomCache::default();
         self.last_outage = Some((Instant::now(), outage.backoff));
         self.background = background;
         self.outage = None;
@@ -407,6 +432,12 @@ impl Worker {
 
     // One step of background work; a fault of the disk starts an outage.
     fn background_step(&mut self, committed: usize) {
+        // The step rewrites the states of the rooms it folds or sweeps.
+        match self.background.folding {
+            Some(b) => self.rooms.forget_bucket(b),
+            None if self.background.sweeping => self.rooms.clear(),
+            None => {}
+        }
         if let Err(error) = self.background.step(&self.store, committed)
             && error.is_storage_fault()
         {
@@ -521,11 +552,17 @@ pub(crate) struct Committed {
     pub purged: bool,
 }
 
-/// Applies `batch` in one durable transaction.
-pub(crate) fn commit<T>(store: &Store, batch: &[Pending<T>]) -> Result<Committed, StoreError> {
+/// Applies `batch` in one durable transaction, starting from the rooms in
+/// `rooms` and leaving there the rooms it committed (nothing if it failed).
+pub(crate) fn commit<T>(
+    store: &Store,
+    batch: &[Pending<T>],
+    rooms: &mut RoomCache,
+) -> Result<Committed, StoreError> {
     use redb::ReadableTableMetadata;
+    let cache = std::mem::take(rooms);
     let txn = store.db()?.begin_write().ctx("starting a commit")?;
-    let mut applied = Batch::begin(&txn)?;
+    let mut applied = Batch::begin(&txn, cache)?;
     applied.expect(batch.iter().map(|pending| &pending.change));
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut purged = false;
@@ -540,8 +577,9 @@ pub(crate) fn commit<T>(store: &Store, batch: &[Pending<T>]) -> Result<Committed
         }
     }
     let staged = applied.t.staged.len().ctx("counting staged messages")?;
-    applied.finish()?;
+    let cache = applied.finish()?;
     txn.commit().ctx("committing changes")?;
+    *rooms = cache;
     Ok(Committed {
         outcomes,
         staged,
@@ -693,7 +731,11 @@ impl Store {
             change,
             ticket: None,
         };
-        let mut committed = commit(self, std::slice::from_ref(&pending))?;
+        let mut committed = commit(
+            self,
+            std::slice::from_ref(&pending),
+            &mut RoomCache::default(),
+        )?;
         let (_, outcome) = committed.outcomes.remove(0);
         let outcome = outcome.expect("the next position is always applied");
         if committed.purged {

@@ -110,6 +110,38 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// Most rooms whose ids and states a [`RoomCache`] keeps (about 200 bytes
+/// each): a chat's busy rooms, not its whole history.
+const CACHED_ROOMS: usize = 4096;
+
+/// Room ids and states as the applier's last commit left them, kept from
+/// one batch to the next: live chat brings the same rooms commit after
+/// commit, and reading and decoding each one's state every time cost more
+/// than applying its message. Only the applier's own thread writes room
+/// states while it runs; it forgets what its fold and sweep steps rewrite
+/// ([`RoomCache::forget_bucket`], [`RoomCache::clear`]), a failed commit
+/// leaves the cache empty, and a batch that finds the log moved on
+/// without it starts empty.
+#[derive(Default)]
+pub(crate) struct RoomCache {
+    ids: HashMap<String, u32>,
+    states: HashMap<u32, RoomState>,
+    // The log position the states are as of.
+    seq: u64,
+}
+
+impl RoomCache {
+    /// Forgets the states of bucket `b`'s rooms (a fold step rewrote them).
+    pub(crate) fn forget_bucket(&mut self, b: u8) {
+        self.states.retain(|&id, _| bucket(id) != b);
+    }
+
+    /// Forgets every state (a sweep step, a reopened file).
+    pub(crate) fn clear(&mut self) {
+        self.states.clear();
+    }
+}
+
 /// A room state being changed by a batch, and what its keys were before.
 struct Touched {
     state: RoomState,
@@ -125,8 +157,12 @@ pub(crate) struct Batch<'t> {
     pub t: Tables<'t>,
     applied_seq: u64,
     next_room: u64,
+    // Rooms were created: `next_room` is written back.
+    created: bool,
     touched: HashMap<u32, Touched>,
+    // Room ids and untouched room states from earlier commits.
     ids: HashMap<String, u32>,
+    cached: HashMap<u32, RoomState>,
     buf: Vec<u8>,
     // Rooms with DIRECT_AT or more messages in this batch.
     busy: HashSet<String>,
@@ -141,17 +177,27 @@ struct Direct {
 }
 
 impl<'t> Batch<'t> {
-    /// Starts a batch in `txn`.
-    pub(crate) fn begin(txn: &'t WriteTransaction) -> Result<Batch<'t>, StoreError> {
+    /// Starts a batch in `txn` with the rooms the last one left in `cache`
+    /// (dropped if the log has moved on since: another writer).
+    pub(crate) fn begin(
+        txn: &'t WriteTransaction,
+        cache: RoomCache,
+    ) -> Result<Batch<'t>, StoreError> {
         let t = Tables::open(txn)?;
         let applied_seq = read_u64(&t.state, APPLIED_SEQ_KEY)?.unwrap_or(0);
         let next_room = read_u64(&t.state, NEXT_ROOM_KEY)?.unwrap_or(0);
+        let cache = match cache.seq == applied_seq {
+            true => cache,
+            false => RoomCache::default(),
+        };
         Ok(Batch {
             t,
             applied_seq,
             next_room,
+            created: false,
             touched: HashMap::new(),
-            ids: HashMap::new(),
+            ids: cache.ids,
+            cached: cache.states,
             buf: Vec::new(),
             busy: HashSet::new(),
             direct: HashMap::new(),
@@ -513,6 +559,7 @@ impl<'t> Batch<'t> {
         }
         let id = u32::try_from(self.next_room).map_err(|_| StoreError::RoomsExhausted)?;
         self.next_room += 1;
+        self.created = true;
         self.t
             .room_ids
             .insert(m.room.as_bytes(), id)
@@ -532,8 +579,12 @@ impl<'t> Batch<'t> {
     // Makes room `id`'s state available in `touched`; false if no such room.
     fn load(&mut self, id: u32) -> Result<bool, StoreError> {
         if let Entry::Vacant(slot) = self.touched.entry(id) {
-            let Some(state) = room_state(&self.t.rooms, id)? else {
-                return Ok(false);
+            let state = match self.cached.remove(&id) {
+                Some(state) => state,
+                None => match room_state(&self.t.rooms, id)? {
+                    Some(state) => state,
+                    None => return Ok(false),
+                },
             };
             slot.insert(Touched {
                 inbox_at_start: state.has_messages().then_some(state.newest_ts),
@@ -546,8 +597,9 @@ impl<'t> Batch<'t> {
 
     /// Writes the room states the batch touched (with their inbox and
     /// `oldest` entries), the applied log position and the next room id,
-    /// and forgets entry ids older than the window.
-    pub(crate) fn finish(mut self) -> Result<(), StoreError> {
+    /// and forgets entry ids older than the window. Returns the rooms as
+    /// the batch leaves them, for the next one once this one is committed.
+    pub(crate) fn finish(mut self) -> Result<RoomCache, StoreError> {
         let direct: Vec<u32> = self.direct.keys().copied().collect();
         for id in direct {
             self.flush(id)?;
@@ -589,10 +641,24 @@ impl<'t> Batch<'t> {
                 .rooms
                 .insert(id, st.encode().as_slice())
                 .ctx("writing room state")?;
+            if self.cached.len() >= CACHED_ROOMS {
+                self.cached.clear();
+            }
+            self.cached.insert(id, touched.state);
         }
         write_u64(&mut self.t.state, APPLIED_SEQ_KEY, self.applied_seq)?;
-        write_u64(&mut self.t.state, NEXT_ROOM_KEY, self.next_room)?;
-        self.prune_eids()
+        if self.created {
+            write_u64(&mut self.t.state, NEXT_ROOM_KEY, self.next_room)?;
+        }
+        self.prune_eids()?;
+        if self.ids.len() > CACHED_ROOMS {
+            self.ids.clear();
+        }
+        Ok(RoomCache {
+            ids: std::mem::take(&mut self.ids),
+            states: std::mem::take(&mut self.cached),
+            seq: self.applied_seq,
+        })
     }
 
     // Forgets entry ids applied EID_WINDOW or more positions ago.
@@ -783,7 +849,7 @@ mod tests {
     fn an_eid_is_a_duplicate_within_the_window_only() {
         let (_dir, store) = tmp_store();
         let txn = store.db().unwrap().begin_write().unwrap();
-        let mut batch = Batch::begin(&txn).unwrap();
+        let mut batch = Batch::begin(&txn, RoomCache::default()).unwrap();
         let mut m = msg(ROOM, "Ann", "Bob", "hi", 10);
         m.eid = Some([7; 16]);
         let original = stored(batch.apply(1, &Change::Message(m.clone())).unwrap());
@@ -972,7 +1038,7 @@ mod tests {
         send(&store, "Ann", "y", 2);
         assert_eq!(store.applied_seq().unwrap(), 2);
         let txn = store.db().unwrap().begin_write().unwrap();
-        let batch = Batch::begin(&txn).unwrap();
+        let batch = Batch::begin(&txn, RoomCache::default()).unwrap();
         assert_eq!(batch.position_of(None).unwrap(), Some(3));
         assert_eq!(batch.position_of(Some(2)).unwrap(), None);
         assert_eq!(batch.position_of(Some(3)).unwrap(), Some(3));

@@ -299,6 +299,7 @@ fn open_database_unguarded(path: &Path) -> Result<OpenDatabase, StoreError> {
 pub(crate) mod testutil {
     //! Helpers for tests that need a store with known contents.
 
+    use super::apply::RoomCache;
     use super::change::NewMessage;
     use super::fold::fold_step;
     use super::schema::{BUCKETS, STAGED};
@@ -344,6 +345,16 @@ pub(crate) mod testutil {
         store: &Store,
         changes: impl IntoIterator<Item = Change>,
     ) -> Vec<super::Outcome> {
+        apply_cached(store, changes, &mut Default::default())
+    }
+
+    /// [`apply_all`] from the rooms an earlier batch left in `cache`, as
+    /// the applier does.
+    pub fn apply_cached(
+        store: &Store,
+        changes: impl IntoIterator<Item = Change>,
+        cache: &mut RoomCache,
+    ) -> Vec<super::Outcome> {
         let batch: Vec<super::Pending<()>> = changes
             .into_iter()
             .map(|change| super::Pending {
@@ -352,7 +363,7 @@ pub(crate) mod testutil {
                 ticket: None,
             })
             .collect();
-        let committed = super::applier::commit(store, &batch).unwrap();
+        let committed = super::applier::commit(store, &batch, cache).unwrap();
         committed
             .outcomes
             .into_iter()
@@ -366,8 +377,17 @@ pub(crate) mod testutil {
         store: &Store,
         changes: impl IntoIterator<Item = Change>,
     ) -> Vec<super::Outcome> {
+        stage_cached(store, changes, &mut Default::default())
+    }
+
+    /// [`stage_all`] from the rooms an earlier batch left in `cache`.
+    pub fn stage_cached(
+        store: &Store,
+        changes: impl IntoIterator<Item = Change>,
+        cache: &mut RoomCache,
+    ) -> Vec<super::Outcome> {
         let txn = store.db().unwrap().begin_write().unwrap();
-        let mut batch = super::apply::Batch::begin(&txn).unwrap();
+        let mut batch = super::apply::Batch::begin(&txn, std::mem::take(cache)).unwrap();
         let outcomes = changes
             .into_iter()
             .map(|change| {
@@ -375,8 +395,9 @@ pub(crate) mod testutil {
                 batch.apply(seq, &change).unwrap()
             })
             .collect();
-        batch.finish().unwrap();
+        let rooms = batch.finish().unwrap();
         txn.commit().unwrap();
+        *cache = rooms;
         outcomes
     }
 

@@ -6,12 +6,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::apply::RoomCache;
 use super::change::{Change, NewMessage, Outcome, PurgeCommand, ReadMark};
 use super::clock::format_time;
 use super::fold::fold_step;
 use super::schema::BUCKETS;
 use super::sweep::sweep_step;
-use super::testutil::{apply_all, exported, stage_all};
+use super::testutil::{apply_cached, exported, stage_cached};
 use super::{HistoryQuery, Store, StoredMessage};
 
 /// A room of the model: its pair, its messages (oldest first), cursors.
@@ -308,6 +309,8 @@ fn random_changes_read_back_as_the_model_says() {
         let mut model = Model::default();
         let mut rng = Rng(seed);
         let mut clock = 1_766_889_946_000_000;
+        // Carried from commit to commit and invalidated as the applier does.
+        let mut cache = RoomCache::default();
         for round in 0..60 {
             let changes: Vec<Change> = (0..1 + rng.below(40))
                 .map(|_| random_change(&mut rng, &mut clock))
@@ -315,8 +318,8 @@ fn random_changes_read_back_as_the_model_says() {
             let want: Vec<Outcome> = changes.iter().map(|c| model.apply(c)).collect();
             // A group commit, or live traffic's (everything staged).
             let got = match rng.below(2) {
-                0 => apply_all(&store, changes.clone()),
-                _ => stage_all(&store, changes.clone()),
+                0 => apply_cached(&store, changes.clone(), &mut cache),
+                _ => stage_cached(&store, changes.clone(), &mut cache),
             };
             for ((change, want), got) in changes.iter().zip(want).zip(got) {
                 assert_eq!(got, want, "seed {seed} round {round}: {change:?}");
@@ -326,13 +329,16 @@ fn random_changes_read_back_as_the_model_says() {
                 0 => {
                     let b = rng.below(u64::from(BUCKETS)) as u8;
                     fold_step(&store, b, 1 + rng.below(8) as usize).unwrap();
+                    cache.forget_bucket(b);
                 }
                 1 => {
                     sweep_step(&store, 1 + rng.below(8) as usize).unwrap();
+                    cache.clear();
                 }
                 2 if rng.below(4) == 0 => {
                     drop(store);
                     store = Store::open(dir.path()).unwrap();
+                    cache = RoomCache::default();
                 }
                 _ => {}
             }
