@@ -52,7 +52,7 @@ impl Socket {
 
     /// Answers the client's acknowledgement `id` with one JSON argument.
     pub fn ack<T: Serialize + ?Sized>(&self, id: u64, data: &T) -> bool {
-        let mut packet = vec![b'4'];
+        let mut packet = engineio_message();
         write_header(&mut packet, PacketType::Ack, &self.nsp, 0, Some(id));
         packet.push(b'[');
         push_json(&mut packet, data);
@@ -73,7 +73,7 @@ impl Socket {
 
     /// Tells the client it is disconnected from the namespace, then closes.
     pub fn disconnect(&self) {
-        let mut packet = vec![b'4'];
+        let mut packet = engineio_message();
         write_header(&mut packet, PacketType::Disconnect, &self.nsp, 0, None);
         self.send_encoded(packet.into());
         self.outbox.close();
@@ -96,7 +96,7 @@ impl Socket {
             (PacketType::Ack, false) => PacketType::BinaryAck,
             (kind, _) => kind,
         };
-        let mut packet = vec![b'4'];
+        let mut packet = engineio_message();
         write_header(&mut packet, kind, &self.nsp, attachments.len(), id);
         push_json(&mut packet, args);
         let mut sent = self.send_encoded(packet.into());
@@ -110,8 +110,7 @@ impl Socket {
 /// Encodes a whole Engine.IO message carrying event `event` with one JSON
 /// argument, ready for [`Socket::send_encoded`] on any socket of `nsp`.
 pub fn event_packet<T: Serialize + ?Sized>(nsp: &str, event: &str, data: &T) -> Bytes {
-    let mut packet = Vec::with_capacity(256);
-    packet.push(b'4');
+    let mut packet = engineio_message();
     write_header(&mut packet, PacketType::Event, nsp, 0, None);
     packet.push(b'[');
     push_json(&mut packet, event);
@@ -127,6 +126,15 @@ fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     if serde_json::to_writer(&mut *out, value).is_err() {
         out.extend_from_slice(b"null");
     }
+}
+
+/// A buffer for one outgoing packet, its Engine.IO `message` type (`4`)
+/// written: room for a typical event or ack up front, so encoding one does
+/// not grow the buffer step by step.
+fn engineio_message() -> Vec<u8> {
+    let mut packet = Vec::with_capacity(256);
+    packet.push(b'4');
+    packet
 }
 
 #[cfg(test)]
