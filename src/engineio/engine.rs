@@ -49,11 +49,26 @@ impl<H: EngineHandler> Engine<H> {
         }
     }
 
-    /// Opens a session on `transport` and starts its lifecycle. Returns the
-    /// session and its open packet: a websocket session has it queued
-    /// already; a polling one answers the handshake request with it.
+    /// Opens a session on `transport` and starts its lifecycle in a task of
+    /// its own. Returns the session and its open packet: a websocket session
+    /// has it queued already; a polling one answers the handshake request
+    /// with it.
     pub fn open(
         self: &Arc<Self>,
+        info: RequestInfo,
+        transport: Transport,
+    ) -> (Arc<Session<H::Session>>, String) {
+        let (session, open) = self.create(info, transport);
+        let (engine, lifecycle) = (self.clone(), session.clone());
+        self.tracker
+            .spawn(async move { engine.lifecycle(&lifecycle).await });
+        (session, open)
+    }
+
+    /// Opens a session on `transport` whose lifecycle the caller runs: a
+    /// websocket runs it in its own task, so an idle connection is one task.
+    pub fn create(
+        &self,
         info: RequestInfo,
         transport: Transport,
     ) -> (Arc<Session<H::Session>>, String) {
@@ -85,22 +100,23 @@ impl<H: EngineHandler> Engine<H> {
             handler,
             (transport, Heartbeat::new(&self.config)),
         ));
-        self.table().insert(sid.clone(), session.clone());
-
-        let (engine, lifecycle) = (self.clone(), session.clone());
-        self.tracker.spawn(async move {
-            lifecycle.run(&engine.config, &engine.shutdown).await;
-            if lifecycle.transport() == Transport::Polling && lifecycle.close_unanswered() {
-                // Its place stays taken meanwhile, so this costs a client
-                // nothing it could use to pile sessions up.
-                tokio::select! {
-                    _ = tokio::time::sleep(CLOSE_RACE_WINDOW) => {}
-                    _ = engine.shutdown.cancelled() => {}
-                }
-            }
-            engine.table().remove(&sid);
-        });
+        self.table().insert(sid, session.clone());
         (session, open)
+    }
+
+    /// A session's lifecycle ([`Session::run`]), then its removal from the
+    /// table.
+    pub async fn lifecycle(&self, session: &Session<H::Session>) {
+        session.run(&self.config, &self.shutdown).await;
+        if session.transport() == Transport::Polling && session.close_unanswered() {
+            // Its place stays taken meanwhile, so this costs a client
+            // nothing it could use to pile sessions up.
+            tokio::select! {
+                _ = tokio::time::sleep(CLOSE_RACE_WINDOW) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+        }
+        self.table().remove(session.sid());
     }
 
     /// The live session `sid`, if the request comes from the address that
