@@ -2,6 +2,7 @@
 //! them when they end.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -60,8 +61,10 @@ impl<H: EngineHandler> Engine<H> {
     ) -> (Arc<Session<H::Session>>, String) {
         let (session, open) = self.create(info, transport);
         let (engine, lifecycle) = (self.clone(), session.clone());
-        self.tracker
-            .spawn(async move { engine.lifecycle(&lifecycle).await });
+        self.tracker.spawn(async move {
+            let transport = std::future::pending::<()>();
+            engine.lifecycle(&lifecycle, transport).await;
+        });
         (session, open)
     }
 
@@ -104,10 +107,10 @@ impl<H: EngineHandler> Engine<H> {
         (session, open)
     }
 
-    /// A session's lifecycle ([`Session::run`]), then its removal from the
-    /// table.
-    pub async fn lifecycle(&self, session: &Session<H::Session>) {
-        session.run(&self.config, &self.shutdown).await;
+    /// A session's lifecycle ([`Session::run`]) beside `transport`, then its
+    /// removal from the table.
+    pub async fn lifecycle(&self, session: &Session<H::Session>, transport: impl Future) {
+        session.run(&self.config, &self.shutdown, transport).await;
         if session.transport() == Transport::Polling && session.close_unanswered() {
             // Its place stays taken meanwhile, so this costs a client
             // nothing it could use to pile sessions up.

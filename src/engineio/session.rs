@@ -6,6 +6,7 @@
 //! and in order whichever request carries them), the outbox and the receiver
 //! a transport drains, the heartbeat, and the transport state.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -250,13 +251,32 @@ impl<S: SessionHandler> Session<S> {
         self.receiver.lock().await.take()
     }
 
-    /// The session's lifecycle: heartbeat until it closes (shutdown closes
-    /// it gracefully), then tell the handler, exactly once.
-    pub async fn run(&self, config: &EngineConfig, shutdown: &CancellationToken) {
-        // Two steps, so the heartbeat's timers are gone from this long-lived
-        // task's state once the close phase starts, and vice versa.
-        if self.live(config, shutdown).await == Ended::TimedOut {
-            self.abort(CloseReason::PingTimeout);
+    /// The session's lifecycle: heartbeat, beside `transport` (a websocket
+    /// carrying the session in the same task, lent pinned: passed by value
+    /// it would be stored again in this future; a pending future for polling),
+    /// until it closes (shutdown closes it gracefully), then tell the
+    /// handler, exactly once. The close is waited for here only: the
+    /// heartbeat and the transport stop by being dropped, so an idle session
+    /// holds one wait on it, not one per part.
+    pub async fn run(
+        &self,
+        config: &EngineConfig,
+        shutdown: &CancellationToken,
+        transport: impl Future,
+    ) {
+        let live = async {
+            if self.live(config, shutdown).await == Ended::TimedOut {
+                self.abort(CloseReason::PingTimeout);
+            }
+        };
+        // Both parts end only as the session closes, when `closing` fires.
+        // Combinators, not an async block: one would store `live` twice.
+        let both = futures_util::future::join(live, transport);
+        let closing = self.closing.cancelled();
+        tokio::select! {
+            biased;
+            _ = both => {}
+            _ = closing => {}
         }
         self.closing.cancel();
         let reason = self.reason();
@@ -274,9 +294,10 @@ impl<S: SessionHandler> Session<S> {
         }
     }
 
-    /// Heartbeat until the session closes; shutdown closes it gracefully.
+    /// Heartbeat until a pong is late; shutdown closes the session
+    /// gracefully, and aborts it if it is still there after the grace.
     async fn live(&self, config: &EngineConfig, shutdown: &CancellationToken) -> Ended {
-        let heartbeat = self.heartbeat.run(config, &self.outbox, &self.closing);
+        let heartbeat = self.heartbeat.run(config, &self.outbox);
         tokio::pin!(heartbeat);
         tokio::select! {
             biased;
@@ -290,9 +311,10 @@ impl<S: SessionHandler> Session<S> {
             ended = &mut heartbeat => return ended,
             // A polling client between two polls may never come back for
             // its close packet.
-            _ = tokio::time::sleep(SHUTDOWN_GRACE) => self.abort(CloseReason::ServerClose),
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
         }
-        heartbeat.await
+        self.abort(CloseReason::ServerClose);
+        Ended::Closed
     }
 }
 
@@ -340,7 +362,9 @@ mod tests {
     async fn shutdown_queues_the_close_and_drops_an_undelivered_one_after_the_grace() {
         let (config, session, shutdown) = shutting_down();
         let started = tokio::time::Instant::now();
-        session.run(&config, &shutdown).await;
+        session
+            .run(&config, &shutdown, std::future::pending::<()>())
+            .await;
         assert_eq!(started.elapsed(), SHUTDOWN_GRACE, "ended by the grace");
         assert_eq!(session.reason(), CloseReason::ServerClose);
         let mut receiver = session.take_receiver().await.expect("never taken");
@@ -357,7 +381,9 @@ mod tests {
             tokio::time::sleep(SHUTDOWN_GRACE / 4).await;
             closing.cancel();
         });
-        session.run(&config, &shutdown).await;
+        session
+            .run(&config, &shutdown, std::future::pending::<()>())
+            .await;
         assert_eq!(started.elapsed(), SHUTDOWN_GRACE / 4);
     }
 }
