@@ -39,14 +39,15 @@ pub enum Transport {
 
 /// The state of one session, shared by its transports and its lifecycle task.
 pub struct Session<S> {
-    sid: String,
+    /// Boxed, not a `String`: the capacity word of every session is spared.
+    sid: Box<str>,
     /// The address the handshake came from: only it may use the sid.
     remote_ip: IpAddr,
     /// The session's place under the connection limits, held for its life
     /// whichever transport carries it.
     place: Arc<dyn Admission>,
+    /// Its token is the session's close signal, shared with the receiver.
     outbox: Outbox,
-    closing: CancellationToken,
     handler: Mutex<Option<S>>,
     /// Taken by whichever transport drains the outbox: one polling GET at a
     /// time, or the websocket writer for good.
@@ -71,10 +72,9 @@ impl<S: SessionHandler> Session<S> {
         (transport, heartbeat): (Transport, Heartbeat),
     ) -> Self {
         Session {
-            sid,
+            sid: sid.into(),
             remote_ip,
             place,
-            closing: receiver.closing.clone(),
             outbox,
             handler: Mutex::new(Some(handler)),
             receiver: Mutex::new(Some(receiver)),
@@ -108,7 +108,7 @@ impl<S: SessionHandler> Session<S> {
 
     /// Fires once the session is closing.
     pub fn closing(&self) -> &CancellationToken {
-        &self.closing
+        self.outbox.closing()
     }
 
     /// The current transport.
@@ -148,7 +148,7 @@ impl<S: SessionHandler> Session<S> {
 
     /// False once the session is closing or its pong is overdue.
     pub fn is_alive(&self) -> bool {
-        !self.closing.is_cancelled() && !self.heartbeat.expired()
+        !self.closing().is_cancelled() && !self.heartbeat.expired()
     }
 
     /// Why the session closed (or is closing); a server close if nobody said.
@@ -272,13 +272,13 @@ impl<S: SessionHandler> Session<S> {
         // Both parts end only as the session closes, when `closing` fires.
         // Combinators, not an async block: one would store `live` twice.
         let both = futures_util::future::join(live, transport);
-        let closing = self.closing.cancelled();
+        let closing = self.closing().cancelled();
         tokio::select! {
             biased;
             _ = both => {}
             _ = closing => {}
         }
-        self.closing.cancel();
+        self.closing().cancel();
         let reason = self.reason();
         tracing::debug!(sid = %self.sid, reason = reason.as_str(), "engine.io session closed");
         // Boxed so this task does not carry the handler's (large, once-only)
