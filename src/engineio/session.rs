@@ -13,7 +13,6 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::{Mutex, MutexGuard, Notify};
-use tokio::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::heartbeat::{Ended, Heartbeat};
@@ -21,9 +20,6 @@ use super::outbox::OutboxReceiver;
 use super::packet::Packet;
 use super::payload::Record;
 use super::{Admission, CloseReason, EngineConfig, Outbox, SessionHandler};
-
-/// How long shutdown lets a session deliver its close before dropping it.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Which transport a session is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,18 +250,13 @@ impl<S: SessionHandler> Session<S> {
     /// The session's lifecycle: heartbeat, beside `transport` (a websocket
     /// carrying the session in the same task, lent pinned: passed by value
     /// it would be stored again in this future; a pending future for polling),
-    /// until it closes (shutdown closes it gracefully), then tell the
-    /// handler, exactly once. The close is waited for here only: the
-    /// heartbeat and the transport stop by being dropped, so an idle session
-    /// holds one wait on it, not one per part.
-    pub async fn run(
-        &self,
-        config: &EngineConfig,
-        shutdown: &CancellationToken,
-        transport: impl Future,
-    ) {
+    /// until it closes (the engine closes every session at shutdown), then
+    /// tell the handler, exactly once. The close is waited for here only:
+    /// the heartbeat and the transport stop by being dropped, so an idle
+    /// session holds one wait on it, not one per part.
+    pub async fn run(&self, config: &EngineConfig, transport: impl Future) {
         let live = async {
-            if self.live(config, shutdown).await == Ended::TimedOut {
+            if self.heartbeat.run(config, &self.outbox).await == Ended::TimedOut {
                 self.abort(CloseReason::PingTimeout);
             }
         };
@@ -293,35 +284,13 @@ impl<S: SessionHandler> Session<S> {
             close.await;
         }
     }
-
-    /// Heartbeat until a pong is late; shutdown closes the session
-    /// gracefully, and aborts it if it is still there after the grace.
-    async fn live(&self, config: &EngineConfig, shutdown: &CancellationToken) -> Ended {
-        let heartbeat = self.heartbeat.run(config, &self.outbox);
-        tokio::pin!(heartbeat);
-        tokio::select! {
-            biased;
-            ended = &mut heartbeat => return ended,
-            _ = shutdown.cancelled() => self.close(CloseReason::ServerClose),
-        }
-        // The grace timer only from shutdown on: made at the start, every
-        // session would carry it for its whole life.
-        tokio::select! {
-            biased;
-            ended = &mut heartbeat => return ended,
-            // A polling client between two polls may never come back for
-            // its close packet.
-            _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
-        }
-        self.abort(CloseReason::ServerClose);
-        Ended::Closed
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engineio::{Outbound, ProtocolError, Unlimited};
+    use crate::engineio::{ProtocolError, Unlimited};
+    use std::time::Duration;
 
     /// A handler that takes every packet and records nothing.
     struct Quiet;
@@ -346,44 +315,21 @@ mod tests {
         )
     }
 
-    /// A session with no ping due for an hour, and a shutdown already under way.
-    fn shutting_down() -> (EngineConfig, Session<Quiet>, CancellationToken) {
+    #[tokio::test(start_paused = true)]
+    async fn a_session_runs_until_it_closes_and_then_gives_up_its_handler() {
         let config = EngineConfig {
             ping_interval: Duration::from_secs(3600),
             ..EngineConfig::default()
         };
         let session = session(&config);
-        let shutdown = CancellationToken::new();
-        shutdown.cancel();
-        (config, session, shutdown)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn shutdown_queues_the_close_and_drops_an_undelivered_one_after_the_grace() {
-        let (config, session, shutdown) = shutting_down();
-        let started = tokio::time::Instant::now();
-        session
-            .run(&config, &shutdown, std::future::pending::<()>())
-            .await;
-        assert_eq!(started.elapsed(), SHUTDOWN_GRACE, "ended by the grace");
-        assert_eq!(session.reason(), CloseReason::ServerClose);
-        let mut receiver = session.take_receiver().await.expect("never taken");
-        assert!(matches!(receiver.try_recv(), Some(Outbound::Close)));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_session_closing_within_the_grace_ends_then() {
-        let (config, session, shutdown) = shutting_down();
-        let started = tokio::time::Instant::now();
         let closing = session.closing().clone();
         tokio::spawn(async move {
-            // The writer delivering the close ends the session.
-            tokio::time::sleep(SHUTDOWN_GRACE / 4).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
             closing.cancel();
         });
-        session
-            .run(&config, &shutdown, std::future::pending::<()>())
-            .await;
-        assert_eq!(started.elapsed(), SHUTDOWN_GRACE / 4);
+        let started = tokio::time::Instant::now();
+        session.run(&config, std::future::pending::<()>()).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert!(session.handler().await.is_none(), "on_close took it");
     }
 }
