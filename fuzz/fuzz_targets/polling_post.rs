@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
         let (outbox, _receiver) = Outbox::new(64);
         let info = RequestInfo {
             path: "/socket.io/".into(),
-            query: Vec::new(),
+            query: "".into(),
             remote: "127.0.0.1:1".parse().unwrap(),
             place: Arc::new(Unlimited),
         };

@@ -2,6 +2,7 @@
 //! (`peer`), from where in the history (`since`), and the token that proves
 //! it. A refusal is the CONNECT_ERROR payload of the contract.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -62,7 +63,7 @@ pub fn check(
         match auth_payload.and_then(|payload| payload.get(name)) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
-            _ => request.query_param(name).map(str::to_owned),
+            _ => request.query_param(name).map(Cow::into_owned),
         }
     };
     let invalid = |why: &str| {

@@ -1,9 +1,10 @@
 //! The table of live sessions: opening them, finding them by sid, reaping
-//! them when they end.
+//! them when they end, and closing them all at shutdown.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,21 +14,35 @@ use tokio_util::task::TaskTracker;
 use super::heartbeat::Heartbeat;
 use super::packet::Handshake;
 use super::session::{Session, Transport};
-use super::{EngineConfig, EngineHandler, Outbox, RequestError, RequestInfo};
+use super::{CloseReason, EngineConfig, EngineHandler, Outbox, RequestError, RequestInfo};
 
 /// How long a polling session the client closed stays findable when no
 /// poll has been told yet: a poll sent before the close was answered (the
 /// close overtook it) is then told `noop` rather than refused.
 const CLOSE_RACE_WINDOW: Duration = Duration::from_secs(5);
 
+/// How long shutdown lets a session deliver its close before dropping it.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// The sessions, and whether shutdown has closed them.
+struct Table<S> {
+    live: HashMap<String, Arc<Session<S>>>,
+    /// Set as shutdown closes every session in `live`: one opened later
+    /// closes itself.
+    closed_all: bool,
+}
+
 /// The Engine.IO server state shared by every transport.
 pub struct Engine<H: EngineHandler> {
     handler: Arc<H>,
     /// Protocol settings announced to clients.
     pub config: Arc<EngineConfig>,
-    sessions: Mutex<HashMap<String, Arc<Session<H::Session>>>>,
+    sessions: Mutex<Table<H::Session>>,
     /// Cancelled to close every session gracefully (shutdown).
     pub shutdown: CancellationToken,
+    /// Set once the task that closes every session at shutdown runs: one
+    /// task for all, where a wait in every session was 0.1 KiB of each.
+    closer: OnceLock<()>,
     /// Tracks every session task so shutdown can wait for them.
     pub tracker: TaskTracker,
 }
@@ -43,16 +58,37 @@ impl<H: EngineHandler> Engine<H> {
         Engine {
             handler,
             config,
-            sessions: Mutex::default(),
+            sessions: Mutex::new(Table {
+                live: HashMap::new(),
+                closed_all: false,
+            }),
             shutdown,
+            closer: OnceLock::new(),
             tracker,
         }
     }
 
-    /// Opens a session on `transport` and starts its lifecycle. Returns the
-    /// session and its open packet: a websocket session has it queued
-    /// already; a polling one answers the handshake request with it.
+    /// Opens a session on `transport` and starts its lifecycle in a task of
+    /// its own. Returns the session and its open packet: a websocket session
+    /// has it queued already; a polling one answers the handshake request
+    /// with it.
     pub fn open(
+        self: &Arc<Self>,
+        info: RequestInfo,
+        transport: Transport,
+    ) -> (Arc<Session<H::Session>>, String) {
+        let (session, open) = self.create(info, transport);
+        let (engine, lifecycle) = (self.clone(), session.clone());
+        self.tracker.spawn(async move {
+            let transport = std::future::pending::<()>();
+            engine.lifecycle(&lifecycle, transport).await;
+        });
+        (session, open)
+    }
+
+    /// Opens a session on `transport` whose lifecycle the caller runs: a
+    /// websocket runs it in its own task, so an idle connection is one task.
+    pub fn create(
         self: &Arc<Self>,
         info: RequestInfo,
         transport: Transport,
@@ -85,22 +121,58 @@ impl<H: EngineHandler> Engine<H> {
             handler,
             (transport, Heartbeat::new(&self.config)),
         ));
-        self.table().insert(sid.clone(), session.clone());
-
-        let (engine, lifecycle) = (self.clone(), session.clone());
-        self.tracker.spawn(async move {
-            lifecycle.run(&engine.config, &engine.shutdown).await;
-            if lifecycle.transport() == Transport::Polling && lifecycle.close_unanswered() {
-                // Its place stays taken meanwhile, so this costs a client
-                // nothing it could use to pile sessions up.
-                tokio::select! {
-                    _ = tokio::time::sleep(CLOSE_RACE_WINDOW) => {}
-                    _ = engine.shutdown.cancelled() => {}
-                }
-            }
-            engine.table().remove(&sid);
-        });
+        let late = {
+            let mut table = self.table();
+            table.live.insert(sid, session.clone());
+            table.closed_all
+        };
+        self.closer
+            .get_or_init(|| drop(tokio::spawn(self.clone().close_all())));
+        if late {
+            // Shutdown closed the others already: this one the same way.
+            session.close(CloseReason::ServerClose);
+            let session = session.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+                session.abort(CloseReason::ServerClose);
+            });
+        }
         (session, open)
+    }
+
+    /// At shutdown, closes every session gracefully, and drops those still
+    /// there after [`SHUTDOWN_GRACE`] (a polling client between two polls
+    /// may never come back for its close packet). Not tracked: shutdown
+    /// waits for the sessions, not for the grace of those that ended.
+    async fn close_all(self: Arc<Self>) {
+        self.shutdown.cancelled().await;
+        let sessions: Vec<_> = {
+            let mut table = self.table();
+            table.closed_all = true;
+            table.live.values().cloned().collect()
+        };
+        for session in &sessions {
+            session.close(CloseReason::ServerClose);
+        }
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        for session in &sessions {
+            session.abort(CloseReason::ServerClose);
+        }
+    }
+
+    /// A session's lifecycle ([`Session::run`]) beside `transport`, then its
+    /// removal from the table.
+    pub async fn lifecycle(&self, session: &Session<H::Session>, transport: impl Future) {
+        session.run(&self.config, transport).await;
+        if session.transport() == Transport::Polling && session.close_unanswered() {
+            // Its place stays taken meanwhile, so this costs a client
+            // nothing it could use to pile sessions up.
+            tokio::select! {
+                _ = tokio::time::sleep(CLOSE_RACE_WINDOW) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+        }
+        self.table().live.remove(session.sid());
     }
 
     /// The live session `sid`, if the request comes from the address that
@@ -109,12 +181,13 @@ impl<H: EngineHandler> Engine<H> {
     pub fn find(&self, sid: &str, ip: IpAddr) -> Result<Arc<Session<H::Session>>, RequestError> {
         let session = self
             .table()
+            .live
             .get(sid)
             .filter(|session| session.belongs_to(ip))
             .cloned()
             .ok_or(RequestError::SessionUnknown)?;
         if !session.is_alive() {
-            session.abort(super::CloseReason::PingTimeout);
+            session.abort(CloseReason::PingTimeout);
             return Err(RequestError::SessionUnknown);
         }
         Ok(session)
@@ -126,15 +199,118 @@ impl<H: EngineHandler> Engine<H> {
     pub fn closed_by_client(&self, sid: &str, ip: IpAddr) -> bool {
         let session = self
             .table()
+            .live
             .get(sid)
             .filter(|session| session.belongs_to(ip))
             .cloned();
         session.is_some_and(|session| session.answer_close())
     }
 
-    fn table(&self) -> MutexGuard<'_, HashMap<String, Arc<Session<H::Session>>>> {
+    fn table(&self) -> MutexGuard<'_, Table<H::Session>> {
         // Inserts and removes are single calls: a panic cannot leave the map
         // half-updated, so a poisoned lock is still usable.
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engineio::{Outbound, ProtocolError, SessionHandler, Unlimited};
+
+    /// A handler that takes every packet and records nothing.
+    struct Quiet;
+
+    impl SessionHandler for Quiet {
+        async fn on_text(&mut self, _: &str) -> Result<(), ProtocolError> {
+            Ok(())
+        }
+        async fn on_binary(&mut self, _: Bytes) -> Result<(), ProtocolError> {
+            Ok(())
+        }
+        async fn on_close(self, _: CloseReason) {}
+    }
+
+    impl EngineHandler for Quiet {
+        type Session = Quiet;
+
+        fn open(&self, _: Outbox, _: RequestInfo) -> Quiet {
+            Quiet
+        }
+    }
+
+    /// An engine with no ping due for an hour.
+    fn engine() -> Arc<Engine<Quiet>> {
+        let config = EngineConfig {
+            ping_interval: Duration::from_secs(3600),
+            ..EngineConfig::default()
+        };
+        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        Arc::new(Engine::new(
+            Arc::new(Quiet),
+            Arc::new(config),
+            shutdown,
+            tracker,
+        ))
+    }
+
+    fn polling(engine: &Arc<Engine<Quiet>>) -> Arc<Session<Quiet>> {
+        let info = RequestInfo {
+            path: "/engine.io/".into(),
+            query: "".into(),
+            remote: "127.0.0.1:1".parse().unwrap(),
+            place: Arc::new(Unlimited),
+        };
+        engine.open(info, Transport::Polling).0
+    }
+
+    /// Shuts `engine` down and waits for its sessions; how long that took.
+    async fn shut_down(engine: &Engine<Quiet>) -> Duration {
+        let started = tokio::time::Instant::now();
+        engine.shutdown.cancel();
+        engine.tracker.close();
+        engine.tracker.wait().await;
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_queues_the_close_and_drops_an_undelivered_one_after_the_grace() {
+        let engine = engine();
+        let session = polling(&engine);
+        assert_eq!(
+            shut_down(&engine).await,
+            SHUTDOWN_GRACE,
+            "ended by the grace"
+        );
+        assert_eq!(session.reason(), CloseReason::ServerClose);
+        let mut receiver = session.take_receiver().await.expect("never taken");
+        assert!(matches!(receiver.try_recv(), Some(Outbound::Close)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_closing_within_the_grace_ends_then() {
+        let engine = engine();
+        let closing = polling(&engine).closing().clone();
+        tokio::spawn(async move {
+            // The writer delivering the close ends the session.
+            tokio::time::sleep(SHUTDOWN_GRACE / 4).await;
+            closing.cancel();
+        });
+        assert_eq!(shut_down(&engine).await, SHUTDOWN_GRACE / 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_opened_after_shutdown_closed_the_others_closes_the_same_way() {
+        let engine = engine();
+        let first = polling(&engine);
+        assert_eq!(shut_down(&engine).await, SHUTDOWN_GRACE);
+        assert!(first.closing().is_cancelled());
+        let started = tokio::time::Instant::now();
+        let late = polling(&engine);
+        let mut receiver = late.take_receiver().await.expect("never taken");
+        assert!(matches!(receiver.try_recv(), Some(Outbound::Close)));
+        late.closing().cancelled().await;
+        assert_eq!(started.elapsed(), SHUTDOWN_GRACE, "dropped after the grace");
+        assert_eq!(late.reason(), CloseReason::ServerClose);
     }
 }

@@ -17,14 +17,13 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{EngineConfig, Outbox};
 
 /// How a heartbeat ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
-    /// The session closed for another reason.
+    /// The outbox refused a ping: the session is closing.
     Closed,
     /// A pong did not come in time.
     TimedOut,
@@ -63,22 +62,16 @@ impl Heartbeat {
             .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
-    /// Pings until the session closes or a pong is late.
-    pub async fn run(
-        &self,
-        config: &EngineConfig,
-        outbox: &Outbox,
-        closing: &CancellationToken,
-    ) -> Ended {
+    /// Pings until a pong is late or the outbox refuses a ping. It does not
+    /// watch the session's close itself: whoever runs it stops polling it
+    /// then (one wait on the close signal per session, not one per part).
+    pub async fn run(&self, config: &EngineConfig, outbox: &Outbox) -> Ended {
         let mut due = self
             .lock()
             .unwrap_or_else(|| Instant::now() + pong_within(config));
         loop {
             let ping_at = due.checked_sub(config.ping_timeout).unwrap_or(due);
-            tokio::select! {
-                _ = closing.cancelled() => return Ended::Closed,
-                _ = tokio::time::sleep_until(ping_at) => {}
-            }
+            tokio::time::sleep_until(ping_at).await;
             let pong = self.pong.notified();
             tokio::pin!(pong);
             // Registered before the ping leaves, so a quick pong is not missed.
@@ -88,7 +81,6 @@ impl Heartbeat {
                 return Ended::Closed;
             }
             tokio::select! {
-                _ = closing.cancelled() => return Ended::Closed,
                 _ = &mut pong => {}
                 _ = tokio::time::sleep_until(due) => return Ended::TimedOut,
             }
@@ -129,9 +121,8 @@ mod tests {
     async fn pings_and_times_out_without_a_pong() {
         let (outbox, mut receiver) = Outbox::new(8);
         let heartbeat = Heartbeat::new(&config());
-        let closing = receiver.closing.clone();
         let started = Instant::now();
-        let ended = heartbeat.run(&config(), &outbox, &closing).await;
+        let ended = heartbeat.run(&config(), &outbox).await;
         assert_eq!(ended, Ended::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_millis(500));
         assert!(heartbeat.expired());
@@ -144,8 +135,8 @@ mod tests {
         let heartbeat = std::sync::Arc::new(Heartbeat::new(&config()));
         let closing = receiver.closing.clone();
         let pinger = {
-            let (heartbeat, closing) = (heartbeat.clone(), closing.clone());
-            tokio::spawn(async move { heartbeat.run(&config(), &outbox, &closing).await })
+            let (heartbeat, outbox) = (heartbeat.clone(), outbox.clone());
+            tokio::spawn(async move { heartbeat.run(&config(), &outbox).await })
         };
         let started = Instant::now();
         for ping in 1..=3 {
@@ -156,8 +147,10 @@ mod tests {
             tokio::time::advance(Duration::from_millis(150)).await;
             heartbeat.pong();
         }
+        // A closed session's outbox refuses the next ping.
         closing.cancel();
         assert_eq!(pinger.await.expect("the pinger ends"), Ended::Closed);
+        assert!(outbox.is_closed());
     }
 
     #[tokio::test(start_paused = true)]

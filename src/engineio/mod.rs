@@ -19,6 +19,7 @@ pub mod polling;
 pub mod session;
 pub mod websocket;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,8 +63,10 @@ impl Default for EngineConfig {
 pub struct RequestInfo {
     /// The handshake URL's path, e.g. `/socket.io/`.
     pub path: String,
-    /// The handshake URL's query parameters, percent-decoded, in order.
-    pub query: Vec<(String, String)>,
+    /// The handshake URL's query string as it came (percent-encoded): one
+    /// allocation kept for the session's life, where decoded pairs were a
+    /// vector and two strings per parameter; decoded when asked.
+    pub query: Box<str>,
     /// The client's address (behind a trusted proxy, the one it named).
     pub remote: SocketAddr,
     /// The session's place under the server's connection limits.
@@ -109,9 +112,11 @@ impl Admission for Unlimited {
 }
 
 impl RequestInfo {
-    /// The first value of a query parameter.
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        query_param(&self.query, name)
+    /// The first value of a query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<Cow<'_, str>> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
     }
 }
 

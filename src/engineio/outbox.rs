@@ -179,6 +179,11 @@ impl Outbox {
         self.closing.cancel();
     }
 
+    /// Fires when the session must stop (the receiver's `closing`).
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
     /// True once the session is closing or closed.
     pub fn is_closed(&self) -> bool {
         self.closing.is_cancelled()

@@ -6,13 +6,13 @@
 //! and in order whichever request carries them), the outbox and the receiver
 //! a transport drains, the heartbeat, and the transport state.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::{Mutex, MutexGuard, Notify};
-use tokio::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::heartbeat::{Ended, Heartbeat};
@@ -20,9 +20,6 @@ use super::outbox::OutboxReceiver;
 use super::packet::Packet;
 use super::payload::Record;
 use super::{Admission, CloseReason, EngineConfig, Outbox, SessionHandler};
-
-/// How long shutdown lets a session deliver its close before dropping it.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Which transport a session is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,14 +35,15 @@ pub enum Transport {
 
 /// The state of one session, shared by its transports and its lifecycle task.
 pub struct Session<S> {
-    sid: String,
+    /// Boxed, not a `String`: the capacity word of every session is spared.
+    sid: Box<str>,
     /// The address the handshake came from: only it may use the sid.
     remote_ip: IpAddr,
     /// The session's place under the connection limits, held for its life
     /// whichever transport carries it.
     place: Arc<dyn Admission>,
+    /// Its token is the session's close signal, shared with the receiver.
     outbox: Outbox,
-    closing: CancellationToken,
     handler: Mutex<Option<S>>,
     /// Taken by whichever transport drains the outbox: one polling GET at a
     /// time, or the websocket writer for good.
@@ -70,10 +68,9 @@ impl<S: SessionHandler> Session<S> {
         (transport, heartbeat): (Transport, Heartbeat),
     ) -> Self {
         Session {
-            sid,
+            sid: sid.into(),
             remote_ip,
             place,
-            closing: receiver.closing.clone(),
             outbox,
             handler: Mutex::new(Some(handler)),
             receiver: Mutex::new(Some(receiver)),
@@ -107,7 +104,7 @@ impl<S: SessionHandler> Session<S> {
 
     /// Fires once the session is closing.
     pub fn closing(&self) -> &CancellationToken {
-        &self.closing
+        self.outbox.closing()
     }
 
     /// The current transport.
@@ -147,7 +144,7 @@ impl<S: SessionHandler> Session<S> {
 
     /// False once the session is closing or its pong is overdue.
     pub fn is_alive(&self) -> bool {
-        !self.closing.is_cancelled() && !self.heartbeat.expired()
+        !self.closing().is_cancelled() && !self.heartbeat.expired()
     }
 
     /// Why the session closed (or is closing); a server close if nobody said.
@@ -250,15 +247,29 @@ impl<S: SessionHandler> Session<S> {
         self.receiver.lock().await.take()
     }
 
-    /// The session's lifecycle: heartbeat until it closes (shutdown closes
-    /// it gracefully), then tell the handler, exactly once.
-    pub async fn run(&self, config: &EngineConfig, shutdown: &CancellationToken) {
-        // Two steps, so the heartbeat's timers are gone from this long-lived
-        // task's state once the close phase starts, and vice versa.
-        if self.live(config, shutdown).await == Ended::TimedOut {
-            self.abort(CloseReason::PingTimeout);
+    /// The session's lifecycle: heartbeat, beside `transport` (a websocket
+    /// carrying the session in the same task, lent pinned: passed by value
+    /// it would be stored again in this future; a pending future for polling),
+    /// until it closes (the engine closes every session at shutdown), then
+    /// tell the handler, exactly once. The close is waited for here only:
+    /// the heartbeat and the transport stop by being dropped, so an idle
+    /// session holds one wait on it, not one per part.
+    pub async fn run(&self, config: &EngineConfig, transport: impl Future) {
+        let live = async {
+            if self.heartbeat.run(config, &self.outbox).await == Ended::TimedOut {
+                self.abort(CloseReason::PingTimeout);
+            }
+        };
+        // Both parts end only as the session closes, when `closing` fires.
+        // Combinators, not an async block: one would store `live` twice.
+        let both = futures_util::future::join(live, transport);
+        let closing = self.closing().cancelled();
+        tokio::select! {
+            biased;
+            _ = both => {}
+            _ = closing => {}
         }
-        self.closing.cancel();
+        self.closing().cancel();
         let reason = self.reason();
         tracing::debug!(sid = %self.sid, reason = reason.as_str(), "engine.io session closed");
         // Boxed so this task does not carry the handler's (large, once-only)
@@ -273,33 +284,13 @@ impl<S: SessionHandler> Session<S> {
             close.await;
         }
     }
-
-    /// Heartbeat until the session closes; shutdown closes it gracefully.
-    async fn live(&self, config: &EngineConfig, shutdown: &CancellationToken) -> Ended {
-        let heartbeat = self.heartbeat.run(config, &self.outbox, &self.closing);
-        tokio::pin!(heartbeat);
-        tokio::select! {
-            biased;
-            ended = &mut heartbeat => return ended,
-            _ = shutdown.cancelled() => self.close(CloseReason::ServerClose),
-        }
-        // The grace timer only from shutdown on: made at the start, every
-        // session would carry it for its whole life.
-        tokio::select! {
-            biased;
-            ended = &mut heartbeat => return ended,
-            // A polling client between two polls may never come back for
-            // its close packet.
-            _ = tokio::time::sleep(SHUTDOWN_GRACE) => self.abort(CloseReason::ServerClose),
-        }
-        heartbeat.await
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engineio::{Outbound, ProtocolError, Unlimited};
+    use crate::engineio::{ProtocolError, Unlimited};
+    use std::time::Duration;
 
     /// A handler that takes every packet and records nothing.
     struct Quiet;
@@ -324,40 +315,21 @@ mod tests {
         )
     }
 
-    /// A session with no ping due for an hour, and a shutdown already under way.
-    fn shutting_down() -> (EngineConfig, Session<Quiet>, CancellationToken) {
+    #[tokio::test(start_paused = true)]
+    async fn a_session_runs_until_it_closes_and_then_gives_up_its_handler() {
         let config = EngineConfig {
             ping_interval: Duration::from_secs(3600),
             ..EngineConfig::default()
         };
         let session = session(&config);
-        let shutdown = CancellationToken::new();
-        shutdown.cancel();
-        (config, session, shutdown)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn shutdown_queues_the_close_and_drops_an_undelivered_one_after_the_grace() {
-        let (config, session, shutdown) = shutting_down();
-        let started = tokio::time::Instant::now();
-        session.run(&config, &shutdown).await;
-        assert_eq!(started.elapsed(), SHUTDOWN_GRACE, "ended by the grace");
-        assert_eq!(session.reason(), CloseReason::ServerClose);
-        let mut receiver = session.take_receiver().await.expect("never taken");
-        assert!(matches!(receiver.try_recv(), Some(Outbound::Close)));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_session_closing_within_the_grace_ends_then() {
-        let (config, session, shutdown) = shutting_down();
-        let started = tokio::time::Instant::now();
         let closing = session.closing().clone();
         tokio::spawn(async move {
-            // The writer delivering the close ends the session.
-            tokio::time::sleep(SHUTDOWN_GRACE / 4).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
             closing.cancel();
         });
-        session.run(&config, &shutdown).await;
-        assert_eq!(started.elapsed(), SHUTDOWN_GRACE / 4);
+        let started = tokio::time::Instant::now();
+        session.run(&config, std::future::pending::<()>()).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert!(session.handler().await.is_none(), "on_close took it");
     }
 }

@@ -1,14 +1,20 @@
 //! The websocket transport: a session over one websocket, opened on it or
 //! taken over from polling (the upgrade).
 //!
-//! The connection's task reads frames and hands packets to the session; a
-//! separate writer task owns the write half, drains the session's outbox and
-//! coalesces whatever is queued into one flush. The heartbeat is the
-//! session's, not the transport's: its pings come through the outbox.
+//! One task carries the websocket: its reader hands packets to the session
+//! while its writer, beside it in the same task, owns the write half, drains
+//! the session's outbox and coalesces whatever is queued into one flush. A
+//! session opened on the websocket runs its lifecycle (the heartbeat, whose
+//! pings come through the outbox, then the close) in that task too, and the
+//! session's close is waited for once for all three: an idle connection is
+//! one task, not three, and its state is what waiting needs (each task and
+//! each wait was a few hundred bytes of every idle connection's memory).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use fastwebsockets::{Frame, OpCode, Payload, upgrade::UpgradeFut};
+use futures_util::FutureExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
@@ -52,20 +58,26 @@ async fn accept(
     Some((FrameReader::new(read, max_payload), FrameWriter::new(write)))
 }
 
-/// Runs a new session on an upgraded websocket until it ends.
+/// Runs a new session on an upgraded websocket until it ends: the session's
+/// lifecycle and the websocket carrying it, in this one task.
 pub async fn serve<H: EngineHandler>(
     upgrade: UpgradeFut,
     engine: Arc<Engine<H>>,
     info: RequestInfo,
 ) {
-    let Some((read, write)) = accept(upgrade, engine.config.max_payload).await else {
+    let max_payload = engine.config.max_payload;
+    let Some((read, write)) = accept(upgrade, max_payload).await else {
         return;
     };
-    let (session, _) = engine.open(info, Transport::Websocket);
-    let Some(receiver) = session.take_receiver().await else {
+    let (session, _) = engine.create(info, Transport::Websocket);
+    // Nothing else has seen the session yet: the receiver is there.
+    let Some(receiver) = session.try_receiver().and_then(|mut taken| taken.take()) else {
         return;
     };
-    carry(read, write, receiver, &session, engine.config.max_payload).await;
+    // Pinned here and lent to the lifecycle: a future passed by value down
+    // a chain of async fns is stored again at every level.
+    let transport = std::pin::pin!(carry(read, write, receiver, &session, max_payload));
+    engine.lifecycle(&session, transport).await;
 }
 
 /// Takes a polling session over: answers the `2probe`, and once the client
@@ -97,26 +109,33 @@ pub async fn adopt<S: SessionHandler>(
         close_now(&mut write).await;
         return;
     };
-    carry(read, write, receiver, &session, max_payload).await;
+    // The session's lifecycle runs in a task of its own since it opened on
+    // polling: this one stops with it.
+    tokio::select! {
+        biased;
+        _ = carry(read, write, receiver, &session, max_payload) => {}
+        _ = session.closing().cancelled() => {}
+    }
 }
 
-/// Carries `session` on this websocket from now on: a writer task drains
-/// its outbox while this task reads.
-async fn carry<S: SessionHandler>(
+/// Carries `session` on this websocket from now on: the writer drains its
+/// outbox while the reader reads, polled together in the caller's task (so a
+/// handler the reader waits for never holds up what the writer sends). It
+/// runs until the session closes, and the caller stops it then. A plain
+/// function: an async one would hold its arguments beside the futures they
+/// were moved into.
+fn carry<'a, S: SessionHandler>(
     read: Reader,
     write: Writer<WriteHalf<Stream>>,
     receiver: OutboxReceiver,
-    session: &Session<S>,
+    session: &'a Session<S>,
     max_payload: usize,
-) {
-    tokio::spawn(
-        WriteLoop {
-            ws: write,
-            receiver,
-        }
-        .run(),
-    );
-    read_loop(read, session, max_payload).await;
+) -> impl Future<Output = ()> + Send + 'a {
+    let writer = WriteLoop {
+        ws: write,
+        receiver,
+    };
+    futures_util::future::join(writer.run(), read_loop(read, session, max_payload)).map(|_| ())
 }
 
 /// The upgrade dance on the new websocket: `2probe` → `3probe`, then `5`.
@@ -159,20 +178,13 @@ async fn close_now<W: AsyncWrite + Unpin + Send>(write: &mut Writer<W>) {
     let _ = write.send(Frame::close_raw(Payload::Borrowed(&[]))).await;
 }
 
-/// Reads frames and hands packets to the session until either ends.
+/// Reads frames and hands packets to the session until the websocket ends
+/// (the session is then closed); the caller stops it once the session
+/// closes otherwise.
 async fn read_loop<S: SessionHandler>(mut read: Reader, session: &Session<S>, max_payload: usize) {
     let mut messages = Reassembler::new(max_payload);
-    // Made once and polled only when no frame is ready: checking the token
-    // on every frame showed in profiles (it takes a lock).
-    let closing = session.closing().cancelled();
-    tokio::pin!(closing);
     let reason = loop {
-        let frame = tokio::select! {
-            biased;
-            frame = read.next() => frame,
-            _ = &mut closing => return,
-        };
-        let frame = match frame {
+        let frame = match read.next().await {
             Ok(frame) => frame,
             Err(error) => {
                 tracing::debug!(%error, sid = session.sid(), "websocket read ended");
@@ -206,15 +218,12 @@ async fn read_loop<S: SessionHandler>(mut read: Reader, session: &Session<S>, ma
             Err(reason) => Err(*reason),
         };
         let outcome = match record {
-            Ok(record) => {
-                let mut handler = session.handler().await;
-                let Some(handler) = handler.as_mut() else {
-                    return;
-                };
-                // Boxed: the handler's future is large and short-lived;
-                // inline, every idle connection's task would carry its size.
-                Box::pin(session.receive(handler, record)).await
-            }
+            // Boxed: locking the handler and its future are large and
+            // short-lived; inline, every idle connection would carry them.
+            Ok(record) => match Box::pin(deliver(session, record)).await {
+                Some(outcome) => outcome,
+                None => return,
+            },
             Err(reason) => Err(reason),
         };
         if let Err(reason) = outcome {
@@ -229,7 +238,18 @@ async fn read_loop<S: SessionHandler>(mut read: Reader, session: &Session<S>, ma
     }
 }
 
-/// The writer task of one websocket session.
+/// Hands one record to the session's handler, in turn with the other
+/// transports; `None` once the session has closed (its handler is gone).
+async fn deliver<S: SessionHandler>(
+    session: &Session<S>,
+    record: Record<'_>,
+) -> Option<Result<(), CloseReason>> {
+    let mut handler = session.handler().await;
+    let handler = handler.as_mut()?;
+    Some(session.receive(handler, record).await)
+}
+
+/// The writer of one websocket session.
 struct WriteLoop<W> {
     ws: Writer<W>,
     receiver: OutboxReceiver,
@@ -242,52 +262,47 @@ enum Flow {
 }
 
 impl<W: AsyncWrite + Unpin + Send> WriteLoop<W> {
+    /// Writes what the outbox holds until the close frame is written or the
+    /// socket fails; the caller stops it once the session closes otherwise.
+    /// Between wake-ups it holds only the outbox's wait: a batch is framed
+    /// without waiting, and only its flush is awaited.
     async fn run(mut self) {
-        let closing = self.receiver.closing.clone();
-        let cancelled = closing.cancelled();
-        tokio::pin!(cancelled);
         loop {
-            let item = tokio::select! {
-                biased;
-                item = self.receiver.recv() => item,
-                _ = &mut cancelled => break,
-            };
-            let flow = tokio::select! {
-                flow = self.write_batch(item) => flow,
-                _ = &mut cancelled => break,
-            };
-            match flow {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Closed) | Err(_) => break,
+            let first = self.receiver.recv().await;
+            let flow = self.frame_batch(first);
+            if self.ws.flush().await.is_err() {
+                break;
+            }
+            if let Flow::Closed = flow {
+                break;
             }
         }
         // Whatever ended the loop, the reader and the session must stop too.
-        closing.cancel();
+        self.receiver.closing.cancel();
     }
 
-    /// Writes `first` and whatever else is already queued (up to
-    /// [`MAX_COALESCED`] items) with one write.
-    async fn write_batch(&mut self, first: Outbound) -> std::io::Result<Flow> {
+    /// Frames `first` and whatever else is already queued (up to
+    /// [`MAX_COALESCED`] items) for one write, up to and including a close.
+    fn frame_batch(&mut self, first: Outbound) -> Flow {
         let mut next = Some(first);
-        let mut written = 0;
+        let mut framed = 0;
         while let Some(item) = next.take() {
             let frame = match &item {
                 Outbound::Text(bytes) => Frame::text(Payload::Borrowed(bytes)),
                 Outbound::Binary(bytes) => Frame::binary(Payload::Borrowed(bytes)),
                 Outbound::WsPong(bytes) => Frame::pong(Payload::Borrowed(bytes)),
                 Outbound::Close => {
-                    self.ws.send(Frame::close(1000, b"")).await?;
-                    return Ok(Flow::Closed);
+                    self.ws.push(Frame::close(1000, b""));
+                    return Flow::Closed;
                 }
             };
             self.ws.push(frame);
-            written += 1;
-            if written < MAX_COALESCED {
+            framed += 1;
+            if framed < MAX_COALESCED {
                 next = self.receiver.try_recv();
             }
         }
-        self.ws.flush().await?;
-        Ok(Flow::Continue)
+        Flow::Continue
     }
 }
 

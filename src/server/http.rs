@@ -267,7 +267,7 @@ async fn engine_request<H: EngineHandler>(
     };
     let info = RequestInfo {
         path,
-        query,
+        query: request.uri().query().unwrap_or("").into(),
         remote: client,
         place,
     };
