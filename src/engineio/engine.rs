@@ -216,28 +216,8 @@ impl<H: EngineHandler> Engine<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engineio::{Outbound, ProtocolError, SessionHandler, Unlimited};
-
-    /// A handler that takes every packet and records nothing.
-    struct Quiet;
-
-    impl SessionHandler for Quiet {
-        async fn on_text(&mut self, _: &str) -> Result<(), ProtocolError> {
-            Ok(())
-        }
-        async fn on_binary(&mut self, _: Bytes) -> Result<(), ProtocolError> {
-            Ok(())
-        }
-        async fn on_close(self, _: CloseReason) {}
-    }
-
-    impl EngineHandler for Quiet {
-        type Session = Quiet;
-
-        fn open(&self, _: Outbox, _: RequestInfo) -> Quiet {
-            Quiet
-        }
-    }
+    use crate::engineio::quiet::Quiet;
+    use crate::engineio::{Outbound, Unlimited};
 
     /// An engine with no ping due for an hour.
     fn engine() -> Arc<Engine<Quiet>> {

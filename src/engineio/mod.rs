@@ -221,6 +221,35 @@ pub fn new_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// A handler for the engine's own tests.
+#[cfg(test)]
+pub(crate) mod quiet {
+    use bytes::Bytes;
+
+    use super::{CloseReason, EngineHandler, Outbox, ProtocolError, RequestInfo, SessionHandler};
+
+    /// Takes every packet and records nothing.
+    pub(crate) struct Quiet;
+
+    impl SessionHandler for Quiet {
+        async fn on_text(&mut self, _: &str) -> Result<(), ProtocolError> {
+            Ok(())
+        }
+        async fn on_binary(&mut self, _: Bytes) -> Result<(), ProtocolError> {
+            Ok(())
+        }
+        async fn on_close(self, _: CloseReason) {}
+    }
+
+    impl EngineHandler for Quiet {
+        type Session = Quiet;
+
+        fn open(&self, _: Outbox, _: RequestInfo) -> Quiet {
+            Quiet
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

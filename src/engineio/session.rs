@@ -289,21 +289,9 @@ impl<S: SessionHandler> Session<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engineio::{ProtocolError, Unlimited};
+    use crate::engineio::Unlimited;
+    use crate::engineio::quiet::Quiet;
     use std::time::Duration;
-
-    /// A handler that takes every packet and records nothing.
-    struct Quiet;
-
-    impl SessionHandler for Quiet {
-        async fn on_text(&mut self, _: &str) -> Result<(), ProtocolError> {
-            Ok(())
-        }
-        async fn on_binary(&mut self, _: Bytes) -> Result<(), ProtocolError> {
-            Ok(())
-        }
-        async fn on_close(self, _: CloseReason) {}
-    }
 
     fn session(config: &EngineConfig) -> Session<Quiet> {
         Session::new(
