@@ -12,8 +12,12 @@
 //! them all when the lease goes ([`RosterEvent::NodeGone`]), and again when
 //! a new instance of the node takes the lease ([`RosterEvent::NodeUp`]),
 //! since a node clears its old keys before it takes its lease and puts its
-//! connections after, and the bucket keeps that order.
+//! connections after, and the bucket keeps that order. (A watch that
+//! starts later replays the bucket by each key's last write, where renewed
+//! leases come after the connections: it hands those out once the replay
+//! is whole, see [`watch_roster`].)
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
@@ -168,6 +172,8 @@ pub async fn watch_roster(
         bucket: kv.stream.clone(),
         seen: 0,
         undelivered: None,
+        held_back: Vec::new(),
+        ready: VecDeque::new(),
     };
     Ok(futures_util::stream::unfold(
         watching,
@@ -186,12 +192,26 @@ struct Watching {
     seen: u64,
     /// An entry after `seen` the bucket held at the last stall check.
     undelivered: Option<u64>,
+    /// Connections replayed before the bucket was replayed whole.
+    held_back: Vec<RosterEvent>,
+    /// Events to hand out before reading on.
+    ready: VecDeque<RosterEvent>,
 }
 
 impl Watching {
     /// The next event; `None` once the watch ended.
+    ///
+    /// The bucket as it is comes first, in the order of each key's last
+    /// write: a node renews its lease every few seconds, so its lease
+    /// usually comes after the connections it announced since it took it,
+    /// which a watcher would take for a dead node's leftovers. While
+    /// replaying, connections are held back until the bucket has been
+    /// replayed whole, then handed out after every lease.
     async fn next_event(&mut self) -> Option<Result<RosterEvent, ClusterError>> {
         loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(Ok(event));
+            }
             let next = tokio::select! {
                 next = self.watch.next() => next?,
                 () = tokio::time::sleep(STALL_CHECK) => {
@@ -206,8 +226,15 @@ impl Watching {
                 Err(err) => return Some(Err(ClusterError::engine("watch presence", err))),
             };
             self.seen = entry.revision;
-            if let Some(event) = roster_event(&entry.key, entry.operation, &entry.value) {
-                return Some(Ok(event));
+            let event = roster_event(&entry.key, entry.operation, &entry.value);
+            match event {
+                Some(joined @ RosterEvent::Joined { .. }) => self.held_back.push(joined),
+                Some(event) => self.ready.push_back(event),
+                None => {}
+            }
+            // Once replayed whole, every entry is handed out as it comes.
+            if entry.seen_current {
+                self.ready.extend(self.held_back.drain(..));
             }
         }
     }
