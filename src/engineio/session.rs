@@ -331,6 +331,26 @@ mod tests {
         )
     }
 
+    #[tokio::test]
+    async fn the_first_close_reason_given_stands() {
+        let reasons = [
+            CloseReason::TransportClose,
+            CloseReason::TransportError,
+            CloseReason::PingTimeout,
+            CloseReason::ParseError,
+            CloseReason::ServerClose,
+        ];
+        for first in reasons {
+            let session = session(&EngineConfig::default());
+            assert_eq!(session.reason(), CloseReason::ServerClose, "none given");
+            session.close(first);
+            for later in reasons {
+                session.abort(later);
+            }
+            assert_eq!(session.reason(), first);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_session_runs_until_it_closes_and_then_gives_up_its_handler() {
         let config = EngineConfig {
