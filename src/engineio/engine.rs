@@ -1,8 +1,10 @@
 //! The table of live sessions: opening them, finding them by sid, reaping
 //! them when they end, and closing them all at shutdown.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::HashSet;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
@@ -14,7 +16,9 @@ use tokio_util::task::TaskTracker;
 use super::heartbeat::Heartbeat;
 use super::packet::Handshake;
 use super::session::{Session, Transport};
-use super::{CloseReason, EngineConfig, EngineHandler, Outbox, RequestError, RequestInfo};
+use super::{
+    CloseReason, EngineConfig, EngineHandler, Outbox, RequestError, RequestInfo, SessionHandler,
+};
 
 /// How long a polling session the client closed stays findable when no
 /// poll has been told yet: a poll sent before the close was answered (the
@@ -26,11 +30,36 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// The sessions, and whether shutdown has closed them.
 struct Table<S> {
-    live: HashMap<String, Arc<Session<S>>>,
+    live: HashSet<Live<S>>,
     /// Set as shutdown closes every session in `live`: one opened later
     /// closes itself.
     closed_all: bool,
 }
+
+/// A live session, found in the table by its sid: the session holds the sid
+/// already, so the table keeps no copy of it (a `String` key was 24 bytes
+/// in every entry and an allocation beside each session).
+struct Live<S>(Arc<Session<S>>);
+
+impl<S: SessionHandler> Borrow<str> for Live<S> {
+    fn borrow(&self) -> &str {
+        self.0.sid()
+    }
+}
+
+impl<S: SessionHandler> Hash for Live<S> {
+    fn hash<T: Hasher>(&self, state: &mut T) {
+        self.0.sid().hash(state);
+    }
+}
+
+impl<S: SessionHandler> PartialEq for Live<S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.sid() == other.0.sid()
+    }
+}
+
+impl<S: SessionHandler> Eq for Live<S> {}
 
 /// The Engine.IO server state shared by every transport.
 pub struct Engine<H: EngineHandler> {
@@ -59,7 +88,7 @@ impl<H: EngineHandler> Engine<H> {
             handler,
             config,
             sessions: Mutex::new(Table {
-                live: HashMap::new(),
+                live: HashSet::new(),
                 closed_all: false,
             }),
             shutdown,
@@ -71,13 +100,14 @@ impl<H: EngineHandler> Engine<H> {
     /// Opens a session on `transport` and starts its lifecycle in a task of
     /// its own. Returns the session and its open packet: a websocket session
     /// has it queued already; a polling one answers the handshake request
-    /// with it.
+    /// with it. `path` is the Engine.IO path the handshake came on.
     pub fn open(
         self: &Arc<Self>,
+        path: &str,
         info: RequestInfo,
         transport: Transport,
     ) -> (Arc<Session<H::Session>>, String) {
-        let (session, open) = self.create(info, transport);
+        let (session, open) = self.create(path, info, transport);
         let (engine, lifecycle) = (self.clone(), session.clone());
         self.tracker.spawn(async move {
             let transport = std::future::pending::<()>();
@@ -90,6 +120,7 @@ impl<H: EngineHandler> Engine<H> {
     /// websocket runs it in its own task, so an idle connection is one task.
     pub fn create(
         self: &Arc<Self>,
+        path: &str,
         info: RequestInfo,
         transport: Transport,
     ) -> (Arc<Session<H::Session>>, String) {
@@ -112,18 +143,17 @@ impl<H: EngineHandler> Engine<H> {
             // First in the queue, before anything the handler sends.
             outbox.send_text(Bytes::from(open.clone()));
         }
-        let (remote_ip, place) = (info.remote.ip(), info.place.clone());
-        let handler = self.handler.open(outbox.clone(), info);
+        let handler = self.handler.open(outbox.clone(), path, &info);
         let session = Arc::new(Session::new(
-            sid.clone(),
-            (remote_ip, place),
+            sid,
+            info,
             (outbox, receiver),
             handler,
             (transport, Heartbeat::new(&self.config)),
         ));
         let late = {
             let mut table = self.table();
-            table.live.insert(sid, session.clone());
+            table.live.replace(Live(session.clone()));
             table.closed_all
         };
         self.closer
@@ -149,7 +179,7 @@ impl<H: EngineHandler> Engine<H> {
         let sessions: Vec<_> = {
             let mut table = self.table();
             table.closed_all = true;
-            table.live.values().cloned().collect()
+            table.live.iter().map(|live| live.0.clone()).collect()
         };
         for session in &sessions {
             session.close(CloseReason::ServerClose);
@@ -183,6 +213,7 @@ impl<H: EngineHandler> Engine<H> {
             .table()
             .live
             .get(sid)
+            .map(|live| &live.0)
             .filter(|session| session.belongs_to(ip))
             .cloned()
             .ok_or(RequestError::SessionUnknown)?;
@@ -201,6 +232,7 @@ impl<H: EngineHandler> Engine<H> {
             .table()
             .live
             .get(sid)
+            .map(|live| &live.0)
             .filter(|session| session.belongs_to(ip))
             .cloned();
         session.is_some_and(|session| session.answer_close())
@@ -236,12 +268,11 @@ mod tests {
 
     fn polling(engine: &Arc<Engine<Quiet>>) -> Arc<Session<Quiet>> {
         let info = RequestInfo {
-            path: "/engine.io/".into(),
             query: "".into(),
             remote: "127.0.0.1:1".parse().unwrap(),
             place: Arc::new(Unlimited),
         };
-        engine.open(info, Transport::Polling).0
+        engine.open("/engine.io/", info, Transport::Polling).0
     }
 
     /// Shuts `engine` down and waits for its sessions; how long that took.

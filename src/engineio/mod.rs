@@ -61,8 +61,6 @@ impl Default for EngineConfig {
 /// What the handshake request told us about the client.
 #[derive(Debug, Clone)]
 pub struct RequestInfo {
-    /// The handshake URL's path, e.g. `/socket.io/`.
-    pub path: String,
     /// The handshake URL's query string as it came (percent-encoded): one
     /// allocation kept for the session's life, where decoded pairs were a
     /// vector and two strings per parameter; decoded when asked.
@@ -195,8 +193,11 @@ pub trait EngineHandler: Send + Sync + 'static {
     /// The per-session state that receives the client's messages.
     type Session: SessionHandler;
 
-    /// Called once the open packet is queued; `outbox` reaches the client.
-    fn open(&self, outbox: Outbox, info: RequestInfo) -> Self::Session;
+    /// Called once the open packet is queued; `outbox` reaches the client,
+    /// `path` is the Engine.IO path the handshake came on (a server may
+    /// serve several). The session keeps `info` and lends it back with each
+    /// text message.
+    fn open(&self, outbox: Outbox, path: &str, info: &RequestInfo) -> Self::Session;
 }
 
 /// A protocol violation that ends the session.
@@ -206,8 +207,13 @@ pub struct ProtocolError(pub String);
 
 /// Receives one session's messages, in order, from whichever transport.
 pub trait SessionHandler: Send + 'static {
-    /// A text message packet's data.
-    fn on_text(&mut self, text: &str) -> impl Future<Output = Result<(), ProtocolError>> + Send;
+    /// A text message packet's data, with the request that opened the
+    /// session (kept by the session, not copied into every handler).
+    fn on_text(
+        &mut self,
+        request: &RequestInfo,
+        text: &str,
+    ) -> impl Future<Output = Result<(), ProtocolError>> + Send;
     /// A binary message.
     fn on_binary(&mut self, data: Bytes) -> impl Future<Output = Result<(), ProtocolError>> + Send;
     /// The session is over; called exactly once.
@@ -232,7 +238,7 @@ pub(crate) mod quiet {
     pub(crate) struct Quiet;
 
     impl SessionHandler for Quiet {
-        async fn on_text(&mut self, _: &str) -> Result<(), ProtocolError> {
+        async fn on_text(&mut self, _: &RequestInfo, _: &str) -> Result<(), ProtocolError> {
             Ok(())
         }
         async fn on_binary(&mut self, _: Bytes) -> Result<(), ProtocolError> {
@@ -244,7 +250,7 @@ pub(crate) mod quiet {
     impl EngineHandler for Quiet {
         type Session = Quiet;
 
-        fn open(&self, _: Outbox, _: RequestInfo) -> Quiet {
+        fn open(&self, _: Outbox, _: &str, _: &RequestInfo) -> Quiet {
             Quiet
         }
     }

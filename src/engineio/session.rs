@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::{Mutex, MutexGuard, Notify};
@@ -19,7 +18,7 @@ use super::heartbeat::{Ended, Heartbeat};
 use super::outbox::OutboxReceiver;
 use super::packet::Packet;
 use super::payload::Record;
-use super::{Admission, CloseReason, EngineConfig, Outbox, SessionHandler};
+use super::{Admission, CloseReason, EngineConfig, Outbox, RequestInfo, SessionHandler};
 
 /// Which transport a session is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +36,11 @@ pub enum Transport {
 pub struct Session<S> {
     /// Boxed, not a `String`: the capacity word of every session is spared.
     sid: Box<str>,
-    /// The address the handshake came from: only it may use the sid.
-    remote_ip: IpAddr,
-    /// The session's place under the connection limits, held for its life
-    /// whichever transport carries it.
-    place: Arc<dyn Admission>,
+    /// The handshake's request: only its address may use the sid, and its
+    /// place under the connection limits is held for the session's life
+    /// whichever transport carries it. Lent to the handler with each text
+    /// message rather than copied into it.
+    request: RequestInfo,
     /// Its token is the session's close signal, shared with the receiver.
     outbox: Outbox,
     handler: Mutex<Option<S>>,
@@ -53,7 +52,10 @@ pub struct Session<S> {
     /// three times.
     transport: AtomicU8,
     transport_changed: Notify,
-    reason: OnceLock<CloseReason>,
+    /// The first [`CloseReason`] given, as [`reason_code`]; 0 while open.
+    /// One byte where a `OnceLock` took eight: the session then fits an
+    /// allocation size class smaller.
+    reason: AtomicU8,
     /// Set once a poll has told the client its session is closed.
     close_answered: AtomicBool,
 }
@@ -62,22 +64,21 @@ impl<S: SessionHandler> Session<S> {
     /// A session on `transport` whose messages go to `handler`.
     pub fn new(
         sid: String,
-        (remote_ip, place): (IpAddr, Arc<dyn Admission>),
+        request: RequestInfo,
         (outbox, receiver): (Outbox, OutboxReceiver),
         handler: S,
         (transport, heartbeat): (Transport, Heartbeat),
     ) -> Self {
         Session {
             sid: sid.into(),
-            remote_ip,
-            place,
+            request,
             outbox,
             handler: Mutex::new(Some(handler)),
             receiver: Mutex::new(Some(receiver)),
             heartbeat,
             transport: AtomicU8::new(transport as u8),
             transport_changed: Notify::new(),
-            reason: OnceLock::new(),
+            reason: AtomicU8::new(0),
             close_answered: AtomicBool::new(false),
         }
     }
@@ -89,12 +90,12 @@ impl<S: SessionHandler> Session<S> {
 
     /// True if a request from `ip` may use this session.
     pub fn belongs_to(&self, ip: IpAddr) -> bool {
-        self.remote_ip == ip
+        self.request.remote.ip() == ip
     }
 
     /// The session's place under the connection limits.
     pub fn place(&self) -> &dyn Admission {
-        &*self.place
+        &*self.request.place
     }
 
     /// The queue to the client.
@@ -149,10 +150,21 @@ impl<S: SessionHandler> Session<S> {
 
     /// Why the session closed (or is closing); a server close if nobody said.
     pub fn reason(&self) -> CloseReason {
-        self.reason
-            .get()
-            .copied()
-            .unwrap_or(CloseReason::ServerClose)
+        match self.reason.load(Ordering::Acquire) {
+            1 => CloseReason::TransportClose,
+            2 => CloseReason::TransportError,
+            3 => CloseReason::PingTimeout,
+            4 => CloseReason::ParseError,
+            _ => CloseReason::ServerClose,
+        }
+    }
+
+    /// Records `reason` unless one was given before: the first one stands.
+    fn set_reason(&self, reason: CloseReason) {
+        let code = reason_code(reason);
+        let _ = self
+            .reason
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// True for the first caller only, once the session closed at the
@@ -172,13 +184,13 @@ impl<S: SessionHandler> Session<S> {
 
     /// Closes after what is queued has been delivered.
     pub fn close(&self, reason: CloseReason) {
-        let _ = self.reason.set(reason);
+        self.set_reason(reason);
         self.outbox.close();
     }
 
     /// Closes at once, dropping what is queued.
     pub fn abort(&self, reason: CloseReason) {
-        let _ = self.reason.set(reason);
+        self.set_reason(reason);
         self.outbox.abort();
     }
 
@@ -206,7 +218,7 @@ impl<S: SessionHandler> Session<S> {
         };
         match packet {
             Packet::Message(data) => handler
-                .on_text(data)
+                .on_text(&self.request, data)
                 .await
                 .map_err(|_| CloseReason::ParseError),
             Packet::Pong(_) => {
@@ -286,21 +298,57 @@ impl<S: SessionHandler> Session<S> {
     }
 }
 
+/// `reason` as [`Session::reason`] reads it back; never 0 (open).
+fn reason_code(reason: CloseReason) -> u8 {
+    match reason {
+        CloseReason::TransportClose => 1,
+        CloseReason::TransportError => 2,
+        CloseReason::PingTimeout => 3,
+        CloseReason::ParseError => 4,
+        CloseReason::ServerClose => 5,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engineio::Unlimited;
     use crate::engineio::quiet::Quiet;
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn session(config: &EngineConfig) -> Session<Quiet> {
         Session::new(
             "sid".to_owned(),
-            (IpAddr::from([127, 0, 0, 1]), Arc::new(Unlimited)),
+            RequestInfo {
+                query: "".into(),
+                remote: "127.0.0.1:1".parse().unwrap(),
+                place: Arc::new(Unlimited),
+            },
             Outbox::new(8),
             Quiet,
             (Transport::Polling, Heartbeat::new(config)),
         )
+    }
+
+    #[tokio::test]
+    async fn the_first_close_reason_given_stands() {
+        let reasons = [
+            CloseReason::TransportClose,
+            CloseReason::TransportError,
+            CloseReason::PingTimeout,
+            CloseReason::ParseError,
+            CloseReason::ServerClose,
+        ];
+        for first in reasons {
+            let session = session(&EngineConfig::default());
+            assert_eq!(session.reason(), CloseReason::ServerClose, "none given");
+            session.close(first);
+            for later in reasons {
+                session.abort(later);
+            }
+            assert_eq!(session.reason(), first);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -59,17 +59,19 @@ async fn accept(
 }
 
 /// Runs a new session on an upgraded websocket until it ends: the session's
-/// lifecycle and the websocket carrying it, in this one task.
+/// lifecycle and the websocket carrying it, in this one task. `path` is the
+/// Engine.IO path the handshake came on.
 pub async fn serve<H: EngineHandler>(
     upgrade: UpgradeFut,
     engine: Arc<Engine<H>>,
+    path: &'static str,
     info: RequestInfo,
 ) {
     let max_payload = engine.config.max_payload;
     let Some((read, write)) = accept(upgrade, max_payload).await else {
         return;
     };
-    let (session, _) = engine.create(info, Transport::Websocket);
+    let (session, _) = engine.create(path, info, Transport::Websocket);
     // Nothing else has seen the session yet: the receiver is there.
     let Some(receiver) = session.try_receiver().and_then(|mut taken| taken.take()) else {
         return;

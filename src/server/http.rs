@@ -91,8 +91,8 @@ async fn route<H: EngineHandler>(
     let Some(mount) = server
         .paths
         .iter()
+        .copied()
         .find(|mount| path == *mount || path == mount.trim_end_matches('/'))
-        .cloned()
     else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     };
@@ -192,7 +192,7 @@ async fn engine_request<H: EngineHandler>(
     server: &Server<H>,
     mut request: Request<Incoming>,
     client: SocketAddr,
-    path: String,
+    mount: &'static str,
     carrier: Carrier,
 ) -> Result<Answer, Refusal> {
     let query: Vec<(String, String)> =
@@ -266,7 +266,6 @@ async fn engine_request<H: EngineHandler>(
         server.gate.admit(client.ip()).map_err(|_| Refusal::Full)?
     };
     let info = RequestInfo {
-        path,
         query: request.uri().query().unwrap_or("").into(),
         remote: client,
         place,
@@ -276,10 +275,10 @@ async fn engine_request<H: EngineHandler>(
         let engine = engine.clone();
         server
             .tracker
-            .spawn(websocket::serve(upgrade, engine, info));
+            .spawn(websocket::serve(upgrade, engine, mount, info));
         Ok(answer)
     } else {
-        let (_, open) = engine.open(info, Transport::Polling);
+        let (_, open) = engine.open(mount, info, Transport::Polling);
         Ok(text(open, "text/plain; charset=UTF-8"))
     }
 }

@@ -38,7 +38,7 @@ use tls_stream::TlsAcceptor;
 /// A listener's settings and shared state.
 pub struct Server<H: EngineHandler> {
     /// URL paths that lead to Engine.IO, e.g. `/socket.io/`.
-    pub paths: Vec<String>,
+    pub paths: Vec<&'static str>,
     /// The Engine.IO sessions over the application (Socket.IO over chat, or
     /// the echo server).
     pub engine: Arc<Engine<H>>,
@@ -75,7 +75,7 @@ impl<H: EngineHandler> Server<H> {
     pub fn new(handler: Arc<H>, config: EngineConfig) -> Self {
         let (sessions, tracker) = (CancellationToken::new(), TaskTracker::new());
         Server {
-            paths: vec!["/socket.io/".to_owned()],
+            paths: vec!["/socket.io/"],
             engine: Arc::new(Engine::new(
                 handler,
                 Arc::new(config),

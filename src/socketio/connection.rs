@@ -28,7 +28,6 @@ struct PendingBinary {
 pub struct Connection<H: Handler> {
     handler: Arc<H>,
     outbox: Outbox,
-    request: RequestInfo,
     sockets: Vec<(Socket, H::State)>,
     /// Boxed: rarely there, and inline it would make every connection's
     /// session as large as a JSON value and its attachments.
@@ -44,14 +43,12 @@ impl<H: Handler> Connection<H> {
     pub fn new(
         handler: Arc<H>,
         outbox: Outbox,
-        request: RequestInfo,
         joined: oneshot::Sender<()>,
         max_attachment_bytes: usize,
     ) -> Self {
         Connection {
             handler,
             outbox,
-            request,
             sockets: Vec::new(),
             pending: None,
             joined: Some(joined),
@@ -65,7 +62,7 @@ impl<H: Handler> Connection<H> {
         self.outbox.send_text(Bytes::from(packet));
     }
 
-    async fn on_connect(&mut self, nsp: &str, auth: Option<Value>) {
+    async fn on_connect(&mut self, request: &RequestInfo, nsp: &str, auth: Option<Value>) {
         if self.sockets.iter().any(|(socket, _)| socket.nsp() == nsp) {
             return;
         }
@@ -76,14 +73,14 @@ impl<H: Handler> Connection<H> {
         }
         // The place is claimed before the handler looks at the CONNECT, so a
         // client being authenticated is not taken back meanwhile.
-        let place = &self.request.place;
+        let place = &request.place;
         if !place.join() {
             let error = json!({"message": "too many connections from this address"});
             self.send(PacketType::ConnectError, nsp, Some(&error));
             return;
         }
         let socket = Socket::new(nsp, self.outbox.clone());
-        match self.handler.connect(&socket, auth, &self.request).await {
+        match self.handler.connect(&socket, auth, request).await {
             Ok(mut state) => {
                 if let Some(joined) = self.joined.take() {
                     let _ = joined.send(());
@@ -97,7 +94,7 @@ impl<H: Handler> Connection<H> {
             }
             Err(error) => {
                 if self.sockets.is_empty() {
-                    self.request.place.clone().unjoin();
+                    request.place.clone().unjoin();
                 }
                 self.send(PacketType::ConnectError, nsp, Some(&error));
             }
@@ -138,7 +135,7 @@ impl<H: Handler> Connection<H> {
 }
 
 impl<H: Handler> SessionHandler for Connection<H> {
-    async fn on_text(&mut self, text: &str) -> Result<(), ProtocolError> {
+    async fn on_text(&mut self, request: &RequestInfo, text: &str) -> Result<(), ProtocolError> {
         if self.pending.is_some() {
             return Err(ProtocolError(
                 "text packet while attachments were due".into(),
@@ -146,7 +143,7 @@ impl<H: Handler> SessionHandler for Connection<H> {
         }
         let packet = Packet::decode(text).map_err(|e| ProtocolError(e.to_string()))?;
         match packet.kind {
-            PacketType::Connect => self.on_connect(packet.nsp, packet.data).await,
+            PacketType::Connect => self.on_connect(request, packet.nsp, packet.data).await,
             PacketType::Disconnect => self.on_disconnect(packet.nsp).await?,
             PacketType::ConnectError => {
                 return Err(ProtocolError("CONNECT_ERROR from a client".into()));

@@ -42,7 +42,7 @@ impl<H: Handler> SocketIo<H> {
 impl<H: Handler> EngineHandler for SocketIo<H> {
     type Session = Connection<H>;
 
-    fn open(&self, outbox: Outbox, info: RequestInfo) -> Connection<H> {
+    fn open(&self, outbox: Outbox, _: &str, info: &RequestInfo) -> Connection<H> {
         let (joined, watched) = oneshot::channel();
         let deadline = self.connect_timeout;
         let (watcher, place) = (outbox.clone(), info.place.clone());
@@ -65,7 +65,6 @@ impl<H: Handler> EngineHandler for SocketIo<H> {
         Connection::new(
             self.handler.clone(),
             outbox,
-            info,
             joined,
             self.max_attachment_bytes,
         )

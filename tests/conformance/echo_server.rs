@@ -90,7 +90,7 @@ struct EngineEcho {
 }
 
 impl SessionHandler for EngineEcho {
-    async fn on_text(&mut self, text: &str) -> Result<(), ProtocolError> {
+    async fn on_text(&mut self, _: &RequestInfo, text: &str) -> Result<(), ProtocolError> {
         let mut packet = String::with_capacity(1 + text.len());
         packet.push('4');
         packet.push_str(text);
@@ -113,10 +113,10 @@ enum Session {
 }
 
 impl SessionHandler for Session {
-    async fn on_text(&mut self, text: &str) -> Result<(), ProtocolError> {
+    async fn on_text(&mut self, request: &RequestInfo, text: &str) -> Result<(), ProtocolError> {
         match self {
-            Session::Engine(session) => session.on_text(text).await,
-            Session::SocketIo(session) => session.on_text(text).await,
+            Session::Engine(session) => session.on_text(request, text).await,
+            Session::SocketIo(session) => session.on_text(request, text).await,
         }
     }
 
@@ -143,11 +143,11 @@ struct Suites {
 impl EngineHandler for Suites {
     type Session = Session;
 
-    fn open(&self, outbox: Outbox, info: RequestInfo) -> Session {
-        if info.path == "/engine.io/" {
+    fn open(&self, outbox: Outbox, path: &str, info: &RequestInfo) -> Session {
+        if path == "/engine.io/" {
             Session::Engine(EngineEcho { outbox })
         } else {
-            Session::SocketIo(Box::new(self.socketio.open(outbox, info)))
+            Session::SocketIo(Box::new(self.socketio.open(outbox, path, info)))
         }
     }
 }
@@ -167,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
             outbound_bytes: chatd::engineio::outbox::DEFAULT_MAX_BYTES,
         },
     );
-    server.paths = vec!["/engine.io/".to_owned(), "/socket.io/".to_owned()];
+    server.paths = vec!["/engine.io/", "/socket.io/"];
     // The suites open many sessions from one address.
     server.gate = Gate::new(ConnectionLimits {
         total: 10_000,
