@@ -66,16 +66,15 @@ fuzz_target!(|data: &[u8]| {
     runtime().block_on(async {
         let (outbox, _receiver) = Outbox::new(64);
         let info = RequestInfo {
-            path: "/socket.io/".into(),
             query: "".into(),
             remote: "127.0.0.1:1".parse().unwrap(),
             place: Arc::new(Unlimited),
         };
         let (joined, _watched) = tokio::sync::oneshot::channel();
-        let mut connection = Connection::new(Arc::new(Sink), outbox, info, joined, LIMIT);
+        let mut connection = Connection::new(Arc::new(Sink), outbox, joined, LIMIT);
         for record in records {
             let handled = match record {
-                Record::Packet(Packet::Message(text)) => connection.on_text(text).await,
+                Record::Packet(Packet::Message(text)) => connection.on_text(&info, text).await,
                 Record::Binary(data) => connection.on_binary(Bytes::from(data)).await,
                 Record::Packet(_) => Ok(()),
             };
