@@ -192,17 +192,29 @@ impl<H: EngineHandler> Engine<H> {
 
     /// A session's lifecycle ([`Session::run`]) beside `transport`, then its
     /// removal from the table.
-    pub async fn lifecycle(&self, session: &Session<H::Session>, transport: impl Future) {
-        session.run(&self.config, transport).await;
-        if session.transport() == Transport::Polling && session.close_unanswered() {
-            // Its place stays taken meanwhile, so this costs a client
-            // nothing it could use to pile sessions up.
-            tokio::select! {
-                _ = tokio::time::sleep(CLOSE_RACE_WINDOW) => {}
-                _ = self.shutdown.cancelled() => {}
+    /// A plain function returning the future: an async fn would store its
+    /// arguments twice in every idle session's task.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of its arguments in its future"
+    )]
+    pub fn lifecycle<'a>(
+        &'a self,
+        session: &'a Session<H::Session>,
+        transport: impl Future + 'a,
+    ) -> impl Future<Output = ()> + 'a {
+        async move {
+            session.run(&self.config, transport).await;
+            if session.transport() == Transport::Polling && session.close_unanswered() {
+                // Its place stays taken meanwhile, so this costs a client
+                // nothing it could use to pile sessions up.
+                tokio::select! {
+                    _ = tokio::time::sleep(CLOSE_RACE_WINDOW) => {}
+                    _ = self.shutdown.cancelled() => {}
+                }
             }
+            self.table().live.remove(session.sid());
         }
-        self.table().live.remove(session.sid());
     }
 
     /// The live session `sid`, if the request comes from the address that

@@ -12,10 +12,10 @@
 //! it opened, and the third ping comes three intervals in, as the protocol
 //! suites expect within their one-second connect timeout.
 
+use std::future::Future;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{EngineConfig, Outbox};
@@ -32,9 +32,8 @@ pub enum Ended {
 /// One session's heartbeat state, shared by the pinger and the transports.
 #[derive(Debug)]
 pub struct Heartbeat {
-    pong: Notify,
     /// When the pong for the current (or next) ping is due; `None` from a
-    /// pong until the pinger schedules the next ping.
+    /// pong until the pinger sends the next ping.
     deadline: Mutex<Option<Instant>>,
 }
 
@@ -42,17 +41,14 @@ impl Heartbeat {
     /// A heartbeat whose first ping is due one interval from now.
     pub fn new(config: &EngineConfig) -> Self {
         Heartbeat {
-            pong: Notify::new(),
             deadline: Mutex::new(Some(Instant::now() + pong_within(config))),
         }
     }
 
-    /// Records the client's pong.
+    /// Records the client's pong. A pong nobody asked for does not answer
+    /// the next ping in advance: the ping sets the deadline again.
     pub fn pong(&self) {
         *self.lock() = None;
-        // notify_waiters stores no permit: a pong nobody asked for does not
-        // answer the next ping in advance.
-        self.pong.notify_waiters();
     }
 
     /// True once the owed pong is overdue. Requests check this themselves so
@@ -65,27 +61,41 @@ impl Heartbeat {
     /// Pings until a pong is late or the outbox refuses a ping. It does not
     /// watch the session's close itself: whoever runs it stops polling it
     /// then (one wait on the close signal per session, not one per part).
-    pub async fn run(&self, config: &EngineConfig, outbox: &Outbox) -> Ended {
-        let mut due = self
-            .lock()
-            .unwrap_or_else(|| Instant::now() + pong_within(config));
-        loop {
-            let ping_at = due.checked_sub(config.ping_timeout).unwrap_or(due);
-            tokio::time::sleep_until(ping_at).await;
-            let pong = self.pong.notified();
-            tokio::pin!(pong);
-            // Registered before the ping leaves, so a quick pong is not missed.
-            pong.as_mut().enable();
-            *self.lock() = Some(due);
-            if !outbox.send_text(Bytes::from_static(b"2")) {
-                return Ended::Closed;
+    ///
+    /// The pong is looked for when it is due rather than waited for, so an
+    /// idle session's pinger holds one timer and no waiter. (Were
+    /// `ping_timeout` longer than `ping_interval`, the next ping would wait
+    /// for the pong's deadline: the client still gets a ping at least every
+    /// `ping_interval + ping_timeout`.)
+    ///
+    /// A plain function returning the future: an async fn would store its
+    /// arguments twice in every idle session's task.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of its arguments in its future"
+    )]
+    pub fn run<'a>(
+        &'a self,
+        config: &'a EngineConfig,
+        outbox: &'a Outbox,
+    ) -> impl Future<Output = Ended> + Send + 'a {
+        async move {
+            let mut due = self
+                .lock()
+                .unwrap_or_else(|| Instant::now() + pong_within(config));
+            loop {
+                let ping_at = due.checked_sub(config.ping_timeout).unwrap_or(due);
+                tokio::time::sleep_until(ping_at).await;
+                *self.lock() = Some(due);
+                if !outbox.send_text(Bytes::from_static(b"2")) {
+                    return Ended::Closed;
+                }
+                tokio::time::sleep_until(due).await;
+                if self.lock().is_some() {
+                    return Ended::TimedOut;
+                }
+                due += config.ping_interval;
             }
-            tokio::select! {
-                _ = &mut pong => {}
-                _ = tokio::time::sleep_until(due) => return Ended::TimedOut,
-            }
-            due += config.ping_interval;
-            *self.lock() = Some(due);
         }
     }
 

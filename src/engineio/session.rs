@@ -266,34 +266,44 @@ impl<S: SessionHandler> Session<S> {
     /// tell the handler, exactly once. The close is waited for here only:
     /// the heartbeat and the transport stop by being dropped, so an idle
     /// session holds one wait on it, not one per part.
-    pub async fn run(&self, config: &EngineConfig, transport: impl Future) {
-        let live = async {
-            if self.heartbeat.run(config, &self.outbox).await == Ended::TimedOut {
-                self.abort(CloseReason::PingTimeout);
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of its arguments in its future"
+    )]
+    pub fn run<'a>(
+        &'a self,
+        config: &'a EngineConfig,
+        transport: impl Future + 'a,
+    ) -> impl Future<Output = ()> + 'a {
+        async move {
+            let live = async {
+                if self.heartbeat.run(config, &self.outbox).await == Ended::TimedOut {
+                    self.abort(CloseReason::PingTimeout);
+                }
+            };
+            // Both parts end only as the session closes, when `closing` fires.
+            // Combinators, not an async block: one would store `live` twice.
+            let both = futures_util::future::join(live, transport);
+            let closing = self.closing().cancelled();
+            tokio::select! {
+                biased;
+                _ = both => {}
+                _ = closing => {}
             }
-        };
-        // Both parts end only as the session closes, when `closing` fires.
-        // Combinators, not an async block: one would store `live` twice.
-        let both = futures_util::future::join(live, transport);
-        let closing = self.closing().cancelled();
-        tokio::select! {
-            biased;
-            _ = both => {}
-            _ = closing => {}
-        }
-        self.closing().cancel();
-        let reason = self.reason();
-        tracing::debug!(sid = %self.sid, reason = reason.as_str(), "engine.io session closed");
-        // Boxed so this task does not carry the handler's (large, once-only)
-        // close future, nor the handler itself, for the session's whole life.
-        let close = self
-            .handler
-            .lock()
-            .await
-            .take()
-            .map(|handler| Box::pin(handler.on_close(reason)));
-        if let Some(close) = close {
-            close.await;
+            self.closing().cancel();
+            let reason = self.reason();
+            tracing::debug!(sid = %self.sid, reason = reason.as_str(), "engine.io session closed");
+            // Boxed so this task does not carry the handler's (large, once-only)
+            // close future, nor the handler itself, for the session's whole life.
+            let close = self
+                .handler
+                .lock()
+                .await
+                .take()
+                .map(|handler| Box::pin(handler.on_close(reason)));
+            if let Some(close) = close {
+                close.await;
+            }
         }
     }
 }

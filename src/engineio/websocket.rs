@@ -60,26 +60,34 @@ async fn accept(
 
 /// Runs a new session on an upgraded websocket until it ends: the session's
 /// lifecycle and the websocket carrying it, in this one task. `path` is the
-/// Engine.IO path the handshake came on.
-pub async fn serve<H: EngineHandler>(
+/// Engine.IO path the handshake came on. `info` is boxed and the future is
+/// built by a plain function: what an idle connection's task keeps of its
+/// arguments is then a few pointers (an async fn would store them twice).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of its arguments in its future"
+)]
+pub fn serve<H: EngineHandler>(
     upgrade: UpgradeFut,
     engine: Arc<Engine<H>>,
     path: &'static str,
-    info: RequestInfo,
-) {
-    let max_payload = engine.config.max_payload;
-    let Some((read, write)) = accept(upgrade, max_payload).await else {
-        return;
-    };
-    let (session, _) = engine.create(path, info, Transport::Websocket);
-    // Nothing else has seen the session yet: the receiver is there.
-    let Some(receiver) = session.try_receiver().and_then(|mut taken| taken.take()) else {
-        return;
-    };
-    // Pinned here and lent to the lifecycle: a future passed by value down
-    // a chain of async fns is stored again at every level.
-    let transport = std::pin::pin!(carry(read, write, receiver, &session, max_payload));
-    engine.lifecycle(&session, transport).await;
+    info: Box<RequestInfo>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let max_payload = engine.config.max_payload;
+        let Some((read, write)) = accept(upgrade, max_payload).await else {
+            return;
+        };
+        let (session, _) = engine.create(path, *info, Transport::Websocket);
+        // Nothing else has seen the session yet: the receiver is there.
+        let Some(receiver) = session.try_receiver().and_then(|mut taken| taken.take()) else {
+            return;
+        };
+        // Pinned here and lent to the lifecycle: a future passed by value down
+        // a chain of async fns is stored again at every level.
+        let transport = std::pin::pin!(carry(read, write, receiver, &session, max_payload));
+        engine.lifecycle(&session, transport).await;
+    }
 }
 
 /// Takes a polling session over: answers the `2probe`, and once the client
@@ -182,61 +190,72 @@ async fn close_now<W: AsyncWrite + Unpin + Send>(write: &mut Writer<W>) {
 
 /// Reads frames and hands packets to the session until the websocket ends
 /// (the session is then closed); the caller stops it once the session
-/// closes otherwise.
-async fn read_loop<S: SessionHandler>(mut read: Reader, session: &Session<S>, max_payload: usize) {
-    let mut messages = Reassembler::new(max_payload);
-    let reason = loop {
-        let frame = match read.next().await {
-            Ok(frame) => frame,
-            Err(error) => {
-                tracing::debug!(%error, sid = session.sid(), "websocket read ended");
-                break CloseReason::TransportError;
-            }
-        };
-        let message = match frame.opcode {
-            OpCode::Close => Err(CloseReason::TransportClose),
-            OpCode::Ping => {
-                let pong = bytes::Bytes::copy_from_slice(frame.payload);
-                session.outbox().send(Outbound::WsPong(pong));
-                continue;
-            }
-            OpCode::Pong => continue,
-            opcode => match messages.push(opcode, frame.fin, frame.payload) {
-                Ok(None) => continue,
-                Ok(Some(message)) => Ok(message),
+/// closes otherwise. A plain function returning the future: an async fn
+/// would store its arguments twice in every idle connection's task.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of its arguments in its future"
+)]
+fn read_loop<S: SessionHandler>(
+    mut read: Reader,
+    session: &Session<S>,
+    max_payload: usize,
+) -> impl Future<Output = ()> + Send + '_ {
+    async move {
+        let mut messages = Reassembler::new(max_payload);
+        let reason = loop {
+            let frame = match read.next().await {
+                Ok(frame) => frame,
                 Err(error) => {
-                    tracing::debug!(%error, sid = session.sid(), "closing websocket");
-                    Err(CloseReason::TransportError)
+                    tracing::debug!(%error, sid = session.sid(), "websocket read ended");
+                    break CloseReason::TransportError;
                 }
-            },
+            };
+            let message = match frame.opcode {
+                OpCode::Close => Err(CloseReason::TransportClose),
+                OpCode::Ping => {
+                    let pong = bytes::Bytes::copy_from_slice(frame.payload);
+                    session.outbox().send(Outbound::WsPong(pong));
+                    continue;
+                }
+                OpCode::Pong => continue,
+                opcode => match messages.push(opcode, frame.fin, frame.payload) {
+                    Ok(None) => continue,
+                    Ok(Some(message)) => Ok(message),
+                    Err(error) => {
+                        tracing::debug!(%error, sid = session.sid(), "closing websocket");
+                        Err(CloseReason::TransportError)
+                    }
+                },
+            };
+            let record = match &message {
+                Ok(Message::Text(bytes)) => std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|text| Packet::decode_text(text).ok())
+                    .map(Record::Packet)
+                    .ok_or(CloseReason::ParseError),
+                Ok(Message::Binary(bytes)) => Ok(Record::Binary(bytes.to_vec())),
+                Err(reason) => Err(*reason),
+            };
+            let outcome = match record {
+                // Boxed: locking the handler and its future are large and
+                // short-lived; inline, every idle connection would carry them.
+                Ok(record) => match Box::pin(deliver(session, record)).await {
+                    Some(outcome) => outcome,
+                    None => return,
+                },
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = outcome {
+                break reason;
+            }
         };
-        let record = match &message {
-            Ok(Message::Text(bytes)) => std::str::from_utf8(bytes)
-                .ok()
-                .and_then(|text| Packet::decode_text(text).ok())
-                .map(Record::Packet)
-                .ok_or(CloseReason::ParseError),
-            Ok(Message::Binary(bytes)) => Ok(Record::Binary(bytes.to_vec())),
-            Err(reason) => Err(*reason),
-        };
-        let outcome = match record {
-            // Boxed: locking the handler and its future are large and
-            // short-lived; inline, every idle connection would carry them.
-            Ok(record) => match Box::pin(deliver(session, record)).await {
-                Some(outcome) => outcome,
-                None => return,
-            },
-            Err(reason) => Err(reason),
-        };
-        if let Err(reason) = outcome {
-            break reason;
+        if reason == CloseReason::TransportError {
+            session.abort(reason);
+        } else {
+            // Let the writer deliver what is queued, then the close frame.
+            session.close(reason);
         }
-    };
-    if reason == CloseReason::TransportError {
-        session.abort(reason);
-    } else {
-        // Let the writer deliver what is queued, then the close frame.
-        session.close(reason);
     }
 }
 
@@ -267,20 +286,27 @@ impl<W: AsyncWrite + Unpin + Send> WriteLoop<W> {
     /// Writes what the outbox holds until the close frame is written or the
     /// socket fails; the caller stops it once the session closes otherwise.
     /// Between wake-ups it holds only the outbox's wait: a batch is framed
-    /// without waiting, and only its flush is awaited.
-    async fn run(mut self) {
-        loop {
-            let first = self.receiver.recv().await;
-            let flow = self.frame_batch(first);
-            if self.ws.flush().await.is_err() {
-                break;
+    /// without waiting, and only its flush is awaited. A plain function
+    /// returning the future: an async fn would store the writer twice.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of its arguments in its future"
+    )]
+    fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            loop {
+                let first = self.receiver.recv().await;
+                let flow = self.frame_batch(first);
+                if self.ws.flush().await.is_err() {
+                    break;
+                }
+                if let Flow::Closed = flow {
+                    break;
+                }
             }
-            if let Flow::Closed = flow {
-                break;
-            }
+            // Whatever ended the loop, the reader and the session must stop too.
+            self.receiver.closing.cancel();
         }
-        // Whatever ended the loop, the reader and the session must stop too.
-        self.receiver.closing.cancel();
     }
 
     /// Frames `first` and whatever else is already queued (up to

@@ -275,7 +275,7 @@ async fn engine_request<H: EngineHandler>(
         let engine = engine.clone();
         server
             .tracker
-            .spawn(websocket::serve(upgrade, engine, mount, info));
+            .spawn(websocket::serve(upgrade, engine, mount, Box::new(info)));
         Ok(answer)
     } else {
         let (_, open) = engine.open(mount, info, Transport::Polling);
