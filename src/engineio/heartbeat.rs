@@ -164,6 +164,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_timeout_longer_than_the_interval_keeps_an_answering_session_alive() {
+        let config = EngineConfig {
+            ping_interval: Duration::from_millis(300),
+            ping_timeout: Duration::from_millis(500),
+            ..EngineConfig::default()
+        };
+        let (outbox, mut receiver) = Outbox::new(8);
+        let heartbeat = std::sync::Arc::new(Heartbeat::new(&config));
+        let closing = receiver.closing.clone();
+        let pinger = {
+            let (heartbeat, outbox, config) = (heartbeat.clone(), outbox.clone(), config.clone());
+            tokio::spawn(async move { heartbeat.run(&config, &outbox).await })
+        };
+        let started = Instant::now();
+        // The first ping comes one interval in; each next one once the
+        // previous pong's deadline has passed, one interval apart from then.
+        for at in [300, 800, 1100, 1400] {
+            assert!(matches!(receiver.recv().await, Outbound::Text(t) if t == "2"));
+            assert_eq!(started.elapsed(), Duration::from_millis(at));
+            tokio::time::advance(Duration::from_millis(10)).await;
+            heartbeat.pong();
+            assert!(!heartbeat.expired());
+        }
+        closing.cancel();
+        assert_eq!(pinger.await.expect("the pinger ends"), Ended::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_late_pinger_does_not_extend_the_deadline() {
         let heartbeat = Heartbeat::new(&config());
         // The session's task has not run at all for 0.6 s (a busy machine):
