@@ -95,6 +95,17 @@ pub(crate) fn open(first_ts: u64, bytes: &[u8]) -> Result<(Header, Records<'_>),
     if records == 0 {
         return Err("an empty chunk".into());
     }
+    // Counts no history reaches: whoever adds to them later must not overflow.
+    if before[0]
+        .checked_add(before[1])
+        .and_then(|total| total.checked_add(records))
+        .is_none()
+    {
+        return Err(format!(
+            "message counts out of range ({records} records after {} and {})",
+            before[0], before[1]
+        ));
+    }
     let header = Header {
         records,
         before,

@@ -213,4 +213,14 @@ mod tests {
         // read from the file, and asserted on a damaged one.
         damaged_store(&[32, 1, 0, 40, 191, 2, 40, 74]);
     }
+
+    #[test]
+    fn a_chunk_header_counting_past_any_history_is_refused() {
+        // Found by the fuzzer: message counts near u64::MAX in a damaged
+        // chunk header overflowed when the chunk was built upon.
+        stored_value(&[
+            0x00, 0x01, 0x01, 0x01, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x01, 0x01, 0x01, 0x00, 0x00,
+        ]);
+    }
 }
