@@ -194,10 +194,6 @@ impl<H: EngineHandler> Engine<H> {
     /// removal from the table.
     /// A plain function returning the future: an async fn would store its
     /// arguments twice in every idle session's task.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps a second copy of its arguments in its future"
-    )]
     pub fn lifecycle<'a>(
         &'a self,
         session: &'a Session<H::Session>,

@@ -70,10 +70,6 @@ impl Heartbeat {
     ///
     /// A plain function returning the future: an async fn would store its
     /// arguments twice in every idle session's task.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps a second copy of its arguments in its future"
-    )]
     pub fn run<'a>(
         &'a self,
         config: &'a EngineConfig,

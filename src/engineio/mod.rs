@@ -6,6 +6,15 @@
 //! session hands every message packet to an [`EngineHandler`]'s session and
 //! never looks inside it, so Socket.IO (or anything else) sits on top without
 //! knowing which transport a client uses.
+//!
+//! The futures an idle connection's task holds are built by plain functions
+//! returning an `async move` block where an async fn would do: an async fn
+//! keeps its arguments and the locals they are moved into side by side in
+//! every state, and each idle websocket's task carries that state.
+#![expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of its arguments in its future"
+)]
 
 pub mod engine;
 pub mod fragments;

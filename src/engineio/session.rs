@@ -266,10 +266,6 @@ impl<S: SessionHandler> Session<S> {
     /// tell the handler, exactly once. The close is waited for here only:
     /// the heartbeat and the transport stop by being dropped, so an idle
     /// session holds one wait on it, not one per part.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps a second copy of its arguments in its future"
-    )]
     pub fn run<'a>(
         &'a self,
         config: &'a EngineConfig,

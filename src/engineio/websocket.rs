@@ -63,10 +63,6 @@ async fn accept(
 /// Engine.IO path the handshake came on. `info` is boxed and the future is
 /// built by a plain function: what an idle connection's task keeps of its
 /// arguments is then a few pointers (an async fn would store them twice).
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn keeps a second copy of its arguments in its future"
-)]
 pub fn serve<H: EngineHandler>(
     upgrade: UpgradeFut,
     engine: Arc<Engine<H>>,
@@ -192,10 +188,6 @@ async fn close_now<W: AsyncWrite + Unpin + Send>(write: &mut Writer<W>) {
 /// (the session is then closed); the caller stops it once the session
 /// closes otherwise. A plain function returning the future: an async fn
 /// would store its arguments twice in every idle connection's task.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn keeps a second copy of its arguments in its future"
-)]
 fn read_loop<S: SessionHandler>(
     mut read: Reader,
     session: &Session<S>,
@@ -288,10 +280,6 @@ impl<W: AsyncWrite + Unpin + Send> WriteLoop<W> {
     /// Between wake-ups it holds only the outbox's wait: a batch is framed
     /// without waiting, and only its flush is awaited. A plain function
     /// returning the future: an async fn would store the writer twice.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps a second copy of its arguments in its future"
-    )]
     fn run(mut self) -> impl Future<Output = ()> + Send {
         async move {
             loop {
