@@ -150,13 +150,11 @@ impl<S: SessionHandler> Session<S> {
 
     /// Why the session closed (or is closing); a server close if nobody said.
     pub fn reason(&self) -> CloseReason {
-        match self.reason.load(Ordering::Acquire) {
-            1 => CloseReason::TransportClose,
-            2 => CloseReason::TransportError,
-            3 => CloseReason::PingTimeout,
-            4 => CloseReason::ParseError,
-            _ => CloseReason::ServerClose,
-        }
+        let code = self.reason.load(Ordering::Acquire);
+        code.checked_sub(1)
+            .and_then(|at| REASONS.get(usize::from(at)))
+            .copied()
+            .unwrap_or(CloseReason::ServerClose)
     }
 
     /// Records `reason` unless one was given before: the first one stands.
@@ -304,15 +302,21 @@ impl<S: SessionHandler> Session<S> {
     }
 }
 
+/// Every close reason; a session stores one as its place here plus one
+/// (0 is open), and reads it back from the same list.
+const REASONS: [CloseReason; 5] = [
+    CloseReason::TransportClose,
+    CloseReason::TransportError,
+    CloseReason::PingTimeout,
+    CloseReason::ParseError,
+    CloseReason::ServerClose,
+];
+
 /// `reason` as [`Session::reason`] reads it back; never 0 (open).
 fn reason_code(reason: CloseReason) -> u8 {
-    match reason {
-        CloseReason::TransportClose => 1,
-        CloseReason::TransportError => 2,
-        CloseReason::PingTimeout => 3,
-        CloseReason::ParseError => 4,
-        CloseReason::ServerClose => 5,
-    }
+    let at = REASONS.iter().position(|known| *known == reason);
+    // Every reason is in the list; 5 places fit a byte.
+    at.map_or(REASONS.len(), |at| at + 1) as u8
 }
 
 #[cfg(test)]
