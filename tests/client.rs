@@ -22,7 +22,9 @@ async fn acks_refusals_history_and_delivery() {
         .await
         .expect("sent")
         .await
-        .expect("answered");
+        .expect("answered")
+        .decode::<Vec<Value>>()
+        .expect("JSON arguments");
     let [answer] = &answer[..] else {
         panic!("one argument expected: {answer:?}")
     };
@@ -38,7 +40,9 @@ async fn acks_refusals_history_and_delivery() {
         .await
         .expect("sent")
         .await
-        .expect("answered");
+        .expect("answered")
+        .decode::<Vec<Value>>()
+        .expect("JSON arguments");
     assert_eq!(
         refused,
         [json!({"ok": false, "error": "Message is not accepted", "reason": "empty"})]
@@ -65,7 +69,7 @@ async fn acks_refusals_history_and_delivery() {
         acks.push(ack);
     }
     for (n, ack) in acks.into_iter().enumerate() {
-        let answer = ack.await.expect("answered");
+        let answer: Vec<Value> = ack.await.expect("answered").decode().expect("JSON");
         assert_eq!(answer[0]["message"]["text"], format!("message {n}"));
         let delivered = expect_event(&mut one, "chat message").await;
         assert_eq!(delivered, answer[0]["message"]);
@@ -107,7 +111,9 @@ async fn pings_are_answered() {
         .await
         .expect("sent")
         .await
-        .expect("answered");
+        .expect("answered")
+        .decode::<Vec<Value>>()
+        .expect("JSON arguments");
     assert_eq!(answer[0]["ok"], true);
     one.disconnect().await.expect("disconnect");
     server.stop();
@@ -190,7 +196,9 @@ async fn plain_websocket_without_auth() {
         .await
         .expect("sent")
         .await
-        .expect("answered");
+        .expect("answered")
+        .decode::<Vec<Value>>()
+        .expect("JSON arguments");
     assert_eq!(answer[0]["message"]["roomId"], "dm:Dummy-1_Dummy-3");
     client.disconnect().await.expect("disconnect");
     server.stop();

@@ -21,7 +21,7 @@ async fn send(client: &chatd::client::Client, text: &str) -> Value {
             .expect("answered")
     })
     .await;
-    let answer = answer.into_iter().next().expect("one argument");
+    let answer: Value = answer.first().expect("JSON arguments");
     assert_eq!(answer["ok"], true, "{answer}");
     answer["message"].clone()
 }

@@ -28,7 +28,7 @@ async fn send_cid(client: &Client, text: &str, cid: &str) -> Value {
         .expect("send")
         .await
         .expect("ack");
-    ack.into_iter().next().unwrap_or(Value::Null)
+    ack.first().expect("JSON arguments")
 }
 
 /// Asks `request` with `payload` and returns the answer.
@@ -39,7 +39,7 @@ async fn ask(client: &Client, request: &str, payload: Value) -> Value {
         .expect("ask")
         .await
         .expect("answer");
-    ack.into_iter().next().unwrap_or(Value::Null)
+    ack.first().expect("JSON arguments")
 }
 
 /// Waits until `client`'s `online` list is `want` (`current` is the last
@@ -334,7 +334,9 @@ async fn keep_sending(
                 .emit_with_ack("chat message", json!({"text": text, "cid": cid}))
                 .await;
             let answer = match sent {
-                Ok(answer) => tokio::time::timeout(Duration::from_secs(30), answer).await,
+                Ok(answer) => tokio::time::timeout(Duration::from_secs(30), answer)
+                    .await
+                    .map(|answer| answer.map(|args| args.decode::<Vec<Value>>().expect("JSON"))),
                 Err(_) => {
                     client = connect_any(&nodes, &mut at, who, peer).await;
                     continue;
@@ -406,9 +408,10 @@ async fn receive_failing_over(
             let Some(event) = within("a message", client.next_event()).await else {
                 break;
             };
+            let arg: Value = event.args.first().expect("JSON arguments");
             let messages = match event.name.as_str() {
-                "history" => event.args[0].as_array().cloned().unwrap_or_default(),
-                "chat message" => vec![event.args[0].clone()],
+                "history" => arg.as_array().cloned().unwrap_or_default(),
+                "chat message" => vec![arg],
                 _ => continue,
             };
             for m in messages.iter().filter(|m| m["from"] == peer) {

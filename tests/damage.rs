@@ -30,7 +30,9 @@ async fn history(data: &Path) {
             .await
             .unwrap()
             .await
-            .unwrap();
+            .unwrap()
+            .decode::<Vec<Value>>()
+            .expect("JSON arguments");
         assert_eq!(ack[0]["ok"], true, "{ack:?}");
         let ack = send(&carol, &format!("cd-{i}-{}", "c".repeat(80))).await;
         assert_eq!(ack["ok"], true, "{ack}");
@@ -107,7 +109,9 @@ async fn a_damaged_record_never_passes_for_a_complete_export_and_is_salvaged_aro
         .await
         .unwrap()
         .await
-        .unwrap();
+        .unwrap()
+        .decode::<Vec<Value>>()
+        .expect("JSON arguments");
     assert_eq!(ack[0]["ok"], true, "{ack:?}");
     let ack = send(&alice, "elsewhere").await;
     assert_eq!(ack["ok"], true, "{ack}");
@@ -146,7 +150,9 @@ async fn a_damaged_record_never_passes_for_a_complete_export_and_is_salvaged_aro
         .await
         .unwrap()
         .await
-        .unwrap();
+        .unwrap()
+        .decode::<Vec<Value>>()
+        .expect("JSON arguments");
     assert_eq!(ack[0]["duplicate"], true, "{ack:?}");
     assert!(
         ack[0]["message"]["text"]

@@ -201,7 +201,7 @@ async fn send_numbered(client: &Client, i: usize, text: &str) -> Value {
     )
     .await
     .expect("ack");
-    ack.into_iter().next().unwrap_or(Value::Null)
+    ack.first().expect("JSON arguments")
 }
 
 fn refused_unavailable(ack: &Value) -> bool {

@@ -13,16 +13,17 @@ use serde_json::{Value, json};
 
 /// Sends `text` and waits for its ack.
 async fn send(client: &Client, text: &str) -> Value {
-    let answer = within("the ack", async {
+    within("the ack", async {
         client
             .emit_with_ack("chat message", json!(text))
             .await
             .expect("sent")
             .await
             .expect("answered")
+            .first::<Value>()
+            .expect("JSON arguments")
     })
-    .await;
-    answer.into_iter().next().expect("one argument")
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,6 +99,7 @@ async fn a_history_flood_is_refused_and_a_bystander_is_not_held_up() {
     let (mut served, mut limited) = (0usize, 0usize);
     for answer in pending {
         let answer = within("a history answer", answer).await.expect("answered");
+        let answer: Vec<Value> = answer.decode().expect("JSON arguments");
         match answer[0]["ok"].as_bool() {
             Some(true) => served += 1,
             _ => {
@@ -147,6 +149,8 @@ async fn new_rooms_are_limited_per_user_and_minute() {
                 .expect("sent")
                 .await
                 .expect("answered")
+                .decode::<Vec<Value>>()
+                .expect("JSON arguments")
         })
         .await;
         outcomes.push(answer[0]["ok"] == true || answer[0]["reason"] != "rate_limited");
@@ -167,6 +171,8 @@ async fn new_rooms_are_limited_per_user_and_minute() {
             .expect("sent")
             .await
             .expect("answered")
+            .decode::<Vec<Value>>()
+            .expect("JSON arguments")
     })
     .await;
     assert_eq!(answer[0]["reason"], "rate_limited", "{answer:?}");

@@ -191,6 +191,7 @@ pub fn error_kind(error: &ClientError) -> &'static str {
         ClientError::Upgrade(_) => "upgrade",
         ClientError::Protocol(_) => "protocol",
         ClientError::InvalidUrl { .. } => "invalid_url",
+        ClientError::Arguments(_) => "unexpected_arguments",
     }
 }
 

@@ -22,6 +22,7 @@
 //! side measures end-to-end latency without any shared state, and the
 //! end result can say exactly which acknowledged messages never arrived.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::proc::{CpuMeter, CpuSpent};
 use super::target::{Target, check_file_limit};
 use super::{Latencies, Progress, Report, Tally, count, error_kind, ratio};
-use crate::client::{Ack, Client, ClientError, Event};
+use crate::client::{Ack, Client, ClientError, Event, RawArgs};
 
 /// Handshakes in flight while the pairs connect.
 const CONNECT_CONCURRENCY: usize = 64;
@@ -446,12 +448,15 @@ impl Side {
         }
     }
 
-    fn on_answer(&mut self, message: &InFlight, answer: Result<Vec<Value>, ClientError>) {
-        let answer = match answer {
-            Ok(args) => args.into_iter().next().unwrap_or(Value::Null),
+    fn on_answer(&mut self, message: &InFlight, answer: Result<RawArgs, ClientError>) {
+        let args = match answer {
+            Ok(args) => args,
             Err(error) => return count(&mut self.outcome.errors, error_kind(&error)),
         };
-        if answer["ok"] == true {
+        // An answer of another shape is a refusal without a reason, as a
+        // missing `ok: true` is.
+        let answer = args.first::<Answer>().unwrap_or_default();
+        if answer.ok {
             self.outcome.acked += 1;
             self.outcome.acked_seqs[message.seq] = true;
             self.live.acked.fetch_add(1, Ordering::Relaxed);
@@ -459,7 +464,7 @@ impl Side {
                 self.outcome.ack.record(message.scheduled.elapsed());
             }
         } else {
-            let reason = answer["reason"].as_str().unwrap_or("no reason");
+            let reason = answer.reason.as_deref().unwrap_or("no reason");
             count(&mut self.outcome.refusals, reason);
         }
     }
@@ -470,11 +475,8 @@ impl Side {
             return;
         }
         let received = Instant::now();
-        let text = event
-            .args
-            .first()
-            .and_then(|message| message["text"].as_str());
-        let Some((sent_ns, seq)) = text.and_then(parse_text) else {
+        let message = event.args.first::<Delivered>();
+        let Some((sent_ns, seq)) = message.ok().and_then(|m| parse_text(&m.text)) else {
             return count(&mut self.outcome.errors, "foreign_message");
         };
         let seqs = &mut self.outcome.delivered_seqs;
@@ -497,6 +499,24 @@ impl Side {
                 .record(received.saturating_duration_since(sent));
         }
     }
+}
+
+/// What the bench reads of an acknowledgement: whether the message was
+/// taken and, if not, why; the rest is skipped, no JSON tree is built.
+#[derive(Deserialize, Default)]
+struct Answer<'a> {
+    #[serde(default)]
+    ok: bool,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+}
+
+/// What the bench reads of a delivered `chat message`: its text, borrowed
+/// from the frame's text unless it has escapes.
+#[derive(Deserialize)]
+struct Delivered<'a> {
+    #[serde(borrow)]
+    text: Cow<'a, str>,
 }
 
 /// Waits for the next scheduled send in open loop; returns at once in

@@ -26,7 +26,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::chat::console::node_array;
 use crate::cli::token::{DEFAULT_TTL, mint_token};
-use crate::client::{Ack, Client, ClientError, ConnectOptions, Event, tls};
+use crate::client::{Ack, Client, ClientError, ConnectOptions, tls};
 use crate::datadir;
 use crate::server::tls::self_signed_paths;
 
@@ -133,14 +133,17 @@ impl ChatCommand {
                 answer = first_answer => {
                     let text = answers.pop_front().map(|(text, _)| text).unwrap_or_default();
                     match answer {
-                        Ok(args) => say(&transcript.answer(args.first().unwrap_or(&Value::Null))),
+                        Ok(args) => say(&transcript.answer(&args.first().unwrap_or_default())),
                         // The connection ended: the events branch says so.
                         Err(ClientError::Closed) => {}
                         Err(error) => eprintln!("chatd: {error} for {text:?}: it may or may not have been stored"),
                     }
                 }
                 event = client.next_event() => match event {
-                    Some(event) => transcript.event(&event).iter().for_each(|line| say(line)),
+                    Some(event) => {
+                        let arg = event.args.first().unwrap_or_default();
+                        transcript.event(&event.name, &arg).iter().for_each(|line| say(line));
+                    }
                     None => {
                         say("Disconnected.");
                         bail!("the server closed the connection");
@@ -188,10 +191,9 @@ struct Transcript<'a> {
 }
 
 impl Transcript<'_> {
-    /// The lines for one event from the server.
-    fn event(&self, event: &Event) -> Vec<String> {
-        let arg = event.args.first().unwrap_or(&Value::Null);
-        match event.name.as_str() {
+    /// The lines for one event from the server, given its first argument.
+    fn event(&self, name: &str, arg: &Value) -> Vec<String> {
+        match name {
             "online" => {
                 let names: Vec<&str> = arg
                     .as_array()
@@ -250,22 +252,15 @@ fn say(line: &str) {
 mod tests {
     use super::*;
 
-    fn event(name: &str, arg: Value) -> Event {
-        Event {
-            name: name.into(),
-            args: vec![arg],
-        }
-    }
-
     const ME: Transcript<'static> = Transcript { me: "Dummy-1" };
 
     #[test]
     fn prints_presence_like_node() {
         assert_eq!(
-            ME.event(&event("online", json!(["Dummy-1", "Dummy-2"]))),
+            ME.event("online", &json!(["Dummy-1", "Dummy-2"])),
             ["online: [ 'Dummy-1', 'Dummy-2' ]"]
         );
-        assert_eq!(ME.event(&event("online", json!([]))), ["online: []"]);
+        assert_eq!(ME.event("online", &json!([])), ["online: []"]);
     }
 
     #[test]
@@ -273,14 +268,14 @@ mod tests {
         let mine = json!({"from": "Dummy-1", "text": "Hello World! from Dummy-1"});
         let theirs = json!({"from": "Dummy-2", "text": "hello from Dummy-2"});
         assert_eq!(
-            ME.event(&event("history", json!([mine, theirs]))),
+            ME.event("history", &json!([mine, theirs])),
             [
                 "You : Hello World! from Dummy-1",
                 "Dummy-2 : hello from Dummy-2"
             ]
         );
         assert_eq!(
-            ME.event(&event("chat message", theirs)),
+            ME.event("chat message", &theirs),
             ["Dummy-2 : hello from Dummy-2"]
         );
         assert_eq!(
@@ -291,6 +286,6 @@ mod tests {
             ME.answer(&json!({"ok": false, "error": "Message is not accepted", "reason": "empty"})),
             "You : Message is not accepted (empty)"
         );
-        assert!(ME.event(&event("something else", json!(1))).is_empty());
+        assert!(ME.event("something else", &json!(1)).is_empty());
     }
 }

@@ -14,14 +14,15 @@
 //!
 //! let auth = json!({"user": "Dummy-1", "peer": "Dummy-2", "token": "..."});
 //! let mut client = Client::connect("ws://127.0.0.1:5000", auth, &ConnectOptions::default()).await?;
-//! let answer = client.emit_with_ack("chat message", json!("hello")).await?.await?;
-//! assert_eq!(answer[0]["ok"], true);
+//! let answer: serde_json::Value = client.emit_with_ack("chat message", json!("hello")).await?.await?.first()?;
+//! assert_eq!(answer["ok"], true);
 //! while let Some(event) = client.next_event().await {
-//!     println!("{} {:?}", event.name, event.args);
+//!     println!("{} {}", event.name, event.args.json());
 //! }
 //! # Ok(()) }
 //! ```
 
+mod args;
 mod reader;
 pub mod tls;
 mod websocket;
@@ -45,6 +46,8 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::engineio::packet::Packet as EnginePacket;
 use crate::socketio::packet::{PacketType, encode};
+
+pub use args::RawArgs;
 
 /// How long [`Client::disconnect`] waits for the server to close its side.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -77,8 +80,8 @@ impl Default for ConnectOptions {
 pub struct Event {
     /// The event name, e.g. `online`.
     pub name: String,
-    /// The arguments after the name.
-    pub args: Vec<Value>,
+    /// The arguments after the name, decoded on demand.
+    pub args: RawArgs,
 }
 
 /// What went wrong talking to the server.
@@ -129,6 +132,10 @@ pub enum ClientError {
     /// The connection has ended.
     #[error("the connection is closed")]
     Closed,
+    /// An event's or acknowledgement's arguments do not decode into the
+    /// type asked for.
+    #[error("unexpected arguments from the server: {0}")]
+    Arguments(#[source] serde_json::Error),
 }
 
 /// One Socket.IO connection to the main namespace.
@@ -257,17 +264,17 @@ impl Client {
 }
 
 /// The server's answer to one [`Client::emit_with_ack`]: resolves to the
-/// acknowledgement's arguments, or fails with [`ClientError::AckTimeout`] or
+/// acknowledgement's arguments (undecoded), or fails with [`ClientError::AckTimeout`] or
 /// [`ClientError::Closed`].
 pub struct Ack {
     id: u64,
     shared: Arc<Shared>,
     timeout: Duration,
-    answer: Pin<Box<Timeout<oneshot::Receiver<Vec<Value>>>>>,
+    answer: Pin<Box<Timeout<oneshot::Receiver<RawArgs>>>>,
 }
 
 impl Future for Ack {
-    type Output = Result<Vec<Value>, ClientError>;
+    type Output = Result<RawArgs, ClientError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Poll::Ready(match ready!(self.answer.as_mut().poll(cx)) {
@@ -300,13 +307,13 @@ struct Shared {
 struct Pending {
     closed: bool,
     next_id: u64,
-    acks: HashMap<u64, oneshot::Sender<Vec<Value>>>,
+    acks: HashMap<u64, oneshot::Sender<RawArgs>>,
 }
 
 impl Pending {
     /// Takes the next ack id for `answer`, unless the connection has ended
     /// (then no answer could ever come).
-    fn register(&mut self, answer: oneshot::Sender<Vec<Value>>) -> Result<u64, ClientError> {
+    fn register(&mut self, answer: oneshot::Sender<RawArgs>) -> Result<u64, ClientError> {
         if self.closed {
             return Err(ClientError::Closed);
         }
@@ -359,7 +366,7 @@ impl Shared {
     }
 
     /// Hands an acknowledgement's arguments to whoever waits for them.
-    fn resolve(&self, id: u64, args: Vec<Value>) {
+    fn resolve(&self, id: u64, args: RawArgs) {
         if let Some(answer) = self.pending().acks.remove(&id) {
             // The Ack may have been dropped meanwhile; nobody to tell then.
             let _ = answer.send(args);

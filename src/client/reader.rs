@@ -13,10 +13,10 @@ use serde_json::Value;
 use tokio::io::ReadHalf;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ClientError, Event, Shared};
+use super::{ClientError, Event, RawArgs, Shared};
 use crate::engineio::fragments::{Message, Reassembler};
 use crate::engineio::packet::Packet as EnginePacket;
-use crate::socketio::packet::{Packet, PacketType};
+use crate::socketio::packet::{DecodeError, PacketType, RawPacket};
 
 /// The largest message accepted from the server. Generous: a `history`
 /// answer holds up to 200 messages of several kilobytes each.
@@ -115,12 +115,33 @@ impl Reader {
             EnginePacket::Message(socketio) => socketio,
             _ => return Ok(()),
         };
-        let packet = Packet::decode(socketio)
-            .map_err(|e| ClientError::Protocol(format!("{e} in {socketio:?}")))?;
+        let malformed = |e: DecodeError| ClientError::Protocol(format!("{e} in {socketio:?}"));
+        let packet = RawPacket::decode(socketio).map_err(malformed)?;
         if packet.nsp != "/" {
             return Ok(());
         }
-        match (packet.kind, packet.data) {
+        // Events and acks are most of the traffic: their arguments are
+        // checked and handed on as text, for the receiver to decode only
+        // what it needs.
+        match packet.kind {
+            PacketType::Event => {
+                let event = packet.event().map_err(malformed)?;
+                let event = Event {
+                    name: event.name.into_owned(),
+                    args: RawArgs::from_event_tail(event.args_tail),
+                };
+                // The receiver is gone only when the client is being dropped.
+                let _ = events.send(event);
+                return Ok(());
+            }
+            PacketType::Ack => {
+                let (id, args) = packet.ack().map_err(malformed)?;
+                self.shared.resolve(id, RawArgs::from_array(args));
+                return Ok(());
+            }
+            _ => {}
+        }
+        match (packet.kind, packet.parse().map_err(malformed)?.data) {
             (PacketType::Connect, data) => {
                 let sid = data
                     .as_ref()
@@ -142,19 +163,6 @@ impl Reader {
                     let _ = connected.send(Err(refused));
                 }
                 return Err(ClientError::Closed);
-            }
-            (PacketType::Event, Some(Value::Array(mut args))) => {
-                let name = match args.remove(0) {
-                    Value::String(name) => name,
-                    other => other.to_string(),
-                };
-                // The receiver is gone only when the client is being dropped.
-                let _ = events.send(Event { name, args });
-            }
-            (PacketType::Ack, Some(Value::Array(args))) => {
-                if let Some(id) = packet.id {
-                    self.shared.resolve(id, args);
-                }
             }
             (PacketType::Disconnect, _) => return Err(ClientError::Closed),
             (kind, _) => tracing::debug!(

@@ -3,9 +3,21 @@
 //! Text form: `<type>[<attachments>-][<namespace>,][<ack id>][<JSON data>]`,
 //! carried inside Engine.IO message packets. Binary attachments follow a
 //! BINARY_EVENT/BINARY_ACK as separate Engine.IO binary messages.
+//!
+//! Decoding comes in two layers: [`RawPacket::decode`] reads the header and
+//! leaves the payload as JSON text; [`RawPacket::parse`] turns that into a
+//! [`Packet`] with a `serde_json::Value` tree (what the server works on).
+//! A reader that wants only a field or two of an EVENT or ACK (the load
+//! generator) checks the payload's shape with [`RawPacket::event`] or
+//! [`RawPacket::ack`] instead, which build no tree.
 
-use serde_json::Value;
+use std::borrow::Cow;
+use std::fmt;
 use std::io::Write as _;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The most attachments one packet may announce; more is treated as abuse.
 pub const MAX_ATTACHMENTS: usize = 16;
@@ -75,7 +87,7 @@ pub struct Packet<'a> {
 }
 
 /// Why text could not be read as a Socket.IO packet.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// Empty text or an unknown type digit.
     #[error("unknown packet type")]
@@ -94,9 +106,36 @@ pub enum DecodeError {
     InvalidPayload(PacketType),
 }
 
-impl<'a> Packet<'a> {
-    /// Decodes the text of one Socket.IO packet.
-    pub fn decode(text: &'a str) -> Result<Packet<'a>, DecodeError> {
+/// A Socket.IO packet whose header is decoded and whose payload is still
+/// JSON text, neither parsed nor checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawPacket<'a> {
+    /// What the packet is.
+    pub kind: PacketType,
+    /// The namespace, `/` when the packet names none.
+    pub nsp: &'a str,
+    /// The acknowledgement id, when the sender expects (or gives) an answer.
+    pub id: Option<u64>,
+    /// How many binary attachments follow this packet.
+    pub attachments: usize,
+    /// The JSON payload as sent, when there is one.
+    pub payload: Option<&'a str>,
+}
+
+/// An EVENT's payload `[name, args...]`, split without building a JSON tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventParts<'a> {
+    /// The event name; a numeric name is its JSON text.
+    pub name: Cow<'a, str>,
+    /// The rest of the array after the name: the arguments' JSON text and
+    /// the closing bracket (`{"a":1}]`, or just `]` when there are none).
+    /// Prefixed with `[`, it is the JSON array of the arguments.
+    pub args_tail: &'a str,
+}
+
+impl<'a> RawPacket<'a> {
+    /// Decodes the header of one Socket.IO packet; the payload stays text.
+    pub fn decode(text: &'a str) -> Result<RawPacket<'a>, DecodeError> {
         let bytes = text.as_bytes();
         let kind = bytes
             .first()
@@ -136,24 +175,93 @@ impl<'a> Packet<'a> {
             None
         };
 
-        let data = if rest.is_empty() {
-            None
-        } else {
-            Some(serde_json::from_str::<Value>(rest).map_err(|_| DecodeError::InvalidJson)?)
-        };
-
-        let packet = Packet {
+        Ok(RawPacket {
             kind,
             nsp,
             id,
             attachments,
+            payload: (!rest.is_empty()).then_some(rest),
+        })
+    }
+
+    /// Parses the payload into a JSON tree and checks its shape for the
+    /// packet type, as the reference parser does.
+    pub fn parse(self) -> Result<Packet<'a>, DecodeError> {
+        let data = match self.payload {
+            None => None,
+            Some(payload) => {
+                Some(serde_json::from_str::<Value>(payload).map_err(|_| DecodeError::InvalidJson)?)
+            }
+        };
+        let packet = Packet {
+            kind: self.kind,
+            nsp: self.nsp,
+            id: self.id,
+            attachments: self.attachments,
             data,
         };
         if packet.payload_fits() {
             Ok(packet)
         } else {
-            Err(DecodeError::InvalidPayload(kind))
+            Err(DecodeError::InvalidPayload(self.kind))
         }
+    }
+
+    /// For an EVENT or BINARY_EVENT: checks the payload as [`Self::parse`]
+    /// would (a JSON array led by an allowed string or numeric name) and
+    /// splits it into the name and the arguments' text, building no tree.
+    pub fn event(&self) -> Result<EventParts<'a>, DecodeError> {
+        let invalid = DecodeError::InvalidPayload(self.kind);
+        if !matches!(self.kind, PacketType::Event | PacketType::BinaryEvent) {
+            return Err(invalid);
+        }
+        let payload = self.payload.ok_or(invalid)?;
+        let EventShape { name, first_arg } =
+            serde_json::from_str(payload).map_err(|e| json_error(&e, self.kind))?;
+        let name = match name.get().as_bytes().first() {
+            Some(b'"') => {
+                // A newtype so serde borrows the name when it has no escapes.
+                #[derive(serde::Deserialize)]
+                struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
+                let Name(name) =
+                    serde_json::from_str(name.get()).map_err(|e| json_error(&e, self.kind))?;
+                name
+            }
+            Some(b'-' | b'0'..=b'9') => Cow::Borrowed(name.get()),
+            _ => return Err(invalid),
+        };
+        if is_reserved(&name) {
+            return Err(invalid);
+        }
+        let args_tail = match first_arg {
+            // The argument is a slice of `payload`: its offset there is
+            // where the arguments begin.
+            Some(arg) => &payload[arg.get().as_ptr().addr() - payload.as_ptr().addr()..],
+            None => &payload[payload.rfind(']').ok_or(invalid)?..],
+        };
+        Ok(EventParts { name, args_tail })
+    }
+
+    /// For an ACK or BINARY_ACK: checks the payload as [`Self::parse`] would
+    /// (an ack id and a JSON array) without building a tree; returns the id
+    /// and the array's text.
+    pub fn ack(&self) -> Result<(u64, &'a str), DecodeError> {
+        let invalid = DecodeError::InvalidPayload(self.kind);
+        if !matches!(self.kind, PacketType::Ack | PacketType::BinaryAck) {
+            return Err(invalid);
+        }
+        let (Some(id), Some(payload)) = (self.id, self.payload) else {
+            return Err(invalid);
+        };
+        let AnyArray = serde_json::from_str(payload).map_err(|e| json_error(&e, self.kind))?;
+        Ok((id, payload))
+    }
+}
+
+impl<'a> Packet<'a> {
+    /// Decodes the text of one Socket.IO packet, payload and all.
+    pub fn decode(text: &'a str) -> Result<Packet<'a>, DecodeError> {
+        RawPacket::decode(text)?.parse()
     }
 
     /// Mirrors the reference parser's checks of payload shape per type.
@@ -164,7 +272,7 @@ impl<'a> Packet<'a> {
             (PacketType::ConnectError, Some(Value::Object(_) | Value::String(_))) => true,
             (PacketType::Event | PacketType::BinaryEvent, Some(Value::Array(args))) => {
                 match args.first() {
-                    Some(Value::String(name)) => !RESERVED_EVENTS.contains(&name.as_str()),
+                    Some(Value::String(name)) => !is_reserved(name),
                     Some(Value::Number(_)) => true,
                     _ => false,
                 }
@@ -172,6 +280,69 @@ impl<'a> Packet<'a> {
             (PacketType::Ack | PacketType::BinaryAck, Some(Value::Array(_))) => self.id.is_some(),
             _ => false,
         }
+    }
+}
+
+/// Whether `name` is an event only the reference server may emit.
+fn is_reserved(name: &str) -> bool {
+    RESERVED_EVENTS.contains(&name)
+}
+
+/// Bad JSON is [`DecodeError::InvalidJson`]; JSON of the wrong shape is
+/// [`DecodeError::InvalidPayload`], as from [`RawPacket::parse`].
+fn json_error(error: &serde_json::Error, kind: PacketType) -> DecodeError {
+    if error.is_data() {
+        DecodeError::InvalidPayload(kind)
+    } else {
+        DecodeError::InvalidJson
+    }
+}
+
+/// An EVENT payload read without a tree: the name and the first argument
+/// as JSON text, every later argument checked and skipped.
+struct EventShape<'a> {
+    name: &'a RawValue,
+    first_arg: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for EventShape<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EventVisitor;
+        impl<'de> Visitor<'de> for EventVisitor {
+            type Value = EventShape<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array led by the event name")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let name = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let first_arg = seq.next_element()?;
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(EventShape { name, first_arg })
+            }
+        }
+        deserializer.deserialize_seq(EventVisitor)
+    }
+}
+
+/// Any JSON array, checked and skipped.
+struct AnyArray;
+
+impl<'de> Deserialize<'de> for AnyArray {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ArrayVisitor;
+        impl<'de> Visitor<'de> for ArrayVisitor {
+            type Value = AnyArray;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnyArray, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(AnyArray)
+            }
+        }
+        deserializer.deserialize_seq(ArrayVisitor)
     }
 }
 
@@ -287,6 +458,52 @@ mod tests {
         assert_eq!(
             Packet::decode("1{}"),
             Err(DecodeError::InvalidPayload(PacketType::Disconnect))
+        );
+    }
+
+    #[test]
+    fn splits_events_without_a_tree() {
+        let parts = |text| RawPacket::decode(text).and_then(|p| p.event());
+        let p = parts("2/chat,12[\"hi\", {\"a\":[1]} ,2 ] ").unwrap();
+        assert_eq!((&*p.name, p.args_tail), ("hi", "{\"a\":[1]} ,2 ] "));
+        assert!(matches!(p.name, Cow::Borrowed(_)));
+        let p = parts("2[\"a\\\"b\" ]").unwrap();
+        assert_eq!((&*p.name, p.args_tail), ("a\"b", "]"));
+        assert_eq!(parts("2[12,true]").unwrap().name, "12");
+        let args = |text| {
+            let tail = parts(text).unwrap().args_tail;
+            serde_json::from_str::<Value>(&format!("[{tail}")).unwrap()
+        };
+        assert_eq!(args("2[\"e\",1,\"x\"]"), json!([1, "x"]));
+        assert_eq!(args("2[\"e\"]"), json!([]));
+    }
+
+    #[test]
+    fn refuses_raw_events_and_acks_as_parse_does() {
+        for text in [
+            "2[\"a\"",
+            "2{\"a\":1}",
+            "2[]",
+            "2[\"disconnect\"]",
+            "2[null]",
+            "2",
+            "3[1]",
+            "2[\"a\",tru]",
+        ] {
+            let raw = RawPacket::decode(text).unwrap();
+            assert_eq!(raw.event(), Err(raw.parse().unwrap_err()), "{text}");
+        }
+        assert_eq!(
+            RawPacket::decode("37[1,{\"b\":2}]").unwrap().ack(),
+            Ok((7, "[1,{\"b\":2}]"))
+        );
+        for text in ["3[1]", "37{}", "37[1", "37", "27[\"a\"]"] {
+            let raw = RawPacket::decode(text).unwrap();
+            assert!(raw.ack().is_err(), "{text}");
+        }
+        assert_eq!(
+            RawPacket::decode("37[1").unwrap().ack(),
+            Err(DecodeError::InvalidJson)
         );
     }
 

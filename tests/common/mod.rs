@@ -19,7 +19,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use chatd::client::{Client, ConnectOptions, Event, tls};
+use chatd::client::{Client, ConnectOptions, Event, RawArgs, tls};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -443,10 +443,6 @@ async fn next_event(client: &mut Client) -> Event {
         .unwrap_or_else(|| panic!("the connection ended while an event was awaited"))
 }
 
-fn first(mut args: Vec<Value>) -> Value {
-    if args.is_empty() {
-        Value::Null
-    } else {
-        args.swap_remove(0)
-    }
+fn first(args: RawArgs) -> Value {
+    args.first().expect("the arguments are JSON")
 }
