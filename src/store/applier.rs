@@ -20,6 +20,14 @@
 //! restart. It logs the start and the end of such an outage, and every
 //! [`OUTAGE_REPORT`] in between how many changes it refused.
 //!
+//! A cluster node's store is a copy of a log kept elsewhere
+//! ([`ApplierMode::Retry`]): what its last commits applied, a restart
+//! applies again from the log. Its commits are therefore made durable at
+//! checkpoints, at most [`CHECKPOINT`] apart, when the queue goes idle and
+//! when the applier stops; in between they skip the fsync. A single node's
+//! store is the log itself ([`ApplierMode::HandBack`]): every commit is
+//! durable before anyone is told.
+//!
 //! Between commits, while nothing waits, the thread folds staged messages
 //! into chunks (`fold.rs`) once `staged` holds [`FOLD_AT`] messages or the
 //! queue has been idle for a while, and deletes what purges left behind
@@ -29,6 +37,7 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use redb::Durability;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::watch;
@@ -51,6 +60,10 @@ const LINGER: Duration = Duration::from_micros(1000);
 /// How long the queue must stay empty before staged messages are folded
 /// anyway (so an idle store settles into chunks).
 const IDLE_FOLD: Duration = Duration::from_millis(500);
+
+/// Longest time a cluster node's commits go without an fsync (see the
+/// module doc): bounds what a crashed node applies again from the log.
+pub const CHECKPOINT: Duration = Duration::from_secs(1);
 
 /// About how many purged messages one sweep step deletes.
 const SWEEP_STEP: usize = 4096;
@@ -84,8 +97,18 @@ pub enum ApplierMode {
     /// Try the same batch again, backing off, until it commits (cluster:
     /// every entry of the replicated log must be applied). Changes that can
     /// never apply (a gap in the log positions) are still handed back, as
-    /// is the batch when the queue has closed.
+    /// is the batch when the queue has closed. The store being a copy of
+    /// that log, commits are durable at checkpoints only ([`CHECKPOINT`]).
     Retry,
+}
+
+impl ApplierMode {
+    /// Whether a commit `since_sync` after the last durable one is made
+    /// durable: always, unless the store is a copy of a log kept elsewhere
+    /// (Retry) and that commit is more recent than [`CHECKPOINT`].
+    fn durable(self, since_sync: Duration) -> bool {
+        self == ApplierMode::HandBack || since_sync >= CHECKPOINT
+    }
 }
 
 /// Sends changes to the applier thread. Cheap to clone; the thread stops
@@ -180,6 +203,8 @@ impl<T: Send + 'static> Applier<T> {
                 last_outage: None,
                 timer,
                 rooms: RoomCache::default(),
+                synced: Instant::now(),
+                stranded: false,
             };
             std::thread::Builder::new()
                 .name("chatd-applier".into())
@@ -205,6 +230,11 @@ struct Worker {
     timer: tokio::runtime::Runtime,
     // Rooms as the last commit left them.
     rooms: RoomCache,
+    // When a commit was last made durable.
+    synced: Instant,
+    // Set when a reopen lost applied log entries (Retry): the store stays
+    // failing until the node restarts.
+    stranded: bool,
 }
 
 impl Worker {
@@ -304,9 +334,15 @@ impl Worker {
                 }
             }
             let started = Instant::now();
+            let durable = self.mode.durable(started.duration_since(self.synced));
             let rooms = &mut self.rooms;
-            match contained("committing changes", || commit(&self.store, &batch, rooms)) {
+            match contained("committing changes", || {
+                commit(&self.store, &batch, rooms, durable)
+            }) {
                 Ok(committed) => {
+                    if durable {
+                        self.synced = started;
+                    }
                     METRICS.commit(batch.len(), started.elapsed());
                     METRICS.set_recent(committed.staged);
                     if let Some(seq) = committed.outcomes.iter().map(|(seq, _)| *seq).max() {
@@ -380,6 +416,9 @@ impl Worker {
     // writes to it. Some when the store can commit (again); None while
     // the outage goes on.
     fn recover(&mut self) -> Option<Reopened> {
+        if self.stranded {
+            return None;
+        }
         let outage = match &mut self.outage {
             None => return Some(Reopened { landed: false }),
             Some(outage) if Instant::now() < outage.next_reopen => {
@@ -401,6 +440,20 @@ impl Worker {
                 return None;
             }
         };
+        if applied < self.last_seq && self.mode == ApplierMode::Retry {
+            // Applied by commits the fault kept from their checkpoint; the
+            // log will not give them to this applier again.
+            let reason = format!(
+                "the store lost log entries {} to {} it had applied before the disk failed: \
+                 restart the node to apply them again from the log",
+                applied + 1,
+                self.last_seq
+            );
+            tracing::error!("{reason}");
+            self.store.set_failing(Some(reason));
+            self.stranded = true;
+            return None;
+        }
         if applied < self.last_seq {
             tracing::error!(
                 applied,
@@ -550,18 +603,26 @@ pub(crate) struct Committed {
     pub staged: u64,
     /// Some purge removed messages.
     pub purged: bool,
+    /// The commit was durable, and so is every commit and step before it.
+    pub durable: bool,
 }
 
-/// Applies `batch` in one durable transaction, starting from the rooms in
-/// `rooms` and leaving there the rooms it committed (nothing if it failed).
+/// Applies `batch` in one transaction, durable or not (then made durable
+/// by a later one), starting from the rooms in `rooms` and leaving there
+/// the rooms it committed (nothing if it failed).
 pub(crate) fn commit<T>(
     store: &Store,
     batch: &[Pending<T>],
     rooms: &mut RoomCache,
+    durable: bool,
 ) -> Result<Committed, StoreError> {
     use redb::ReadableTableMetadata;
     let cache = std::mem::take(rooms);
-    let txn = store.db()?.begin_write().ctx("starting a commit")?;
+    let mut txn = store.db()?.begin_write().ctx("starting a commit")?;
+    if !durable {
+        txn.set_durability(Durability::None)
+            .ctx("making the commit non-durable")?;
+    }
     let mut applied = Batch::begin(&txn, cache)?;
     applied.expect(batch.iter().map(|pending| &pending.change));
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -584,6 +645,7 @@ pub(crate) fn commit<T>(
         outcomes,
         staged,
         purged,
+        durable,
     })
 }
 
@@ -595,7 +657,7 @@ struct Background {
     staged: u64,
     // Purged messages may be waiting for a sweep.
     sweeping: bool,
-    // A step committed without fsync since the last durable commit.
+    // A commit or step made without fsync since the last durable commit.
     unsynced: bool,
 }
 
@@ -629,23 +691,23 @@ impl Background {
     fn committed(&mut self, committed: &Committed) {
         self.staged = committed.staged;
         self.sweeping |= committed.purged;
-        self.unsynced = false;
+        self.unsynced = !committed.durable;
         if self.folding.is_none() && self.staged >= FOLD_AT {
             self.folding = Some(0);
         }
     }
 
-    // Nothing has come for a while: fold whatever is staged.
+    // Nothing has come for a while: make the last commits and steps
+    // durable while there is time, and fold whatever is staged.
     fn idle(&mut self, store: &Store) {
-        if self.folding.is_none() && self.staged > 0 {
-            self.folding = Some(0);
-        }
-        if !self.busy() && self.unsynced {
-            // Make the last steps durable while there is time.
+        if self.unsynced {
             match make_durable(store) {
                 Ok(()) => self.unsynced = false,
-                Err(error) => tracing::warn!(%error, "syncing fold steps failed"),
+                Err(error) => tracing::warn!(%error, "syncing the last commits and steps failed"),
             }
+        }
+        if self.folding.is_none() && self.staged > 0 {
+            self.folding = Some(0);
         }
     }
 
@@ -693,7 +755,7 @@ impl Background {
         if self.unsynced
             && let Err(error) = make_durable(store)
         {
-            tracing::warn!(%error, "syncing fold steps failed");
+            tracing::warn!(%error, "syncing the last commits and steps failed");
         }
     }
 }
@@ -735,6 +797,7 @@ impl Store {
             self,
             std::slice::from_ref(&pending),
             &mut RoomCache::default(),
+            true,
         )?;
         let (_, outcome) = committed.outcomes.remove(0);
         let outcome = outcome.expect("the next position is always applied");
@@ -925,6 +988,17 @@ mod tests {
             let room = format!("dm:A_{i}");
             assert_eq!(store.history_page(&room, &q).unwrap().messages.len(), 1);
         }
+    }
+
+    #[test]
+    fn a_single_nodes_commits_are_all_durable_a_cluster_nodes_at_checkpoints() {
+        for since in [Duration::ZERO, CHECKPOINT / 2, CHECKPOINT, 2 * CHECKPOINT] {
+            assert!(ApplierMode::HandBack.durable(since));
+        }
+        assert!(!ApplierMode::Retry.durable(Duration::ZERO));
+        assert!(!ApplierMode::Retry.durable(CHECKPOINT - Duration::from_millis(1)));
+        assert!(ApplierMode::Retry.durable(CHECKPOINT));
+        assert!(ApplierMode::Retry.durable(2 * CHECKPOINT));
     }
 
     #[tokio::test]

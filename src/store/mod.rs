@@ -363,7 +363,7 @@ pub(crate) mod testutil {
                 ticket: None,
             })
             .collect();
-        let committed = super::applier::commit(store, &batch, cache).unwrap();
+        let committed = super::applier::commit(store, &batch, cache, true).unwrap();
         committed
             .outcomes
             .into_iter()
