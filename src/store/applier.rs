@@ -1130,6 +1130,99 @@ mod tests {
 
     const CRASH_DIR_ENV: &str = "CHATD_APPLIER_CRASH_DIR";
 
+    /// How the checkpoint child ends: right after its last commit, or
+    /// after idling long enough for the idle checkpoint.
+    const CHECKPOINT_END_ENV: &str = "CHATD_APPLIER_CHECKPOINT_END";
+
+    /// Changes the checkpoint child applies, at log positions 1 to this.
+    const CHECKPOINT_CHANGES: usize = 500;
+
+    #[test]
+    #[ignore = "helper: run by a_cluster_nodes_commits_reach_the_disk_at_checkpoints in a child process"]
+    fn apply_as_a_cluster_node_then_crash_child() {
+        let (Ok(dir), Ok(end)) = (
+            std::env::var(CRASH_DIR_ENV),
+            std::env::var(CHECKPOINT_END_ENV),
+        ) else {
+            return;
+        };
+        let store = Store::open(std::path::Path::new(&dir)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut applier = Applier::<usize>::spawn(store, 64, ApplierMode::Retry).unwrap();
+            let handle = applier.handle.clone();
+            tokio::spawn(async move {
+                for i in 1..=CHECKPOINT_CHANGES {
+                    let p = Pending {
+                        seq: Some(i as u64),
+                        change: Change::Message(message("dm:A_B", i)),
+                        ticket: None,
+                    };
+                    handle.submit(p).await.unwrap();
+                }
+            });
+            let mut applied = 0;
+            while applied < CHECKPOINT_CHANGES {
+                applied += applier.batches.recv().await.unwrap().result.unwrap().len();
+            }
+            if end == "idle" {
+                // An idle node: the queue stays empty past the idle wait.
+                tokio::time::sleep(IDLE_FOLD * 3).await;
+            }
+            // With the applier still running (its queue open, so it does
+            // not stop and sync): exit runs no destructor, the file is left
+            // as a crash leaves it.
+            std::process::exit(0);
+        })
+    }
+
+    // Runs the checkpoint child, ending as `end` says; the store it left.
+    fn crashed_cluster_node(end: &str) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "store::applier::tests::apply_as_a_cluster_node_then_crash_child",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(CRASH_DIR_ENV, dir.path())
+            .env(CHECKPOINT_END_ENV, end)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn a_cluster_nodes_commits_reach_the_disk_at_checkpoints() {
+        // Crashed right after its commits: whatever the last checkpoint
+        // made durable is there, exactly the log's first `applied` entries
+        // (the rest a restart applies again from the log).
+        let (_dir, store) = crashed_cluster_node("busy");
+        let applied = store.applied_seq().unwrap() as usize;
+        assert!(applied <= CHECKPOINT_CHANGES);
+        let page = store
+            .history_page(
+                "dm:A_B",
+                &HistoryQuery {
+                    limit: CHECKPOINT_CHANGES + 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(page.messages.len(), applied);
+
+        // Crashed after idling: the idle checkpoint made every commit durable.
+        let (_dir, store) = crashed_cluster_node("idle");
+        assert_eq!(store.applied_seq().unwrap() as usize, CHECKPOINT_CHANGES);
+    }
+
     #[test]
     #[ignore = "helper: run by a_kill_loses_only_what_was_not_committed in a child process"]
     fn apply_until_killed_child() {
