@@ -1130,6 +1130,17 @@ mod tests {
 
     const CRASH_DIR_ENV: &str = "CHATD_APPLIER_CRASH_DIR";
 
+    // A crash child's store in the directory its parent named, and the
+    // runtime that drives an applier on it.
+    fn crash_child_store(dir: &str) -> (Store, tokio::runtime::Runtime) {
+        let store = Store::open(std::path::Path::new(dir)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        (store, runtime)
+    }
+
     /// How the checkpoint child ends: right after its last commit, or
     /// after idling long enough for the idle checkpoint.
     const CHECKPOINT_END_ENV: &str = "CHATD_APPLIER_CHECKPOINT_END";
@@ -1146,11 +1157,7 @@ mod tests {
         ) else {
             return;
         };
-        let store = Store::open(std::path::Path::new(&dir)).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (store, runtime) = crash_child_store(&dir);
         runtime.block_on(async {
             let mut applier = Applier::<usize>::spawn(store, 64, ApplierMode::Retry).unwrap();
             let handle = applier.handle.clone();
@@ -1229,11 +1236,7 @@ mod tests {
         let Ok(dir) = std::env::var(CRASH_DIR_ENV) else {
             return;
         };
-        let store = Store::open(std::path::Path::new(&dir)).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (store, runtime) = crash_child_store(&dir);
         runtime.block_on(async {
             let mut applier = Applier::<usize>::spawn(store, 256, ApplierMode::HandBack).unwrap();
             let handle = applier.handle.clone();
