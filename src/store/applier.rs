@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::watch;
 
-use super::apply::{Batch, RoomCache};
+use super::apply::{Batch, Effect, RoomCache};
 use super::change::{Applied, AppliedBatch, NotApplied, Outcome, Pending};
 use super::error::DbContext;
 use super::fold::{FOLD_AT, STEP, fold_step};
@@ -345,7 +345,7 @@ impl Worker {
                     }
                     METRICS.commit(batch.len(), started.elapsed());
                     METRICS.set_recent(committed.staged);
-                    if let Some(seq) = committed.outcomes.iter().map(|(seq, _)| *seq).max() {
+                    if let Some(seq) = committed.effects.iter().map(|(seq, _)| *seq).max() {
                         self.last_seq = self.last_seq.max(seq);
                     }
                     self.background.committed(&committed);
@@ -353,7 +353,7 @@ impl Worker {
                         tracing::info!("store commits again");
                         self.store.set_failing(None);
                     }
-                    return Ok(answers(batch, committed.outcomes));
+                    return Ok(answers(batch, committed.effects));
                 }
                 // Reopened at once (a fault that passed commits the batch
                 // on the next turn), else refused.
@@ -575,14 +575,14 @@ impl Outage {
 
 // Pairs each change with its outcome; changes applied before (a replay)
 // are answered only if they carry a ticket.
-fn answers<T>(batch: Vec<Pending<T>>, outcomes: Vec<(u64, Option<Outcome>)>) -> Vec<Applied<T>> {
+fn answers<T>(batch: Vec<Pending<T>>, effects: Vec<(u64, Option<Effect>)>) -> Vec<Applied<T>> {
     batch
         .into_iter()
-        .zip(outcomes)
-        .filter_map(|(pending, (seq, outcome))| match outcome {
-            Some(outcome) => Some(Applied {
+        .zip(effects)
+        .filter_map(|(pending, (seq, effect))| match effect {
+            Some(effect) => Some(Applied {
                 seq,
-                outcome,
+                outcome: effect.into_outcome(pending.change),
                 ticket: pending.ticket,
             }),
             None => pending.ticket.is_some().then_some(Applied {
@@ -594,11 +594,11 @@ fn answers<T>(batch: Vec<Pending<T>>, outcomes: Vec<(u64, Option<Outcome>)>) -> 
         .collect()
 }
 
-/// What a committed batch did: each change's log position and outcome
+/// What a committed batch did: each change's log position and effect
 /// (None: applied before), and how many messages are staged now.
 pub(crate) struct Committed {
-    /// Each change's log position and outcome.
-    pub outcomes: Vec<(u64, Option<Outcome>)>,
+    /// Each change's log position and effect.
+    pub effects: Vec<(u64, Option<Effect>)>,
     /// Messages in `staged` after the commit.
     pub staged: u64,
     /// Some purge removed messages.
@@ -625,16 +625,16 @@ pub(crate) fn commit<T>(
     }
     let mut applied = Batch::begin(&txn, cache)?;
     applied.expect(batch.iter().map(|pending| &pending.change));
-    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut effects = Vec::with_capacity(batch.len());
     let mut purged = false;
     for pending in batch {
         match applied.position_of(pending.seq)? {
             Some(seq) => {
-                let outcome = applied.apply(seq, &pending.change)?;
-                purged |= matches!(outcome, Outcome::Purged { count } if count > 0);
-                outcomes.push((seq, Some(outcome)));
+                let effect = applied.apply(seq, &pending.change)?;
+                purged |= effect.purged();
+                effects.push((seq, Some(effect)));
             }
-            None => outcomes.push((pending.seq.unwrap_or(0), None)),
+            None => effects.push((pending.seq.unwrap_or(0), None)),
         }
     }
     let staged = applied.t.staged.len().ctx("counting staged messages")?;
@@ -642,7 +642,7 @@ pub(crate) fn commit<T>(
     txn.commit().ctx("committing changes")?;
     *rooms = cache;
     Ok(Committed {
-        outcomes,
+        effects,
         staged,
         purged,
         durable,
@@ -799,8 +799,10 @@ impl Store {
             &mut RoomCache::default(),
             true,
         )?;
-        let (_, outcome) = committed.outcomes.remove(0);
-        let outcome = outcome.expect("the next position is always applied");
+        let (_, effect) = committed.effects.remove(0);
+        let outcome = effect
+            .expect("the next position is always applied")
+            .into_outcome(pending.change);
         if committed.purged {
             while !sweep_step(self, SWEEP_STEP)?.done {}
             make_durable(self)?;

@@ -37,6 +37,51 @@ use super::schema::{
 };
 use super::{StoreError, StoredMessage};
 
+/// What [`Batch::apply`] did with one change. A message stored now is
+/// only its `ts` until the batch has committed: [`Effect::into_outcome`]
+/// then makes the message object out of the change itself, moving its
+/// strings instead of copying them, so the applier neither allocates them
+/// again nor frees them on a thread other than the one that made them.
+#[derive(Debug)]
+pub(crate) enum Effect {
+    /// The change's message is stored with this `ts`.
+    Stored {
+        /// The message's `ts`.
+        ts: u64,
+    },
+    /// Anything else, complete.
+    Done(Outcome),
+}
+
+impl Effect {
+    /// The outcome of `change`, the change this effect came from.
+    pub(crate) fn into_outcome(self, change: Change) -> Outcome {
+        match (self, change) {
+            (Effect::Done(outcome), _) => outcome,
+            (Effect::Stored { ts }, Change::Message(m)) => Outcome::Stored(stored(m, ts)),
+            (Effect::Stored { .. }, other) => unreachable!("{other:?} stores no message"),
+        }
+    }
+
+    /// True for a purge that deleted messages.
+    pub(crate) fn purged(&self) -> bool {
+        matches!(self, Effect::Done(Outcome::Purged { count }) if *count > 0)
+    }
+}
+
+/// The message object of `m` stored with `ts`.
+fn stored(m: NewMessage, ts: u64) -> StoredMessage {
+    StoredMessage {
+        time: format_time(m.time_us, m.utc_offset_s),
+        room: m.room,
+        ts,
+        id: m.sid,
+        from: m.from,
+        to: m.to,
+        text: m.text,
+    }
+}
+
 /// How many messages a room needs in one batch to skip `staged`.
 pub(crate) const DIRECT_AT: usize = 8;
 
@@ -244,28 +289,28 @@ impl<'t> Batch<'t> {
     }
 
     /// Applies `change` at log position `seq` (from [`Batch::position_of`]).
-    pub(crate) fn apply(&mut self, seq: u64, change: &Change) -> Result<Outcome, StoreError> {
-        let outcome = match change {
+    pub(crate) fn apply(&mut self, seq: u64, change: &Change) -> Result<Effect, StoreError> {
+        let effect = match change {
             Change::Message(m) => self.message(seq, m)?,
-            Change::Read(r) => self.read(r)?,
-            Change::Purge(p) => self.purge(p)?,
+            Change::Read(r) => Effect::Done(self.read(r)?),
+            Change::Purge(p) => Effect::Done(self.purge(p)?),
         };
         self.applied_seq = seq;
-        Ok(outcome)
+        Ok(effect)
     }
 
-    fn message(&mut self, seq: u64, m: &NewMessage) -> Result<Outcome, StoreError> {
+    fn message(&mut self, seq: u64, m: &NewMessage) -> Result<Effect, StoreError> {
         if let Some(eid) = m.eid
             && let Some(original) = self.eid_original(seq, eid, m)?
         {
-            return Ok(Outcome::Duplicate(original));
+            return Ok(Effect::Done(Outcome::Duplicate(original)));
         }
         if let Some(cid) = &m.cid
             && let Some((room, ts, cid_seq)) = self.cid_names(&m.from, cid)?
             && let Some(original) = self.find(room, ts, Some(cid_seq))?
         {
             self.remember_eid(seq, m.eid, room, ts)?;
-            return Ok(Outcome::Duplicate(original));
+            return Ok(Effect::Done(Outcome::Duplicate(original)));
         }
         let id = self.room_for_message(m)?;
         let st = &mut self
@@ -336,20 +381,7 @@ impl<'t> Batch<'t> {
                 .ctx("recording cid")?;
         }
         self.remember_eid(seq, m.eid, id, ts)?;
-        Ok(Outcome::Stored(self.stored(m, ts)))
-    }
-
-    // The message object of `m` stored with `ts`.
-    fn stored(&self, m: &NewMessage, ts: u64) -> StoredMessage {
-        StoredMessage {
-            room: m.room.clone(),
-            ts,
-            id: m.sid.clone(),
-            from: m.from.clone(),
-            to: m.to.clone(),
-            text: m.text.clone(),
-            time: format_time(m.time_us, m.utc_offset_s),
-        }
+        Ok(Effect::Stored { ts })
     }
 
     // Writes a room's direct messages into its chunks, so lookups see them.
@@ -397,7 +429,7 @@ impl<'t> Batch<'t> {
         }
         match self.find(room, ts, Some(at))? {
             Some(original) => Ok(Some(original)),
-            None => Ok(Some(self.stored(m, ts))),
+            None => Ok(Some(stored(m.clone(), ts))),
         }
     }
 
@@ -852,14 +884,18 @@ mod tests {
         let mut batch = Batch::begin(&txn, RoomCache::default()).unwrap();
         let mut m = msg(ROOM, "Ann", "Bob", "hi", 10);
         m.eid = Some([7; 16]);
-        let original = stored(batch.apply(1, &Change::Message(m.clone())).unwrap());
+        let mut apply = |seq: u64| {
+            let change = Change::Message(m.clone());
+            batch.apply(seq, &change).unwrap().into_outcome(change)
+        };
+        let original = stored(apply(1));
         // A retry of the same entry, later in the log.
-        match batch.apply(5, &Change::Message(m.clone())).unwrap() {
+        match apply(5) {
             Outcome::Duplicate(d) => assert_eq!(d, original),
             other => panic!("expected Duplicate, got {other:?}"),
         }
         // Out of the window it is new (the engine's own dedup covers far less).
-        let late = batch.apply(1 + EID_WINDOW, &Change::Message(m)).unwrap();
+        let late = apply(1 + EID_WINDOW);
         assert!(matches!(late, Outcome::Stored(s) if s.ts == 11));
         batch.finish().unwrap();
         txn.commit().unwrap();

@@ -364,10 +364,10 @@ pub(crate) mod testutil {
             })
             .collect();
         let committed = super::applier::commit(store, &batch, cache, true).unwrap();
-        committed
-            .outcomes
+        batch
             .into_iter()
-            .filter_map(|(_, o)| o)
+            .zip(committed.effects)
+            .filter_map(|(pending, (_, effect))| Some(effect?.into_outcome(pending.change)))
             .collect()
     }
 
@@ -392,7 +392,7 @@ pub(crate) mod testutil {
             .into_iter()
             .map(|change| {
                 let seq = batch.position_of(None).unwrap().unwrap();
-                batch.apply(seq, &change).unwrap()
+                batch.apply(seq, &change).unwrap().into_outcome(change)
             })
             .collect();
         let rooms = batch.finish().unwrap();
