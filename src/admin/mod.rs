@@ -91,10 +91,13 @@ pub fn write_export<W: Write>(
     mut out: W,
 ) -> Result<u64, ExportError> {
     let mut first = true;
+    let mut json = Vec::new();
     let mut write_one = |message: &StoredMessage| -> Result<(), ExportError> {
-        out.write_all(if first { b"[\n" } else { b",\n" })?;
+        json.clear();
+        json.extend_from_slice(if first { b"[\n" } else { b",\n" });
         first = false;
-        serde_json::to_writer(&mut out, &MessageView::export(message)).map_err(io::Error::from)?;
+        MessageView::export(message).write_json(&mut json);
+        out.write_all(&json)?;
         Ok(())
     };
     let count = match scope {

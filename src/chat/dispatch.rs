@@ -190,7 +190,9 @@ fn answer(applied: Applied<Ticket>) -> Option<Event> {
 /// A stored message as one serialized object, shared by the ack and the
 /// fan-out frame.
 fn raw_view(message: &StoredMessage) -> Option<Box<RawValue>> {
-    serde_json::value::to_raw_value(&MessageView::of(message)).ok()
+    let mut json = Vec::with_capacity(160 + message.text.len());
+    MessageView::of(message).write_json(&mut json);
+    RawValue::from_string(String::from_utf8(json).ok()?).ok()
 }
 
 fn ack_message(client: &ClientTicket, json: &RawValue, duplicate: bool) {
