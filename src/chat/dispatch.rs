@@ -6,7 +6,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::json;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::fanout::Delivery;
@@ -15,19 +14,9 @@ use super::service::{Chat, ClientTicket, Ticket};
 use super::submit::unavailable;
 use crate::log::{Log, Settled};
 use crate::metrics::METRICS;
-use crate::socketio::event_packet;
+use crate::socketio::{event_packet, event_packet_with};
 use crate::store::StoredMessage;
 use crate::store::change::{Applied, Outcome};
-
-/// The answer to an accepted `chat message`; `duplicate` when its `cid`
-/// was known and this is the original.
-#[derive(Serialize)]
-struct Accepted<'a> {
-    ok: bool,
-    message: &'a RawValue,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    duplicate: bool,
-}
 
 /// The `read` event: a user's cursor in a room moved.
 #[derive(Serialize)]
@@ -116,12 +105,14 @@ fn answer(applied: Applied<Ticket>) -> Option<Event> {
             // Counted before the ack goes out, so a client that saw its ack
             // also sees it counted.
             METRICS.messages_accepted(1);
-            let json = raw_view(&message)?;
+            let json = message_json(&message);
             if let Some(client) = &client {
                 ack_message(client, &json, false);
             }
             Some(Event {
-                frame: event_packet("/", "chat message", &json),
+                frame: event_packet_with("/", "chat message", |frame| {
+                    frame.extend_from_slice(&json)
+                }),
                 users: [message.from, message.to],
                 room: message.room,
                 seq,
@@ -130,8 +121,8 @@ fn answer(applied: Applied<Ticket>) -> Option<Event> {
             })
         }
         Outcome::Duplicate(message) => {
-            if let (Some(client), Some(json)) = (&client, raw_view(&message)) {
-                ack_message(client, &json, true);
+            if let Some(client) = &client {
+                ack_message(client, &message_json(&message), true);
             }
             None
         }
@@ -187,23 +178,24 @@ fn answer(applied: Applied<Ticket>) -> Option<Event> {
     }
 }
 
-/// A stored message as one serialized object, shared by the ack and the
-/// fan-out frame.
-fn raw_view(message: &StoredMessage) -> Option<Box<RawValue>> {
+/// A stored message as one JSON object, shared by the ack and the fan-out
+/// frame.
+fn message_json(message: &StoredMessage) -> Vec<u8> {
     let mut json = Vec::with_capacity(160 + message.text.len());
     MessageView::of(message).write_json(&mut json);
-    RawValue::from_string(String::from_utf8(json).ok()?).ok()
+    json
 }
 
-fn ack_message(client: &ClientTicket, json: &RawValue, duplicate: bool) {
+fn ack_message(client: &ClientTicket, json: &[u8], duplicate: bool) {
     if let Some(id) = client.ack {
-        client.socket.ack(
-            id,
-            &Accepted {
-                ok: true,
-                message: json,
-                duplicate,
-            },
-        );
+        // `{ok, message, duplicate?}` around the message's own JSON.
+        client.socket.ack_with(id, |answer| {
+            answer.extend_from_slice(br#"{"ok":true,"message":"#);
+            answer.extend_from_slice(json);
+            if duplicate {
+                answer.extend_from_slice(br#","duplicate":true"#);
+            }
+            answer.push(b'}');
+        });
     }
 }

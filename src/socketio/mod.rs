@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 pub use connection::Connection;
 pub use handler::{Event, Handler};
-pub use socket::{Socket, event_packet};
+pub use socket::{Socket, event_packet, event_packet_with};
 
 use crate::engineio::{EngineHandler, Outbox, RequestInfo};
 

@@ -52,10 +52,16 @@ impl Socket {
 
     /// Answers the client's acknowledgement `id` with one JSON argument.
     pub fn ack<T: Serialize + ?Sized>(&self, id: u64, data: &T) -> bool {
+        self.ack_with(id, |packet| push_json(packet, data))
+    }
+
+    /// [`Socket::ack`] with the argument written as JSON text by
+    /// `write_argument`, for a caller that has its JSON at hand.
+    pub fn ack_with(&self, id: u64, write_argument: impl FnOnce(&mut Vec<u8>)) -> bool {
         let mut packet = engineio_message();
         write_header(&mut packet, PacketType::Ack, &self.nsp, 0, Some(id));
         packet.push(b'[');
-        push_json(&mut packet, data);
+        write_argument(&mut packet);
         packet.push(b']');
         self.send_encoded(packet.into())
     }
@@ -110,12 +116,22 @@ impl Socket {
 /// Encodes a whole Engine.IO message carrying event `event` with one JSON
 /// argument, ready for [`Socket::send_encoded`] on any socket of `nsp`.
 pub fn event_packet<T: Serialize + ?Sized>(nsp: &str, event: &str, data: &T) -> Bytes {
+    event_packet_with(nsp, event, |packet| push_json(packet, data))
+}
+
+/// [`event_packet`] with the argument written as JSON text by
+/// `write_argument`, for a caller that has its JSON at hand.
+pub fn event_packet_with(
+    nsp: &str,
+    event: &str,
+    write_argument: impl FnOnce(&mut Vec<u8>),
+) -> Bytes {
     let mut packet = engineio_message();
     write_header(&mut packet, PacketType::Event, nsp, 0, None);
     packet.push(b'[');
     push_json(&mut packet, event);
     packet.push(b',');
-    push_json(&mut packet, data);
+    write_argument(&mut packet);
     packet.push(b']');
     packet.into()
 }
