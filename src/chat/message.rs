@@ -58,18 +58,18 @@ impl<'a> MessageView<'a> {
     /// once per export, and `serde_json` looks at each byte of its strings
     /// on its own; this copies a string that needs no escape whole.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"roomId\":");
-        push_json_str(out, self.room_id);
-        out.extend_from_slice(b",\"id\":");
-        push_json_str(out, self.id);
-        out.extend_from_slice(b",\"from\":");
-        push_json_str(out, self.from);
-        out.extend_from_slice(b",\"text\":");
-        push_json_str(out, self.text);
-        out.extend_from_slice(b",\"to\":");
-        push_json_str(out, self.to);
-        out.extend_from_slice(b",\"time\":");
-        push_json_str(out, self.time);
+        let strings: [(&[u8], &str); 6] = [
+            (b"{\"roomId\":", self.room_id),
+            (b",\"id\":", self.id),
+            (b",\"from\":", self.from),
+            (b",\"text\":", self.text),
+            (b",\"to\":", self.to),
+            (b",\"time\":", self.time),
+        ];
+        for (key, value) in strings {
+            out.extend_from_slice(key);
+            push_json_str(out, value);
+        }
         out.extend_from_slice(b",\"__v\":");
         push_decimal(out, u64::from(self.version));
         if let Some(ts) = self.ts {
