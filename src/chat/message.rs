@@ -111,9 +111,10 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// True if some byte of `bytes` needs an escape: eight bytes at a time
-/// (a byte below 0x20, `"` or `\\` in a word sets its byte's high bit in
-/// the masks below; no other byte does).
+/// True if some byte of `bytes` needs an escape, eight bytes at a time:
+/// `below(w, n)` is non-zero exactly when a byte of `w` is below `n` (a
+/// borrow may mark a byte above a true hit, never a word without one), and
+/// a byte equal to `"` or `\\` is one that XORs to zero.
 fn any_needs_escape(bytes: &[u8]) -> bool {
     const ONES: u64 = u64::MAX / 255;
     const HIGH_BITS: u64 = ONES << 7;
