@@ -18,7 +18,8 @@ use crate::presence::{Announce, ConnKey, OnlineList, Typing};
 use crate::socketio::{Socket, event_packet};
 
 /// Frames a connection may have waiting while its history is read; past
-/// that it is disconnected (it would never catch up).
+/// that its connection is closed (it would never catch up), and the client
+/// reconnects to read its history afresh.
 const MAX_BACKLOG: usize = 1024;
 
 /// This node's connections.
@@ -62,7 +63,7 @@ enum Held {
 impl Conn {
     fn hold(&mut self, held: Held) {
         match &mut self.backlog {
-            Some(backlog) if backlog.len() >= MAX_BACKLOG => self.socket.disconnect(),
+            Some(backlog) if backlog.len() >= MAX_BACKLOG => self.socket.close(),
             Some(backlog) => backlog.push(held),
             None => self.release(held),
         }
@@ -234,13 +235,6 @@ impl Fanout {
     /// True if `user` has a connection on this node.
     pub fn has_user(&self, user: &str) -> bool {
         self.lock().users.contains_key(user)
-    }
-
-    /// Disconnects every connection (server shutdown).
-    pub fn disconnect_all(&self) {
-        for conn in self.lock().conns.values() {
-            conn.socket.disconnect();
-        }
     }
 }
 

@@ -70,7 +70,8 @@ impl<L: Log<Ticket>> Handler for Chat<L> {
                     socket.emit("history", &messages);
                     history_seq = page.applied_seq;
                 }
-                Err(_) => socket.disconnect(),
+                // The client retries on its own, as after a network drop.
+                Err(_) => socket.close(),
             }
         }
         self.fanout.ready(session.key, history_seq);

@@ -146,11 +146,12 @@ impl<L: Log<Ticket>> Chat<L> {
         &self.store
     }
 
-    /// Stops taking changes, waits until every submitted one is applied
-    /// and answered (or refused), then disconnects everyone.
+    /// Stops taking changes and waits until every submitted one is applied
+    /// and answered (or refused). The transport then closes every
+    /// connection after what is queued for it, with no Socket.IO
+    /// DISCONNECT, so clients reconnect once the server is back.
     pub async fn shutdown(&self) {
         self.in_flight.close().await;
-        self.fanout.disconnect_all();
     }
 
     /// Every connection has closed (the end of a shutdown): the console

@@ -77,11 +77,11 @@ impl Socket {
         self.outbox.send_text(packet)
     }
 
-    /// Tells the client it is disconnected from the namespace, then closes.
-    pub fn disconnect(&self) {
-        let mut packet = engineio_message();
-        write_header(&mut packet, PacketType::Disconnect, &self.nsp, 0, None);
-        self.send_encoded(packet.into());
+    /// Closes the client's connection after what is queued, as the reference
+    /// server does at shutdown: a stock client sees its transport close and
+    /// reconnects on its own (one that sends `since` catches up). A
+    /// Socket.IO DISCONNECT would instead stop it from ever reconnecting.
+    pub fn close(&self) {
         self.outbox.close();
     }
 

@@ -46,10 +46,49 @@ function texts(page, selector) {
   return page.$$eval(selector, (elements) => elements.map((e) => e.textContent));
 }
 
+/** What the elements matching `selector` say, for an error message; never waits. */
+async function shown(page, selector) {
+  const found = await texts(page, selector).catch(() => null);
+  return found ? JSON.stringify(found.join(" ")) : "?";
+}
+
+/** The Socket.IO traffic of pages given to recordTraffic, oldest first. */
+const transcripts = new WeakMap();
+const TRANSCRIPT_LINES = 300;
+
+/**
+ * Records what `page` does on the network (Socket.IO requests and their
+ * failures, websocket frames both ways, console lines), each with the ms
+ * since this call, so that a failed expectShown on it can say how the page
+ * got where it is.
+ */
+export function recordTraffic(page) {
+  const lines = [];
+  const start = Date.now();
+  const note = (line) => {
+    lines.push(`${Date.now() - start} ms ${line.slice(0, 160)}`);
+    if (lines.length > TRANSCRIPT_LINES) lines.shift();
+  };
+  const short = (url) => url.replace(/^.*\/socket\.io\/\?/, "");
+  page.on("request", (request) => {
+    if (request.url().includes("/socket.io/")) note(`${request.method()} ${short(request.url())}`);
+  });
+  page.on("requestfailed", (request) => note(`failed: ${short(request.url())}: ${request.failure()?.errorText}`));
+  page.on("websocket", (ws) => {
+    note(`websocket ${short(ws.url())}`);
+    ws.on("framesent", ({ payload }) => note(`ws > ${payload}`));
+    ws.on("framereceived", ({ payload }) => note(`ws < ${payload}`));
+    ws.on("socketerror", (error) => note(`ws error: ${error}`));
+    ws.on("close", () => note("ws closed"));
+  });
+  page.on("console", (message) => note(`console ${message.type()}: ${message.text()}`));
+  transcripts.set(page, lines);
+}
+
 /**
  * Waits until the elements matching `selector` show exactly the texts
- * `expected`; the error says what they show instead, and the page's
- * `#status`.
+ * `expected`; the error says what they show instead, the page's `#status`
+ * and `#conversation-error`, and its traffic if recorded (recordTraffic).
  */
 export async function expectShown(page, selector, expected) {
   try {
@@ -64,7 +103,9 @@ export async function expectShown(page, selector, expected) {
     err.message =
       `the page never showed ${JSON.stringify(expected)} in ${selector}: it shows ` +
       `${JSON.stringify(await texts(page, selector).catch(() => "?"))} ` +
-      `(status: ${await page.textContent("#status").catch(() => "?")})\n${err.message}`;
+      `(status: ${await shown(page, "#status")}; conversation error: ${await shown(page, "#conversation-error")})\n` +
+      err.message +
+      (transcripts.has(page) ? `\nthe page's traffic:\n${transcripts.get(page).join("\n")}` : "");
     throw err;
   }
 }

@@ -23,7 +23,7 @@ import https from "node:https";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { SKIP, launchChromium, expectShown } from "./chromium.mjs";
+import { SKIP, launchChromium, expectShown, recordTraffic } from "./chromium.mjs";
 import {
   startServer,
   cleanup,
@@ -349,17 +349,20 @@ test("with --no-auth a name is enough to sign in; the conversation list pages", 
 /**
  * A TCP relay to `port` on 127.0.0.1 (TLS passes through untouched) that
  * can cut every connection it carries and refuse new ones: a network that
- * drops. Resolves with { port, down(), up(), close() }.
+ * drops. `to(port)` sends new connections to another port (a server
+ * restarted on a new one), as a stable address in front of it would.
+ * Resolves with { port, down(), up(), to(port), close() }.
  */
 async function startRelay(port) {
   const pairs = new Set();
   let up = true;
+  let target = port;
   const relay = net.createServer((client) => {
     if (!up) {
       client.destroy();
       return;
     }
-    const upstream = net.connect(port, "127.0.0.1");
+    const upstream = net.connect(target, "127.0.0.1");
     const pair = [client, upstream];
     pairs.add(pair);
     const end = () => {
@@ -384,6 +387,9 @@ async function startRelay(port) {
     up() {
       up = true;
     },
+    to(port) {
+      target = port;
+    },
     close() {
       this.down();
       return new Promise((resolve) => relay.close(resolve));
@@ -391,28 +397,58 @@ async function startRelay(port) {
   };
 }
 
-test("after the network drops, the page reconnects and shows what it missed, once", { skip: SKIP, timeout: 60000 }, async () => {
+/**
+ * A fresh --no-auth server, a relay to it (startRelay), and a new page
+ * that reaches the server through the relay, its traffic recorded, signed
+ * in as Dummy-1 with Dummy-2's conversation open and Dummy-2 connected.
+ * Resolves with { server, relay, page, peer, errors }; close the relay.
+ */
+async function pageBehindRelay() {
   const server = await startServer({ auth: false });
   const relay = await startRelay(server.port);
   try {
     const errors = [];
     const page = await newPage(errors, "Dummy-1");
-    // What the page sends, on polling and on websocket: its handshakes.
-    const sent = [];
-    page.on("request", (request) => sent.push(request.postData() ?? ""));
-    page.on("websocket", (ws) => ws.on("framesent", ({ payload }) => sent.push(String(payload))));
+    recordTraffic(page);
     await page.goto(`https://127.0.0.1:${relay.port}/`);
     await signIn(page, "Dummy-1", "");
     await page.getByLabel("Chat with").fill("Dummy-2");
     await page.getByLabel("Chat with").press("Enter");
     const peer = await server.connect("Dummy-2", "Dummy-1");
+    return { server, relay, page, peer, errors };
+  } catch (err) {
+    await relay.close();
+    throw err;
+  }
+}
+
+/** Waits until the page says it lost the server and is trying again. */
+function expectReconnecting(page) {
+  return page.waitForFunction(() => /reconnecting|retrying/.test(document.getElementById("status").textContent), null, {
+    timeout: TIMEOUT,
+  });
+}
+
+/** Asserts that the page logged nothing but the browser's reports of the connections the test cut. */
+function assertOnlyCutConnections(errors) {
+  const unexpected = errors.filter(
+    (error) => !/WebSocket connection to .* failed|Failed to load resource|net::ERR_/.test(error),
+  );
+  assert.deepEqual(unexpected, [], "console errors or uncaught exceptions on the page");
+}
+
+test("after the network drops, the page reconnects and shows what it missed, once", { skip: SKIP, timeout: 60000 }, async () => {
+  const { relay, page, peer, errors } = await pageBehindRelay();
+  try {
+    // What the page sends, on polling and on websocket: its handshakes.
+    const sent = [];
+    page.on("request", (request) => sent.push(request.postData() ?? ""));
+    page.on("websocket", (ws) => ws.on("framesent", ({ payload }) => sent.push(String(payload))));
     const before = await sendOk(peer, "before");
     await expectShown(page, "#messages .bubble", ["before"]);
 
     relay.down();
-    await page.waitForFunction(() => /reconnecting|retrying/.test(document.getElementById("status").textContent), null, {
-      timeout: TIMEOUT,
-    });
+    await expectReconnecting(page);
     await sendOk(peer, "missed 1");
     await sendOk(peer, "missed 2");
     await screenshot(page, "7-offline");
@@ -429,12 +465,33 @@ test("after the network drops, the page reconnects and shows what it missed, onc
     );
     await sendOk(peer, "after");
     await expectShown(page, "#messages .bubble", ["before", "missed 1", "missed 2", "after"]);
+    assertOnlyCutConnections(errors);
+  } finally {
+    await relay.close();
+  }
+});
 
-    // The browser reports the cut connections; nothing else may show.
-    const unexpected = errors.filter(
-      (error) => !/WebSocket connection to .* failed|Failed to load resource|net::ERR_/.test(error),
-    );
-    assert.deepEqual(unexpected, [], "console errors or uncaught exceptions on the page");
+test("after a graceful restart of the server, the page reconnects on its own and shows what it missed", { skip: SKIP, timeout: 90000 }, async () => {
+  const { server, relay, page, peer, errors } = await pageBehindRelay();
+  try {
+    await sendOk(peer, "before");
+    await expectShown(page, "#messages .bubble", ["before"]);
+
+    // SIGTERM: the server closes the page's connections and exits 0.
+    await server.stop();
+    await expectReconnecting(page);
+    // Back on the same data directory, where the page cannot reach it yet.
+    const again = await server.restart();
+    const peerAgain = await again.connect("Dummy-2", "Dummy-1");
+    await sendOk(peerAgain, "while restarting");
+    relay.to(again.port);
+
+    await expectShown(page, "#status", ["connected"]);
+    await expectShown(page, "#messages .bubble", ["before", "while restarting"]);
+    await sendOk(peerAgain, "after");
+    await expectShown(page, "#messages .bubble", ["before", "while restarting", "after"]);
+    await expectShown(page, "#conversations .last", ["after"]);
+    assertOnlyCutConnections(errors);
   } finally {
     await relay.close();
   }
