@@ -15,7 +15,7 @@ use chatd::cluster::entry::{EntryId, encode_entry};
 use chatd::cluster::health::{EngineHealth, watch_health};
 use chatd::cluster::publish::publish_entry;
 use chatd::cluster::stream::{LOG_STREAM, Replication, ensure_log_stream};
-use chatd::cluster::{Engine, publish::PublishRefused};
+use chatd::cluster::{ClusterEngine, publish::PublishRefused};
 use chatd::store::change::{Change, ReadMark};
 use common::nats::NatsCluster;
 use common::within;
@@ -29,8 +29,8 @@ fn urls(cluster: &NatsCluster) -> Vec<String> {
 async fn log_node(
     cluster: &NatsCluster,
     name: &str,
-) -> (Engine, async_nats::jetstream::stream::Stream) {
-    let engine = Engine::connect(&urls(cluster), name)
+) -> (ClusterEngine, async_nats::jetstream::stream::Stream) {
+    let engine = ClusterEngine::connect(&urls(cluster), name)
         .await
         .expect("connect");
     let stream = ensure_log_stream(&engine, Replication::default())
@@ -66,7 +66,7 @@ async fn wait_health(
 }
 
 /// Reads the log from `from` up to and including `to`: entry id → seqs.
-async fn read_log(engine: &Engine, from: u64, to: u64) -> HashMap<EntryId, Vec<u64>> {
+async fn read_log(engine: &ClusterEngine, from: u64, to: u64) -> HashMap<EntryId, Vec<u64>> {
     let stream = ensure_log_stream(engine, Replication::default())
         .await
         .expect("stream");
@@ -87,7 +87,7 @@ async fn entries_are_replicated_read_back_in_order_and_a_retry_is_no_second_entr
     assert_eq!(stream.cached_info().config.num_replicas, 3);
     cluster.stream_leader(LOG_STREAM);
     // A second node ensuring the same stream changes nothing.
-    let other = Engine::connect(&urls(&cluster), "node-b")
+    let other = ClusterEngine::connect(&urls(&cluster), "node-b")
         .await
         .expect("connect");
     ensure_log_stream(&other, Replication::default())
@@ -135,7 +135,7 @@ async fn entries_are_replicated_read_back_in_order_and_a_retry_is_no_second_entr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_says_why_without_quorum_and_comes_back_by_itself() {
     let mut cluster = NatsCluster::start();
-    let engine = Engine::connect(&urls(&cluster), "node-a")
+    let engine = ClusterEngine::connect(&urls(&cluster), "node-a")
         .await
         .expect("connect");
     ensure_log_stream(&engine, Replication::default())

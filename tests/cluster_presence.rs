@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chatd::cluster::Engine;
+use chatd::cluster::ClusterEngine;
 use chatd::cluster::lease::{LEASE_TTL, LeaseState, hold_lease, release};
 use chatd::cluster::roster::{Roster, RosterEvent, watch_roster};
 use chatd::cluster::stream::{Replication, ensure_log_stream, ensure_presence_bucket};
@@ -16,9 +16,9 @@ use common::nats::NatsCluster;
 use common::within;
 use futures_util::{Stream, StreamExt};
 
-async fn node(cluster: &NatsCluster, name: &str) -> (Engine, Roster) {
+async fn node(cluster: &NatsCluster, name: &str) -> (ClusterEngine, Roster) {
     let urls: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
-    let engine = Engine::connect(&urls, name).await.expect("connect");
+    let engine = ClusterEngine::connect(&urls, name).await.expect("connect");
     ensure_log_stream(&engine, Replication::default())
         .await
         .expect("log stream");
@@ -214,7 +214,7 @@ async fn typing_is_relayed_to_the_other_nodes_only() {
 /// Core NATS is at most once: until a subscription's interest has reached
 /// every server, events are dropped, so resend (as a typing client does).
 async fn relay_until_received(
-    engine: &Engine,
+    engine: &ClusterEngine,
     typing: &Typing,
     at: &mut (impl Stream<Item = Typing> + Unpin),
 ) -> Typing {

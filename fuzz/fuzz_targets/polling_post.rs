@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use chatd::engineio::packet::Packet;
+use chatd::engineio::packet::EnginePacket;
 use chatd::engineio::payload::{self, Record};
 use chatd::engineio::{Outbox, RequestInfo, SessionHandler, Unlimited};
 use chatd::server::body::BodyBuffer;
@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
         let mut connection = Connection::new(Arc::new(Sink), outbox, joined, LIMIT);
         for record in records {
             let handled = match record {
-                Record::Packet(Packet::Message(text)) => connection.on_text(&info, text).await,
+                Record::Packet(EnginePacket::Message(text)) => connection.on_text(&info, text).await,
                 Record::Binary(data) => connection.on_binary(Bytes::from(data)).await,
                 Record::Packet(_) => Ok(()),
             };

@@ -223,19 +223,19 @@ async fn collect(response: Response<Incoming>) -> Result<Bytes, AdminError> {
 }
 
 /// Where an export or purge runs.
-pub enum Target {
+pub enum StoreAccess {
     /// No server holds the store: the CLI opened it itself.
     Direct(Store),
     /// A server holds the store and answers on its admin socket.
     Server(AdminClient),
 }
 
-impl Target {
+impl StoreAccess {
     /// Picks the way in for `data_dir` by redb's file lock: if the store
     /// opens, no server runs and the CLI works on the file; if it is locked,
     /// the server that holds it is asked through `admin.sock`. Never creates
     /// a data directory or store that is not there.
-    pub fn reach(data_dir: &Path) -> anyhow::Result<Target> {
+    pub fn reach(data_dir: &Path) -> anyhow::Result<StoreAccess> {
         let db = data_dir.join(DB_FILE_NAME);
         match std::fs::metadata(&db) {
             Ok(_) => {}
@@ -271,11 +271,11 @@ impl Target {
             }
         }
         match Store::open(data_dir) {
-            Ok(store) => Ok(Target::Direct(store)),
+            Ok(store) => Ok(StoreAccess::Direct(store)),
             Err(StoreError::Locked { .. }) => {
                 let client = AdminClient::new(data_dir)?;
                 match client.check() {
-                    Ok(()) => Ok(Target::Server(client)),
+                    Ok(()) => Ok(StoreAccess::Server(client)),
                     Err(AdminError::NotRunning { socket, .. }) => Err(anyhow!(
                         "{} is in use by another process, but no chatd server answers on {}: \
                          another chatd export or purge may be running on it; try again when \

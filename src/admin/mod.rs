@@ -19,7 +19,7 @@
 //! CLI reads `30d` or RFC 3339 against its own clock before asking.
 //!
 //! Which way a command goes is decided by redb's file lock (see
-//! [`client::Target`]): if the CLI can open the store, no server runs and it
+//! [`client::StoreAccess`]): if the CLI can open the store, no server runs and it
 //! works on the file directly; if the file is locked, it asks the server
 //! through the socket. Both ways run the same code below ([`write_export`],
 //! [`PurgeScope::run`]), so their output is byte for byte the same.
@@ -32,7 +32,7 @@ use std::io::{self, Write};
 
 use crate::chat::message::MessageView;
 use crate::chat::room::parse_room;
-use crate::store::{Change, Outcome, PurgeCommand, Store, StoreError, StoredMessage};
+use crate::store::{Change, Outcome, PurgeSelection, Store, StoreError, StoredMessage};
 
 /// Name of the admin socket inside the data directory.
 pub const SOCKET_FILE: &str = "admin.sock";
@@ -170,13 +170,13 @@ impl PurgeScope {
     }
 
     /// The change that purges this.
-    pub fn command(&self) -> PurgeCommand {
+    pub fn command(&self) -> PurgeSelection {
         match self {
-            PurgeScope::Room { room, before } => PurgeCommand::Room {
+            PurgeScope::Room { room, before } => PurgeSelection::Room {
                 room: room.clone(),
                 before: *before,
             },
-            PurgeScope::All { before } => PurgeCommand::All { before: *before },
+            PurgeScope::All { before } => PurgeSelection::All { before: *before },
         }
     }
 

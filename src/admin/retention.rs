@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chat::service::{Chat, Ticket};
 use crate::log::Log;
-use crate::store::{Change, Outcome, PurgeCommand, now_us};
+use crate::store::{Change, Outcome, PurgeSelection, now_us};
 
 /// Time between retention sweeps.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -34,7 +34,7 @@ pub async fn run<L: Log<Ticket>>(chat: Arc<Chat<L>>, retention: Duration, stop: 
         }
         let before = cutoff(now_us(), retention);
         match chat
-            .apply(Change::Purge(PurgeCommand::All { before }))
+            .apply(Change::Purge(PurgeSelection::All { before }))
             .await
         {
             Ok(Outcome::Purged { count: 0 }) => {}

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::proc::{CpuMeter, CpuSpent};
 use super::target::{Target, check_file_limit};
 use super::{Latencies, Progress, Report, Tally, count, error_kind, ratio};
-use crate::client::{Ack, Client, ClientError, Event, RawArgs};
+use crate::client::{Ack, Client, ClientError, ClientEvent, RawArgs};
 
 /// Handshakes in flight while the pairs connect.
 const CONNECT_CONCURRENCY: usize = 64;
@@ -97,7 +97,7 @@ impl Clock {
 /// Counters every side updates as it goes, for the progress line and for
 /// knowing when the drain is over.
 #[derive(Default)]
-struct Live {
+struct LiveCounts {
     sent: AtomicU64,
     acked: AtomicU64,
     delivered: AtomicU64,
@@ -124,7 +124,7 @@ pub async fn run(target: &Target, config: &PairsConfig) -> anyhow::Result<Report
         measure_from,
         end: measure_from + config.duration,
     };
-    let live = Arc::new(Live::default());
+    let live = Arc::new(LiveCounts::default());
     let stop = CancellationToken::new();
     let mut tasks = Vec::with_capacity(sides);
     for (index, client) in clients.into_iter().enumerate() {
@@ -134,7 +134,7 @@ pub async fn run(target: &Target, config: &PairsConfig) -> anyhow::Result<Report
             Load::Open { rate } => epoch + interval(rate).mul_f64(index as f64 / sides as f64),
             Load::Closed => epoch,
         };
-        let side = Side::new(client, config, clock, first_send, live.clone());
+        let side = PairEnd::new(client, config, clock, first_send, live.clone());
         tasks.push(tokio::spawn(side.run(stop.clone())));
     }
 
@@ -180,12 +180,12 @@ fn interval(rate: f64) -> Duration {
 
 /// Puts the sides' outcomes together. Sides come in pairs: side `2i` sends
 /// to side `2i + 1` and back.
-fn report(config: &PairsConfig, outcomes: Vec<Outcome>, cpu: CpuSpent) -> Report {
+fn report(config: &PairsConfig, outcomes: Vec<SideFigures>, cpu: CpuSpent) -> Report {
     let mut lost = 0;
     for pair in outcomes.chunks(2) {
         lost += pair[0].lost_at(&pair[1]) + pair[1].lost_at(&pair[0]);
     }
-    let mut total = Outcome::default();
+    let mut total = SideFigures::default();
     for outcome in outcomes {
         total.merge(outcome);
     }
@@ -275,7 +275,7 @@ fn report(config: &PairsConfig, outcomes: Vec<Outcome>, cpu: CpuSpent) -> Report
 }
 
 /// A message sent and not yet answered.
-struct InFlight {
+struct Unanswered {
     seq: usize,
     /// When it was due: latency counts from here.
     scheduled: Instant,
@@ -284,7 +284,7 @@ struct InFlight {
 
 /// One side's figures at the end.
 #[derive(Default)]
-struct Outcome {
+struct SideFigures {
     sent: u64,
     /// Acknowledged with `ok: true`.
     acked: u64,
@@ -303,9 +303,9 @@ struct Outcome {
     errors: Tally,
 }
 
-impl Outcome {
+impl SideFigures {
     /// How many of this side's acknowledged messages `peer` never received.
-    fn lost_at(&self, peer: &Outcome) -> u64 {
+    fn lost_at(&self, peer: &SideFigures) -> u64 {
         let received = |seq: usize| peer.delivered_seqs.get(seq).copied().unwrap_or(false);
         let lost =
             (self.acked_seqs.iter().enumerate()).filter(|&(seq, &acked)| acked && !received(seq));
@@ -313,7 +313,7 @@ impl Outcome {
     }
 
     /// Adds `other`'s counts and samples (not its sequence numbers).
-    fn merge(&mut self, other: Outcome) {
+    fn merge(&mut self, other: SideFigures) {
         self.sent += other.sent;
         self.acked += other.acked;
         self.delivered += other.delivered;
@@ -333,38 +333,38 @@ impl Outcome {
 }
 
 /// One connection: sends on its schedule, takes acks and deliveries.
-struct Side {
+struct PairEnd {
     client: Client,
     load: Load,
     clock: Clock,
     size: usize,
     next_send: Instant,
-    live: Arc<Live>,
-    outcome: Outcome,
+    live: Arc<LiveCounts>,
+    outcome: SideFigures,
 }
 
-impl Side {
+impl PairEnd {
     fn new(
         client: Client,
         config: &PairsConfig,
         clock: Clock,
         first_send: Instant,
-        live: Arc<Live>,
-    ) -> Side {
-        Side {
+        live: Arc<LiveCounts>,
+    ) -> PairEnd {
+        PairEnd {
             client,
             load: config.load,
             clock,
             size: config.size,
             next_send: first_send,
             live,
-            outcome: Outcome::default(),
+            outcome: SideFigures::default(),
         }
     }
 
     /// Runs until `stop`, or until the connection ends.
-    async fn run(mut self, stop: CancellationToken) -> Outcome {
-        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    async fn run(mut self, stop: CancellationToken) -> SideFigures {
+        let mut in_flight: VecDeque<Unanswered> = VecDeque::new();
         let mut done_sending = false;
         loop {
             let sending = match self.load {
@@ -415,7 +415,7 @@ impl Side {
     }
 
     /// Sends the next message; `None` if it could not be sent.
-    async fn send(&mut self) -> Option<InFlight> {
+    async fn send(&mut self) -> Option<Unanswered> {
         let scheduled = match self.load {
             Load::Open { rate } => {
                 let due = self.next_send;
@@ -435,7 +435,7 @@ impl Side {
             Ok(ack) => {
                 self.outcome.sent += 1;
                 self.live.sent.fetch_add(1, Ordering::Relaxed);
-                Some(InFlight {
+                Some(Unanswered {
                     seq,
                     scheduled,
                     ack,
@@ -448,14 +448,14 @@ impl Side {
         }
     }
 
-    fn on_answer(&mut self, message: &InFlight, answer: Result<RawArgs, ClientError>) {
+    fn on_answer(&mut self, message: &Unanswered, answer: Result<RawArgs, ClientError>) {
         let args = match answer {
             Ok(args) => args,
             Err(error) => return count(&mut self.outcome.errors, error_kind(&error)),
         };
         // An answer of another shape is a refusal without a reason, as a
         // missing `ok: true` is.
-        let answer = args.first::<Answer>().unwrap_or_default();
+        let answer = args.first::<AckSummary>().unwrap_or_default();
         if answer.ok {
             self.outcome.acked += 1;
             self.outcome.acked_seqs[message.seq] = true;
@@ -469,7 +469,7 @@ impl Side {
         }
     }
 
-    fn on_event(&mut self, event: Event) {
+    fn on_event(&mut self, event: ClientEvent) {
         // `online` and `history` come at connect: nothing to measure.
         if event.name != "chat message" {
             return;
@@ -504,7 +504,7 @@ impl Side {
 /// What the bench reads of an acknowledgement: whether the message was
 /// taken and, if not, why; the rest is skipped, no JSON tree is built.
 #[derive(Deserialize, Default)]
-struct Answer<'a> {
+struct AckSummary<'a> {
     #[serde(default)]
     ok: bool,
     #[serde(borrow, default)]
@@ -568,13 +568,13 @@ mod tests {
 
     #[test]
     fn lost_means_acknowledged_and_never_received() {
-        let sender = Outcome {
+        let sender = SideFigures {
             acked_seqs: vec![true, false, true, true],
-            ..Outcome::default()
+            ..SideFigures::default()
         };
-        let receiver = Outcome {
+        let receiver = SideFigures {
             delivered_seqs: vec![true, true],
-            ..Outcome::default()
+            ..SideFigures::default()
         };
         assert_eq!(sender.lost_at(&receiver), 2);
     }

@@ -40,7 +40,7 @@ pub(super) async fn dispatch<L: Log<Ticket>>(
                 let mut deliveries = Vec::with_capacity(applied.len());
                 // Frames are built first and kept alive for the deliveries
                 // that borrow their rooms and users.
-                let events: Vec<Event> = applied.into_iter().filter_map(answer).collect();
+                let events: Vec<SettledEvent> = applied.into_iter().filter_map(answer).collect();
                 for event in &events {
                     deliveries.push(event.delivery());
                 }
@@ -61,7 +61,7 @@ pub(super) async fn dispatch<L: Log<Ticket>>(
 }
 
 /// A settled change's event for the fan-out.
-struct Event {
+struct SettledEvent {
     room: String,
     users: [String; 2],
     seq: u64,
@@ -70,7 +70,7 @@ struct Event {
     sender: Option<u64>,
 }
 
-impl Event {
+impl SettledEvent {
     fn delivery(&self) -> Delivery<'_> {
         Delivery {
             room: &self.room,
@@ -85,7 +85,7 @@ impl Event {
 
 /// Answers one applied change's sender (if on this node) and returns the
 /// event its outcome fans out, if any.
-fn answer(applied: Applied<Ticket>) -> Option<Event> {
+fn answer(applied: Applied<Ticket>) -> Option<SettledEvent> {
     let Applied {
         seq,
         outcome,
@@ -109,7 +109,7 @@ fn answer(applied: Applied<Ticket>) -> Option<Event> {
             if let Some(client) = &client {
                 ack_message(client, &json, false);
             }
-            Some(Event {
+            Some(SettledEvent {
                 frame: event_packet_with("/", "chat message", |frame| {
                     frame.extend_from_slice(&json)
                 }),
@@ -147,7 +147,7 @@ fn answer(applied: Applied<Ticket>) -> Option<Event> {
             let peer = super::room::peer_in(&room, &user)
                 .unwrap_or(&user)
                 .to_owned();
-            Some(Event {
+            Some(SettledEvent {
                 room,
                 users: [user, peer],
                 seq,

@@ -25,11 +25,11 @@ const MAX_BACKLOG: usize = 1024;
 /// This node's connections.
 #[derive(Default)]
 pub struct Fanout {
-    state: Mutex<State>,
+    state: Mutex<FanoutState>,
 }
 
 #[derive(Default)]
-struct State {
+struct FanoutState {
     /// Boxed: a hash table has up to twice the slots of its entries (16,384
     /// at 10,000 connections), and an inline `Conn` made every empty slot
     /// 128 bytes.
@@ -118,7 +118,7 @@ pub struct Joining {
 }
 
 impl Fanout {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, FanoutState> {
         // A panic elsewhere while holding the lock leaves plain maps behind,
         // still consistent enough to keep serving.
         self.state
@@ -195,7 +195,7 @@ impl Fanout {
         let mut state = self.lock();
         // Borrowed apart, so a user's connection list is read in place
         // while its connections are written to: no copy per delivery.
-        let State { users, conns, .. } = &mut *state;
+        let FanoutState { users, conns, .. } = &mut *state;
         for delivery in deliveries {
             let [first, second] = delivery.users;
             let second = (second != first).then_some(second);
@@ -242,7 +242,7 @@ impl Announce for Fanout {
     fn online(&self, room: &str, list: &OnlineList, skip: Option<ConnKey>) {
         let frame = event_packet("/", "online", &list.users);
         let mut state = self.lock();
-        let State { rooms, conns, .. } = &mut *state;
+        let FanoutState { rooms, conns, .. } = &mut *state;
         for key in rooms.get(room).into_iter().flatten() {
             if Some(*key) == skip {
                 continue;

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::fanout::Joining;
-use super::handshake::{self, Session};
+use super::handshake::{self, ChatSession};
 use super::requests::{HISTORY_MAX, HISTORY_PAGE, view_json};
 use super::service::{Chat, Ticket};
 use crate::engineio::RequestInfo;
@@ -14,7 +14,7 @@ use crate::socketio::{Event, Handler, Socket};
 use crate::store::HistoryQuery;
 
 impl<L: Log<Ticket>> Handler for Chat<L> {
-    type State = Session;
+    type State = ChatSession;
 
     fn has_namespace(&self, nsp: &str) -> bool {
         nsp == "/"
@@ -25,16 +25,16 @@ impl<L: Log<Ticket>> Handler for Chat<L> {
         _socket: &Socket,
         auth: Option<Value>,
         request: &RequestInfo,
-    ) -> Result<Session, Value> {
+    ) -> Result<ChatSession, Value> {
         let handshake = handshake::check(auth.as_ref(), request, self.config.auth.as_ref())?;
-        Ok(Session::new(
+        Ok(ChatSession::new(
             self.new_key(),
             handshake,
             self.config.unacked_per_connection,
         ))
     }
 
-    async fn connected(&self, session: &mut Session, socket: &Socket) {
+    async fn connected(&self, session: &mut ChatSession, socket: &Socket) {
         // In the fan-out before presence announces it, so nothing said
         // about the room from now on misses it.
         self.fanout.join(Joining {
@@ -77,7 +77,7 @@ impl<L: Log<Ticket>> Handler for Chat<L> {
         self.fanout.ready(session.key, history_seq);
     }
 
-    async fn event(&self, session: &mut Session, socket: &Socket, event: Event) {
+    async fn event(&self, session: &mut ChatSession, socket: &Socket, event: Event) {
         match event.name() {
             Some("chat message") => self.on_chat_message(session, socket, &event).await,
             Some("history") => self.on_history(session, socket, &event).await,
@@ -88,7 +88,7 @@ impl<L: Log<Ticket>> Handler for Chat<L> {
         }
     }
 
-    async fn disconnect(&self, session: Session, socket: &Socket, reason: &'static str) {
+    async fn disconnect(&self, session: ChatSession, socket: &Socket, reason: &'static str) {
         if self.fanout.leave(session.key) {
             self.typist_left(&session.user);
         }

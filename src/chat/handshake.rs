@@ -18,7 +18,7 @@ use crate::metrics::{HandshakeRefusal, METRICS};
 use crate::presence::ConnKey;
 
 /// One connection's chat state, made by a successful handshake.
-pub struct Session {
+pub struct ChatSession {
     /// Its key in presence and fan-out.
     pub key: ConnKey,
     /// Who it is.
@@ -103,12 +103,12 @@ pub fn check(
     Ok(Handshake { user, peer, since })
 }
 
-impl Session {
+impl ChatSession {
     /// The session of an admitted handshake.
-    pub fn new(key: ConnKey, handshake: Handshake, unacked: usize) -> Session {
+    pub fn new(key: ConnKey, handshake: Handshake, unacked: usize) -> ChatSession {
         let Handshake { user, peer, since } = handshake;
         let room = peer.as_deref().map(|peer| Arc::from(dm_room(&user, peer)));
-        Session {
+        ChatSession {
             key,
             user: user.into(),
             peer: peer.map(Into::into),

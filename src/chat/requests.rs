@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::handshake::Session;
+use super::handshake::ChatSession;
 use super::message::MessageView;
 use super::names::valid_user_name;
 use super::rate::RateLimit;
@@ -33,7 +33,12 @@ const TOO_MANY: &str = "rate_limited: at most 10 history or conversations reques
 
 impl<L: Log<Ticket>> Chat<L> {
     /// `history {peer?, before?, after?, limit?}`, answered by ack.
-    pub(super) async fn on_history(&self, session: &mut Session, socket: &Socket, event: &Event) {
+    pub(super) async fn on_history(
+        &self,
+        session: &mut ChatSession,
+        socket: &Socket,
+        event: &Event,
+    ) {
         let Some(ack) = event.ack else { return };
         if !session
             .requests
@@ -51,7 +56,7 @@ impl<L: Log<Ticket>> Chat<L> {
     /// `conversations {before?, beforeRoom?, limit?}`, answered by ack.
     pub(super) async fn on_conversations(
         &self,
-        session: &mut Session,
+        session: &mut ChatSession,
         socket: &Socket,
         event: &Event,
     ) {
@@ -71,7 +76,7 @@ impl<L: Log<Ticket>> Chat<L> {
 
     async fn conversations_request(
         &self,
-        session: &Session,
+        session: &ChatSession,
         payload: Option<&Value>,
     ) -> Result<Vec<Value>, String> {
         let empty = serde_json::Map::new();
@@ -108,7 +113,7 @@ impl<L: Log<Ticket>> Chat<L> {
 
     async fn history_request(
         &self,
-        session: &Session,
+        session: &ChatSession,
         payload: Option<&Value>,
     ) -> Result<Vec<Value>, String> {
         let empty = serde_json::Map::new();

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use serde_json::Value;
 
-use super::handshake::{KNOWN_ROOMS, Session};
+use super::handshake::{ChatSession, KNOWN_ROOMS};
 use super::names::valid_user_name;
 use super::room::dm_room;
 use super::service::{Chat, ClientTicket, Submitted, Ticket};
@@ -26,7 +26,7 @@ impl<L: Log<Ticket>> Chat<L> {
     /// a rule or the log cannot take it.
     pub(super) async fn on_chat_message(
         &self,
-        session: &mut Session,
+        session: &mut ChatSession,
         socket: &Socket,
         event: &Event,
     ) {
@@ -84,7 +84,7 @@ impl<L: Log<Ticket>> Chat<L> {
 impl<L: Log<Ticket>> Chat<L> {
     /// `read {peer?, ts}`: the user has read the room up to `ts`; appended
     /// to the log, answered once applied (see `dispatch.rs`).
-    pub(super) async fn on_read(&self, session: &Session, socket: &Socket, event: &Event) {
+    pub(super) async fn on_read(&self, session: &ChatSession, socket: &Socket, event: &Event) {
         let answer_error = |error: &str| {
             if let Some(id) = event.ack {
                 socket.ack(id, &serde_json::json!({"ok": false, "error": error}));
@@ -134,7 +134,7 @@ impl<L: Log<Ticket>> Chat<L> {
 impl<L: Log<Ticket>> Chat<L> {
     /// True if `session`'s user may send to `room`: a room that has
     /// messages, or a new one within the user's new-room rate.
-    async fn may_open(&self, session: &mut Session, room: &str) -> bool {
+    async fn may_open(&self, session: &mut ChatSession, room: &str) -> bool {
         if session.known_rooms.iter().any(|known| **known == *room) {
             return true;
         }
@@ -159,7 +159,7 @@ impl<L: Log<Ticket>> Chat<L> {
 
 /// The answer to a refused `chat message`: by ack, or as a `chat error`.
 #[derive(Serialize)]
-struct Refused {
+struct RefusalAnswer {
     ok: bool,
     error: &'static str,
     reason: &'static str,
@@ -168,7 +168,7 @@ struct Refused {
 /// Refuses a `chat message` with `reason`.
 pub(super) fn refuse(socket: &Socket, ack: Option<u64>, reason: RefusalReason) {
     METRICS.message_refused(reason);
-    let answer = Refused {
+    let answer = RefusalAnswer {
         ok: false,
         error: "Message is not accepted",
         reason: reason.as_str(),

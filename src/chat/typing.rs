@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::handshake::Session;
+use super::handshake::ChatSession;
 use super::names::valid_user_name;
 use super::rate::RateLimit;
 use super::room::dm_room;
@@ -101,7 +101,7 @@ impl Typists {
 impl<L: Log<Ticket>> Chat<L> {
     /// `typing {peer?, typing}`: relayed to the peer's connections here and
     /// on other nodes; malformed or over the rate, dropped silently.
-    pub(super) fn on_typing(&self, session: &Session, event: &Event) {
+    pub(super) fn on_typing(&self, session: &ChatSession, event: &Event) {
         let Some(Value::Object(fields)) = event.args.get(1) else {
             return;
         };

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use argh::FromArgs;
 
-use crate::admin::client::Target;
+use crate::admin::client::StoreAccess;
 use crate::admin::{ExportScope, write_export};
 use crate::chat::room::parse_room;
 use crate::datadir;
@@ -50,7 +50,7 @@ impl ExportCommand {
     pub fn execute(self) -> anyhow::Result<()> {
         let scope = self.scope(now_us())?;
         let data_dir = datadir::resolve(self.data_dir.as_deref());
-        let target = Target::reach(&data_dir)?;
+        let target = StoreAccess::reach(&data_dir)?;
         let count = match &self.out {
             Some(path) => {
                 let mut file = AtomicFile::create(path)?;
@@ -96,10 +96,10 @@ impl ExportCommand {
     }
 }
 
-fn export(target: &Target, scope: &ExportScope, out: impl Write) -> anyhow::Result<u64> {
+fn export(target: &StoreAccess, scope: &ExportScope, out: impl Write) -> anyhow::Result<u64> {
     let mut out = BufWriter::new(out);
     match target {
-        Target::Direct(store) => {
+        StoreAccess::Direct(store) => {
             // A panic inside the store (a damaged file) is an incomplete
             // export like any other: an error, and `--out` left as it was.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -113,7 +113,7 @@ fn export(target: &Target, scope: &ExportScope, out: impl Write) -> anyhow::Resu
             })?
             .map_err(Into::into)
         }
-        Target::Server(client) => Ok(client.export(scope, &mut out)?),
+        StoreAccess::Server(client) => Ok(client.export(scope, &mut out)?),
     }
 }
 

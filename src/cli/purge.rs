@@ -7,7 +7,7 @@ use anyhow::bail;
 use argh::FromArgs;
 
 use crate::admin::PurgeScope;
-use crate::admin::client::Target;
+use crate::admin::client::StoreAccess;
 use crate::chat::room::parse_room;
 use crate::datadir;
 use crate::duration::parse_time_arg;
@@ -43,8 +43,8 @@ impl PurgeCommand {
     pub fn execute(self) -> anyhow::Result<()> {
         let scope = self.scope(now_us())?;
         let data_dir = datadir::resolve(self.data_dir.as_deref());
-        let purged = match Target::reach(&data_dir)? {
-            Target::Direct(store) => {
+        let purged = match StoreAccess::reach(&data_dir)? {
+            StoreAccess::Direct(store) => {
                 // A cluster node's copy purged alone would differ from the
                 // others' for good: a purge goes through the cluster's log.
                 if store.log_id()?.is_some() {
@@ -55,7 +55,7 @@ impl PurgeCommand {
                 }
                 scope.run(&store)?
             }
-            Target::Server(client) => client.purge(&scope)?,
+            StoreAccess::Server(client) => client.purge(&scope)?,
         };
         let s = if purged == 1 { "" } else { "s" };
         println!("Purged {purged} message{s} from {}", scope.describe());

@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Timeout;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::engineio::packet::Packet as EnginePacket;
+use crate::engineio::packet::EnginePacket;
 use crate::socketio::packet::{PacketType, encode};
 
 pub use args::RawArgs;
@@ -77,7 +77,7 @@ impl Default for ConnectOptions {
 
 /// An event the server emitted: its name and its arguments.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
+pub struct ClientEvent {
     /// The event name, e.g. `online`.
     pub name: String,
     /// The arguments after the name, decoded on demand.
@@ -144,8 +144,8 @@ pub enum ClientError {
 /// a long-lived client that ignores events should still drain them.
 /// Dropping the client closes the connection.
 pub struct Client {
-    shared: Arc<Shared>,
-    events: mpsc::UnboundedReceiver<Event>,
+    shared: Arc<ClientShared>,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
     /// The background reader; dropping the client stops it, which closes the
     /// connection.
     reader: AbortOnDropHandle<()>,
@@ -179,9 +179,9 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let socket = websocket::open(url, options.tls.as_ref()).await?;
         let (read, write) = socket.split(tokio::io::split);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ClientShared {
             writer: tokio::sync::Mutex::new(write),
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(AwaitedAcks::default()),
         });
         let mut reader = reader::Reader::new(read, shared.clone());
         let heartbeat = reader.read_open().await?;
@@ -240,7 +240,7 @@ impl Client {
 
     /// The next event from the server, oldest first; `None` once the
     /// connection has ended and every event received before has been taken.
-    pub async fn next_event(&mut self) -> Option<Event> {
+    pub async fn next_event(&mut self) -> Option<ClientEvent> {
         self.events.recv().await
     }
 
@@ -268,7 +268,7 @@ impl Client {
 /// [`ClientError::Closed`].
 pub struct Ack {
     id: u64,
-    shared: Arc<Shared>,
+    shared: Arc<ClientShared>,
     timeout: Duration,
     answer: Pin<Box<Timeout<oneshot::Receiver<RawArgs>>>>,
 }
@@ -294,23 +294,23 @@ impl Drop for Ack {
 }
 
 /// The write half of the websocket.
-type Writer = WebSocketWrite<WriteHalf<TokioIo<Upgraded>>>;
+type ClientWriter = WebSocketWrite<WriteHalf<TokioIo<Upgraded>>>;
 
 /// What the client handle, its acks and the reader task share.
-struct Shared {
-    writer: tokio::sync::Mutex<Writer>,
-    pending: Mutex<Pending>,
+struct ClientShared {
+    writer: tokio::sync::Mutex<ClientWriter>,
+    pending: Mutex<AwaitedAcks>,
 }
 
 /// Acknowledgements awaited, and whether the connection has ended.
 #[derive(Default)]
-struct Pending {
+struct AwaitedAcks {
     closed: bool,
     next_id: u64,
     acks: HashMap<u64, oneshot::Sender<RawArgs>>,
 }
 
-impl Pending {
+impl AwaitedAcks {
     /// Takes the next ack id for `answer`, unless the connection has ended
     /// (then no answer could ever come).
     fn register(&mut self, answer: oneshot::Sender<RawArgs>) -> Result<u64, ClientError> {
@@ -324,8 +324,8 @@ impl Pending {
     }
 }
 
-impl Shared {
-    fn pending(&self) -> MutexGuard<'_, Pending> {
+impl ClientShared {
+    fn pending(&self) -> MutexGuard<'_, AwaitedAcks> {
         // Nothing panics while holding the lock, so a poisoned one still
         // holds consistent data.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)

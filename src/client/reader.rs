@@ -13,9 +13,9 @@ use serde_json::Value;
 use tokio::io::ReadHalf;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ClientError, Event, RawArgs, Shared};
+use super::{ClientError, ClientEvent, ClientShared, RawArgs};
 use crate::engineio::fragments::{Message, Reassembler};
-use crate::engineio::packet::Packet as EnginePacket;
+use crate::engineio::packet::EnginePacket;
 use crate::socketio::packet::{DecodeError, PacketType, RawPacket};
 
 /// The largest message accepted from the server. Generous: a `history`
@@ -33,7 +33,7 @@ struct Open {
 /// Reads one connection's websocket.
 pub(super) struct Reader {
     read: WebSocketRead<ReadHalf<TokioIo<Upgraded>>>,
-    shared: Arc<Shared>,
+    shared: Arc<ClientShared>,
     messages: Reassembler,
 }
 
@@ -42,7 +42,7 @@ impl Reader {
     /// to answer (close) are written through `shared`.
     pub(super) fn new(
         mut read: WebSocketRead<ReadHalf<TokioIo<Upgraded>>>,
-        shared: Arc<Shared>,
+        shared: Arc<ClientShared>,
     ) -> Self {
         read.set_max_message_size(MAX_MESSAGE);
         Reader {
@@ -73,7 +73,7 @@ impl Reader {
     /// or why the server refused or the connection ended before it came.
     pub(super) async fn run(
         mut self,
-        events: mpsc::UnboundedSender<Event>,
+        events: mpsc::UnboundedSender<ClientEvent>,
         connected: oneshot::Sender<Result<String, ClientError>>,
         silence: Duration,
     ) {
@@ -102,7 +102,7 @@ impl Reader {
     async fn on_text(
         &mut self,
         text: &str,
-        events: &mpsc::UnboundedSender<Event>,
+        events: &mpsc::UnboundedSender<ClientEvent>,
         connected: &mut Option<oneshot::Sender<Result<String, ClientError>>>,
     ) -> Result<(), ClientError> {
         let packet = EnginePacket::decode_text(text)
@@ -126,7 +126,7 @@ impl Reader {
         match packet.kind {
             PacketType::Event => {
                 let event = packet.event().map_err(malformed)?;
-                let event = Event {
+                let event = ClientEvent {
                     name: event.name.into_owned(),
                     args: RawArgs::from_event_tail(event.args_tail),
                 };

@@ -22,11 +22,11 @@ use super::ClientError;
 const SOCKET_IO_PATH: &str = "/socket.io/";
 
 /// An upgraded websocket; plain and TLS connections end up as the same type.
-pub(super) type Socket = WebSocket<TokioIo<Upgraded>>;
+pub(super) type UpgradedSocket = WebSocket<TokioIo<Upgraded>>;
 
 /// Where a `ws://` / `wss://` URL points.
 #[derive(Debug, PartialEq, Eq)]
-struct Target {
+struct WsEndpoint {
     tls: bool,
     /// The host as written, brackets of an IPv6 literal removed.
     host: String,
@@ -35,11 +35,11 @@ struct Target {
     authority: String,
 }
 
-impl Target {
+impl WsEndpoint {
     /// Reads a server URL the way socket.io-client does: `ws`/`http` or
     /// `wss`/`https`, default ports 80/443. The path names the Socket.IO
     /// namespace, and chatd serves only `/`.
-    fn parse(url: &str) -> Result<Target, ClientError> {
+    fn parse(url: &str) -> Result<WsEndpoint, ClientError> {
         let invalid = |reason: &'static str| ClientError::InvalidUrl {
             url: url.to_owned(),
             reason,
@@ -59,7 +59,7 @@ impl Target {
         }
         let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
         let host = authority.host();
-        Ok(Target {
+        Ok(WsEndpoint {
             tls,
             host: host
                 .trim_start_matches('[')
@@ -76,8 +76,8 @@ impl Target {
 pub(super) async fn open(
     url: &str,
     tls: Option<&Arc<ClientConfig>>,
-) -> Result<Socket, ClientError> {
-    let target = Target::parse(url)?;
+) -> Result<UpgradedSocket, ClientError> {
+    let target = WsEndpoint::parse(url)?;
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|source| ClientError::Connect {
@@ -112,7 +112,7 @@ pub(super) async fn open(
 }
 
 /// Sends the upgrade request over `stream` and checks the answer.
-async fn upgrade<S>(target: &Target, stream: S) -> Result<Socket, ClientError>
+async fn upgrade<S>(target: &WsEndpoint, stream: S) -> Result<UpgradedSocket, ClientError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -140,15 +140,15 @@ where
 mod tests {
     use super::*;
 
-    fn target(url: &str) -> Result<Target, String> {
-        Target::parse(url).map_err(|e| e.to_string())
+    fn target(url: &str) -> Result<WsEndpoint, String> {
+        WsEndpoint::parse(url).map_err(|e| e.to_string())
     }
 
     #[test]
     fn parses_schemes_hosts_and_default_ports() {
         assert_eq!(
             target("wss://127.0.0.1:5000").unwrap(),
-            Target {
+            WsEndpoint {
                 tls: true,
                 host: "127.0.0.1".into(),
                 port: 5000,

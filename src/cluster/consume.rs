@@ -14,7 +14,7 @@ use async_nats::jetstream::stream::Stream;
 use futures_util::StreamExt;
 
 use super::entry::{EntryError, LogEntry, decode_entry};
-use super::{ClusterError, Engine};
+use super::{ClusterEngine, ClusterError};
 
 /// How long the reader waits for an entry before it asks whether the log
 /// has any it was not given.
@@ -38,7 +38,7 @@ pub struct LogRecord {
 
 /// An in-order reader of the log.
 pub struct LogReader {
-    engine: Engine,
+    engine: ClusterEngine,
     stream: Stream,
     messages: Option<pull::Ordered>,
     next_seq: u64,
@@ -48,7 +48,7 @@ impl LogReader {
     /// A reader whose first entry is the one at `from_seq` (or the first
     /// after it, where entries were deleted). Connects lazily, on the first
     /// [`next`](Self::next).
-    pub fn new(engine: Engine, stream: Stream, from_seq: u64) -> LogReader {
+    pub fn new(engine: ClusterEngine, stream: Stream, from_seq: u64) -> LogReader {
         LogReader {
             engine,
             stream,

@@ -25,7 +25,7 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// A node's connection to the engine.
 #[derive(Clone, Debug)]
-pub struct Engine {
+pub struct ClusterEngine {
     /// The core NATS client (presence, the typing relay).
     pub client: async_nats::Client,
     /// JetStream over that client (the log, the KV bucket).
@@ -34,12 +34,12 @@ pub struct Engine {
     pub node: String,
 }
 
-impl Engine {
+impl ClusterEngine {
     /// Connects to the cluster at `urls` (`nats://host:port`, any number) as
     /// node `node`. Returns at once: when no server can be reached yet, the
     /// client keeps trying in the background (and [`super::health`] says
     /// so), as it does whenever the connection drops later.
-    pub async fn connect(urls: &[String], node: &str) -> Result<Engine, ClusterError> {
+    pub async fn connect(urls: &[String], node: &str) -> Result<ClusterEngine, ClusterError> {
         let client = async_nats::ConnectOptions::new()
             .name(format!("chatd {node}"))
             .ping_interval(PING_INTERVAL)
@@ -63,7 +63,7 @@ impl Engine {
             .max_ack_inflight(MAX_ACKS_PENDING)
             .backpressure_on_inflight(true)
             .build(client.clone());
-        Ok(Engine {
+        Ok(ClusterEngine {
             client,
             jetstream,
             node: node.to_owned(),

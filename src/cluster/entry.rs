@@ -22,7 +22,7 @@
 
 use thiserror::Error;
 
-use crate::store::change::{Change, NewMessage, PurgeCommand, ReadMark};
+use crate::store::change::{Change, NewMessage, PurgeSelection, ReadMark};
 
 /// The format version this node writes (and the only one it reads).
 pub const ENTRY_VERSION: u8 = 1;
@@ -96,7 +96,7 @@ pub fn encode_entry(eid: &EntryId, change: &Change, out: &mut Vec<u8>) {
             put_str(out, &r.user);
             put_uvar(out, r.ts);
         }
-        Change::Purge(PurgeCommand::Room { room, before }) => {
+        Change::Purge(PurgeSelection::Room { room, before }) => {
             out.push(KIND_PURGE_ROOM);
             put_str(out, room);
             match before {
@@ -107,7 +107,7 @@ pub fn encode_entry(eid: &EntryId, change: &Change, out: &mut Vec<u8>) {
                 None => out.push(0),
             }
         }
-        Change::Purge(PurgeCommand::All { before }) => {
+        Change::Purge(PurgeSelection::All { before }) => {
             out.push(KIND_PURGE_ALL);
             put_uvar(out, *before);
         }
@@ -146,7 +146,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, EntryError> {
             user: input.str()?,
             ts: input.uvar()?,
         }),
-        KIND_PURGE_ROOM => Change::Purge(PurgeCommand::Room {
+        KIND_PURGE_ROOM => Change::Purge(PurgeSelection::Room {
             room: input.str()?,
             before: if input.flag()? {
                 Some(input.uvar()?)
@@ -154,7 +154,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, EntryError> {
                 None
             },
         }),
-        KIND_PURGE_ALL => Change::Purge(PurgeCommand::All {
+        KIND_PURGE_ALL => Change::Purge(PurgeSelection::All {
             before: input.uvar()?,
         }),
         kind => return Err(EntryError::Kind(kind)),
@@ -274,15 +274,15 @@ mod tests {
                 user: "a".into(),
                 ts: u64::MAX,
             }),
-            Change::Purge(PurgeCommand::Room {
+            Change::Purge(PurgeSelection::Room {
                 room: "dm:a_b".into(),
                 before: Some(0),
             }),
-            Change::Purge(PurgeCommand::Room {
+            Change::Purge(PurgeSelection::Room {
                 room: "dm:a_b".into(),
                 before: None,
             }),
-            Change::Purge(PurgeCommand::All { before: 42 }),
+            Change::Purge(PurgeSelection::All { before: 42 }),
         ];
         for change in changes {
             let entry = round_trip(change.clone());

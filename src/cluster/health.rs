@@ -15,7 +15,7 @@ use async_nats::connection::State;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::Engine;
+use super::ClusterEngine;
 use super::stream::LOG_STREAM;
 use crate::health::Health;
 
@@ -41,7 +41,7 @@ impl EngineHealth {
 /// Starts probing the engine; the receiver sees every change of state
 /// (starting `Down` until the first probe succeeds). The probe ends when
 /// every receiver is gone.
-pub fn watch_health(engine: Engine) -> (watch::Receiver<EngineHealth>, JoinHandle<()>) {
+pub fn watch_health(engine: ClusterEngine) -> (watch::Receiver<EngineHealth>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(EngineHealth::Down("not yet connected to the engine".into()));
     let probe = tokio::spawn(async move {
         let mut interval = tokio::time::interval(PROBE_INTERVAL);
@@ -86,7 +86,7 @@ pub async fn report_engine(mut engine: watch::Receiver<EngineHealth>, health: Ar
 }
 
 /// One look at the engine.
-async fn probe(engine: &Engine) -> EngineHealth {
+async fn probe(engine: &ClusterEngine) -> EngineHealth {
     if engine.client.connection_state() != State::Connected {
         return EngineHealth::Down("engine unreachable: not connected to any NATS server".into());
     }

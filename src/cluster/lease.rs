@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::roster::{Roster, lease_key};
 use super::stream::PRESENCE_BUCKET;
-use super::{ClusterError, Engine};
+use super::{ClusterEngine, ClusterError};
 
 /// How long a lease lives without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -50,7 +50,7 @@ pub enum LeaseState {
 /// (unique per start). The task stops when every receiver is gone; use
 /// [`release`] on a clean shutdown.
 pub fn hold_lease(
-    engine: Engine,
+    engine: ClusterEngine,
     roster: Roster,
     instance: String,
 ) -> (watch::Receiver<LeaseState>, JoinHandle<()>) {
@@ -125,14 +125,14 @@ enum LeaseError {
 }
 
 /// Clears what a previous life of this node left and takes the lease.
-async fn take(engine: &Engine, roster: &Roster, instance: &str) -> Result<u64, LeaseError> {
+async fn take(engine: &ClusterEngine, roster: &Roster, instance: &str) -> Result<u64, LeaseError> {
     roster.clear_own().await.map_err(LeaseError::Engine)?;
     put_lease(engine, roster, instance, None).await
 }
 
 /// Writes the lease with its TTL; with `expect`, only over that revision.
 async fn put_lease(
-    engine: &Engine,
+    engine: &ClusterEngine,
     roster: &Roster,
     instance: &str,
     expect: Option<u64>,

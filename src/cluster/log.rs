@@ -28,7 +28,7 @@ use super::consume::{LogReader, log_tail};
 use super::entry::{EntryId, encode_entry};
 use super::health::EngineHealth;
 use super::publish::{send_entry, settle_entry};
-use super::{ClusterError, Engine};
+use super::{ClusterEngine, ClusterError};
 use crate::health::Health;
 use crate::log::{Log, NotAppended, Settled};
 use crate::store::change::{AppliedBatch, Change, Pending};
@@ -48,7 +48,7 @@ type Parked<T> = Arc<Mutex<HashMap<EntryId, T>>>;
 
 /// The log of a node in a cluster.
 pub struct JetStreamLog<T> {
-    engine: Engine,
+    engine: ClusterEngine,
     health: watch::Receiver<EngineHealth>,
     parked: Parked<T>,
     refused: mpsc::Sender<Settled<T>>,
@@ -93,7 +93,7 @@ impl<T: Send + 'static> JetStreamLog<T> {
     /// the engine's, as [`super::health::watch_health`] sees it; `report`
     /// gets the log's own trouble under [`LOG_PART`].
     pub async fn start(
-        engine: Engine,
+        engine: ClusterEngine,
         stream: Stream,
         store: Store,
         health: watch::Receiver<EngineHealth>,

@@ -28,7 +28,7 @@ pub mod roster;
 pub mod stream;
 pub mod typing;
 
-pub use self::engine::Engine;
+pub use self::engine::ClusterEngine;
 
 use thiserror::Error;
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::Engine;
+use super::ClusterEngine;
 use super::lease::{LeaseState, hold_lease};
 use super::roster::{Roster, RosterEvent, watch_roster};
 use super::typing::{relay_typing, typing_from_other_nodes};
@@ -81,7 +81,7 @@ impl ClusterPresence {
     /// Starts presence for node `roster.node()`: takes its lease, watches
     /// the bucket and the typing relay; room list changes and typing from
     /// other nodes go to `announce`.
-    pub fn start(engine: Engine, roster: Roster, announce: Arc<dyn Announce>) -> Arc<Self> {
+    pub fn start(engine: ClusterEngine, roster: Roster, announce: Arc<dyn Announce>) -> Arc<Self> {
         let (writes, queue) = mpsc::unbounded_channel();
         let presence = Arc::new(ClusterPresence {
             members: LocalPresence::new(announce.clone()),
@@ -215,7 +215,7 @@ impl Presence for ClusterPresence {
 /// Puts this node's changes in the bucket, in order, once the node holds
 /// its lease: taking it clears what the node left in the bucket before.
 async fn write(
-    engine: Engine,
+    engine: ClusterEngine,
     roster: Roster,
     mut lease: tokio::sync::watch::Receiver<LeaseState>,
     mut queue: mpsc::UnboundedReceiver<Write>,
@@ -329,7 +329,7 @@ async fn watch(presence: std::sync::Weak<ClusterPresence>, roster: Roster) {
 }
 
 /// Hands typing relayed by other nodes to this node's connections.
-async fn relay_in(engine: Engine, announce: Arc<dyn Announce>) {
+async fn relay_in(engine: ClusterEngine, announce: Arc<dyn Announce>) {
     loop {
         match typing_from_other_nodes(&engine).await {
             Ok(typing) => {

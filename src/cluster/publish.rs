@@ -18,7 +18,7 @@ use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use thiserror::Error;
 
-use super::Engine;
+use super::ClusterEngine;
 use super::entry::EntryId;
 use super::stream::LOG_SUBJECT;
 
@@ -46,7 +46,7 @@ pub struct Published {
 /// the very first attempt was refused outright. Dropping the future stops
 /// retrying (the entry stays in doubt).
 pub async fn publish_entry(
-    engine: &Engine,
+    engine: &ClusterEngine,
     eid: &EntryId,
     payload: Bytes,
 ) -> Result<Published, PublishRefused> {
@@ -59,7 +59,7 @@ pub async fn publish_entry(
 /// in that order, so a caller that sends in order (one connection's
 /// messages) and settles later keeps its order. Finish it with
 /// [`settle_entry`].
-pub async fn send_entry(engine: &Engine, eid: &EntryId, payload: Bytes) -> FirstAttempt {
+pub async fn send_entry(engine: &ClusterEngine, eid: &EntryId, payload: Bytes) -> FirstAttempt {
     let publish = PublishMessage::build()
         .message_id(entry_id_hex(eid))
         .payload(payload);
@@ -72,7 +72,7 @@ pub struct FirstAttempt(Result<PublishAckFuture, PublishError>);
 /// Waits for the answer to `first`, retrying while it is in doubt; as
 /// [`publish_entry`].
 pub async fn settle_entry(
-    engine: &Engine,
+    engine: &ClusterEngine,
     eid: &EntryId,
     payload: Bytes,
     first: FirstAttempt,

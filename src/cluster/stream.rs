@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
-use super::{ClusterError, Engine};
+use super::{ClusterEngine, ClusterError};
 
 /// The stream holding the log of changes.
 pub const LOG_STREAM: &str = "CHATD_LOG";
@@ -65,7 +65,7 @@ pub fn log_stream_config(replication: Replication) -> stream::Config {
 /// Creates the log stream, or updates it to [`log_stream_config`]; returns
 /// its handle.
 pub async fn ensure_log_stream(
-    engine: &Engine,
+    engine: &ClusterEngine,
     replication: Replication,
 ) -> Result<jetstream::stream::Stream, ClusterError> {
     let config = log_stream_config(replication);
@@ -82,7 +82,7 @@ pub async fn ensure_log_stream(
 /// Creates the presence bucket (one value per key, per-key TTLs with limit
 /// markers), or opens it as it is.
 pub async fn ensure_presence_bucket(
-    engine: &Engine,
+    engine: &ClusterEngine,
     replication: Replication,
 ) -> Result<kv::Store, ClusterError> {
     let config = kv::Config {

@@ -8,14 +8,14 @@
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
-use super::{ClusterError, Engine};
+use super::{ClusterEngine, ClusterError};
 use crate::presence::Typing;
 
 /// The subject typing events travel on.
 pub const TYPING_SUBJECT: &str = "chatd.typing";
 
 /// Sends `typing` to the other nodes.
-pub async fn relay_typing(engine: &Engine, typing: &Typing) -> Result<(), ClusterError> {
+pub async fn relay_typing(engine: &ClusterEngine, typing: &Typing) -> Result<(), ClusterError> {
     let wire = format!(
         "{}\n{}\n{}\n{}\n{}",
         engine.node,
@@ -33,7 +33,7 @@ pub async fn relay_typing(engine: &Engine, typing: &Typing) -> Result<(), Cluste
 
 /// The typing events other nodes relay (this node's own are skipped).
 pub async fn typing_from_other_nodes(
-    engine: &Engine,
+    engine: &ClusterEngine,
 ) -> Result<impl Stream<Item = Typing> + use<>, ClusterError> {
     let subscription = engine
         .client

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::heartbeat::Heartbeat;
-use super::packet::Handshake;
+use super::packet::EngineHandshake;
 use super::session::{Session, Transport};
 use super::{
     CloseReason, EngineConfig, EngineHandler, Outbox, RequestError, RequestInfo, SessionHandler,
@@ -30,7 +30,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// The sessions, and whether shutdown has closed them.
 struct Table<S> {
-    live: HashSet<Live<S>>,
+    live: HashSet<LiveSession<S>>,
     /// Set as shutdown closes every session in `live`: one opened later
     /// closes itself.
     closed_all: bool,
@@ -39,27 +39,27 @@ struct Table<S> {
 /// A live session, found in the table by its sid: the session holds the sid
 /// already, so the table keeps no copy of it (a `String` key was 24 bytes
 /// in every entry and an allocation beside each session).
-struct Live<S>(Arc<Session<S>>);
+struct LiveSession<S>(Arc<Session<S>>);
 
-impl<S: SessionHandler> Borrow<str> for Live<S> {
+impl<S: SessionHandler> Borrow<str> for LiveSession<S> {
     fn borrow(&self) -> &str {
         self.0.sid()
     }
 }
 
-impl<S: SessionHandler> Hash for Live<S> {
+impl<S: SessionHandler> Hash for LiveSession<S> {
     fn hash<T: Hasher>(&self, state: &mut T) {
         self.0.sid().hash(state);
     }
 }
 
-impl<S: SessionHandler> PartialEq for Live<S> {
+impl<S: SessionHandler> PartialEq for LiveSession<S> {
     fn eq(&self, other: &Self) -> bool {
         self.0.sid() == other.0.sid()
     }
 }
 
-impl<S: SessionHandler> Eq for Live<S> {}
+impl<S: SessionHandler> Eq for LiveSession<S> {}
 
 /// The Engine.IO server state shared by every transport.
 pub struct Engine<H: EngineHandler> {
@@ -129,7 +129,7 @@ impl<H: EngineHandler> Engine<H> {
             Transport::Polling => &["websocket"],
             Transport::Upgrading | Transport::Websocket => &[],
         };
-        let open = Handshake {
+        let open = EngineHandshake {
             sid: &sid,
             upgrades,
             ping_interval: self.config.ping_interval.as_millis() as u64,
@@ -153,7 +153,7 @@ impl<H: EngineHandler> Engine<H> {
         ));
         let late = {
             let mut table = self.table();
-            table.live.replace(Live(session.clone()));
+            table.live.replace(LiveSession(session.clone()));
             table.closed_all
         };
         self.closer

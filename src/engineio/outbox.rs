@@ -41,20 +41,20 @@ pub enum Outbound {
 /// The sending side of a session's queue; cheap to clone and share.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    shared: Arc<Shared>,
+    shared: Arc<OutboxShared>,
     closing: CancellationToken,
 }
 
 /// What a transport's writer drains.
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    shared: Arc<Shared>,
+    shared: Arc<OutboxShared>,
     /// Fires when the session must stop without flushing.
     pub closing: CancellationToken,
 }
 
 #[derive(Debug)]
-struct Shared {
+struct OutboxShared {
     queue: Mutex<Queue>,
     capacity: usize,
     max_bytes: usize,
@@ -82,7 +82,7 @@ impl Outbound {
     }
 }
 
-impl Shared {
+impl OutboxShared {
     fn queue(&self) -> MutexGuard<'_, Queue> {
         // Nothing panics while holding the lock; a poisoned queue is intact.
         self.queue
@@ -132,7 +132,7 @@ impl Outbox {
 
     /// Creates a queue holding at most `capacity` items and `max_bytes`.
     pub fn with_max_bytes(capacity: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(OutboxShared {
             queue: Mutex::default(),
             capacity: capacity.max(1),
             max_bytes,

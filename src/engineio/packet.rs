@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 /// One decoded Engine.IO packet, borrowing from the frame it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Packet<'a> {
+pub enum EnginePacket<'a> {
     /// `0`: the handshake; only servers send it, so decoding keeps its data raw.
     Open(&'a str),
     /// `1`: the peer closes the session.
@@ -29,7 +29,7 @@ pub enum Packet<'a> {
 
 /// Why bytes could not be read as an Engine.IO packet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub enum EngineDecodeError {
     /// The frame had no type digit at all.
     #[error("empty packet")]
     Empty,
@@ -41,28 +41,28 @@ pub enum DecodeError {
     UnexpectedData(char),
 }
 
-impl<'a> Packet<'a> {
+impl<'a> EnginePacket<'a> {
     /// Decodes a text frame (websocket) or one record of a polling payload.
-    pub fn decode_text(text: &'a str) -> Result<Packet<'a>, DecodeError> {
+    pub fn decode_text(text: &'a str) -> Result<EnginePacket<'a>, EngineDecodeError> {
         let mut chars = text.chars();
-        let kind = chars.next().ok_or(DecodeError::Empty)?;
+        let kind = chars.next().ok_or(EngineDecodeError::Empty)?;
         let data = chars.as_str();
-        let bare = |packet: Packet<'a>| {
+        let bare = |packet: EnginePacket<'a>| {
             if data.is_empty() {
                 Ok(packet)
             } else {
-                Err(DecodeError::UnexpectedData(kind))
+                Err(EngineDecodeError::UnexpectedData(kind))
             }
         };
         match kind {
-            '0' => Ok(Packet::Open(data)),
-            '1' => bare(Packet::Close),
-            '2' => Ok(Packet::Ping(data)),
-            '3' => Ok(Packet::Pong(data)),
-            '4' => Ok(Packet::Message(data)),
-            '5' => bare(Packet::Upgrade),
-            '6' => bare(Packet::Noop),
-            other => Err(DecodeError::UnknownType(other)),
+            '0' => Ok(EnginePacket::Open(data)),
+            '1' => bare(EnginePacket::Close),
+            '2' => Ok(EnginePacket::Ping(data)),
+            '3' => Ok(EnginePacket::Pong(data)),
+            '4' => Ok(EnginePacket::Message(data)),
+            '5' => bare(EnginePacket::Upgrade),
+            '6' => bare(EnginePacket::Noop),
+            other => Err(EngineDecodeError::UnknownType(other)),
         }
     }
 
@@ -70,37 +70,37 @@ impl<'a> Packet<'a> {
     /// written as `b<base64>`, the polling transport's form.
     pub fn encode_text(&self, out: &mut String) {
         match self {
-            Packet::Open(data) => {
+            EnginePacket::Open(data) => {
                 out.push('0');
                 out.push_str(data);
             }
-            Packet::Close => out.push('1'),
-            Packet::Ping(data) => {
+            EnginePacket::Close => out.push('1'),
+            EnginePacket::Ping(data) => {
                 out.push('2');
                 out.push_str(data);
             }
-            Packet::Pong(data) => {
+            EnginePacket::Pong(data) => {
                 out.push('3');
                 out.push_str(data);
             }
-            Packet::Message(data) => {
+            EnginePacket::Message(data) => {
                 out.push('4');
                 out.push_str(data);
             }
-            Packet::Binary(bytes) => {
+            EnginePacket::Binary(bytes) => {
                 use base64::Engine as _;
                 out.push('b');
                 base64::engine::general_purpose::STANDARD.encode_string(bytes, out);
             }
-            Packet::Upgrade => out.push('5'),
-            Packet::Noop => out.push('6'),
+            EnginePacket::Upgrade => out.push('5'),
+            EnginePacket::Noop => out.push('6'),
         }
     }
 }
 
 /// The fields of the open packet a server sends first.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Handshake<'a> {
+pub struct EngineHandshake<'a> {
     /// The Engine.IO session id.
     pub sid: &'a str,
     /// Transports the client may upgrade to from the current one.
@@ -113,7 +113,7 @@ pub struct Handshake<'a> {
     pub max_payload: usize,
 }
 
-impl Handshake<'_> {
+impl EngineHandshake<'_> {
     /// The full open packet, `0{"sid":...}`.
     pub fn encode(&self) -> String {
         let mut out = String::from("0{\"sid\":");
@@ -140,42 +140,48 @@ mod tests {
 
     #[test]
     fn decodes_every_text_type() {
-        assert_eq!(Packet::decode_text("1"), Ok(Packet::Close));
-        assert_eq!(Packet::decode_text("2probe"), Ok(Packet::Ping("probe")));
-        assert_eq!(Packet::decode_text("3"), Ok(Packet::Pong("")));
+        assert_eq!(EnginePacket::decode_text("1"), Ok(EnginePacket::Close));
         assert_eq!(
-            Packet::decode_text("42[\"a\"]"),
-            Ok(Packet::Message("2[\"a\"]"))
+            EnginePacket::decode_text("2probe"),
+            Ok(EnginePacket::Ping("probe"))
         );
-        assert_eq!(Packet::decode_text("5"), Ok(Packet::Upgrade));
-        assert_eq!(Packet::decode_text("6"), Ok(Packet::Noop));
+        assert_eq!(EnginePacket::decode_text("3"), Ok(EnginePacket::Pong("")));
+        assert_eq!(
+            EnginePacket::decode_text("42[\"a\"]"),
+            Ok(EnginePacket::Message("2[\"a\"]"))
+        );
+        assert_eq!(EnginePacket::decode_text("5"), Ok(EnginePacket::Upgrade));
+        assert_eq!(EnginePacket::decode_text("6"), Ok(EnginePacket::Noop));
     }
 
     #[test]
     fn refuses_garbage() {
-        assert_eq!(Packet::decode_text(""), Err(DecodeError::Empty));
+        assert_eq!(EnginePacket::decode_text(""), Err(EngineDecodeError::Empty));
         assert_eq!(
-            Packet::decode_text("9hello"),
-            Err(DecodeError::UnknownType('9'))
+            EnginePacket::decode_text("9hello"),
+            Err(EngineDecodeError::UnknownType('9'))
         );
-        assert_eq!(Packet::decode_text("é"), Err(DecodeError::UnknownType('é')));
         assert_eq!(
-            Packet::decode_text("1x"),
-            Err(DecodeError::UnexpectedData('1'))
+            EnginePacket::decode_text("é"),
+            Err(EngineDecodeError::UnknownType('é'))
+        );
+        assert_eq!(
+            EnginePacket::decode_text("1x"),
+            Err(EngineDecodeError::UnexpectedData('1'))
         );
     }
 
     #[test]
     fn encodes_text_and_base64_binary() {
         let mut out = String::new();
-        Packet::Message("hello").encode_text(&mut out);
-        Packet::Binary(&[1, 2, 3]).encode_text(&mut out);
+        EnginePacket::Message("hello").encode_text(&mut out);
+        EnginePacket::Binary(&[1, 2, 3]).encode_text(&mut out);
         assert_eq!(out, "4hellobAQID");
     }
 
     #[test]
     fn open_packet_has_the_reference_field_order() {
-        let open = Handshake {
+        let open = EngineHandshake {
             sid: "abc",
             upgrades: &["websocket"],
             ping_interval: 25000,

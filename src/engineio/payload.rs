@@ -6,7 +6,7 @@
 
 use base64::Engine as _;
 
-use super::packet::{DecodeError, Packet};
+use super::packet::{EngineDecodeError, EnginePacket};
 
 /// The separator between the packets of one payload.
 pub const SEPARATOR: char = '\x1e';
@@ -15,7 +15,7 @@ pub const SEPARATOR: char = '\x1e';
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
     /// A text packet (any type), borrowing from the body.
-    Packet(Packet<'a>),
+    Packet(EnginePacket<'a>),
     /// A binary message, decoded from its base64 form.
     Binary(Vec<u8>),
 }
@@ -31,11 +31,11 @@ pub enum PayloadError {
     Base64(usize),
     /// A text record is not an Engine.IO packet.
     #[error("packet {index}: {error}")]
-    Packet {
+    EnginePacket {
         /// The record's position in the payload.
         index: usize,
         /// What was wrong with it.
-        error: DecodeError,
+        error: EngineDecodeError,
     },
 }
 
@@ -50,9 +50,9 @@ pub fn decode(body: &[u8]) -> Result<Vec<Record<'_>>, PayloadError> {
                 .decode(encoded)
                 .map(Record::Binary)
                 .map_err(|_| PayloadError::Base64(index)),
-            None => Packet::decode_text(record)
+            None => EnginePacket::decode_text(record)
                 .map(Record::Packet)
-                .map_err(|error| PayloadError::Packet { index, error }),
+                .map_err(|error| PayloadError::EnginePacket { index, error }),
         })
         .collect()
 }
@@ -73,7 +73,7 @@ impl Encoder {
     /// Appends a binary message as `b<base64>`.
     pub fn binary(&mut self, data: &[u8]) {
         self.separate();
-        Packet::Binary(data).encode_text(&mut self.body);
+        EnginePacket::Binary(data).encode_text(&mut self.body);
     }
 
     /// True while nothing has been appended.
@@ -102,37 +102,37 @@ mod tests {
         assert_eq!(
             decode(b"4hello\x1ebAQIDBA==\x1e3"),
             Ok(vec![
-                Record::Packet(Packet::Message("hello")),
+                Record::Packet(EnginePacket::Message("hello")),
                 Record::Binary(vec![1, 2, 3, 4]),
-                Record::Packet(Packet::Pong("")),
+                Record::Packet(EnginePacket::Pong("")),
             ])
         );
-        assert_eq!(decode(b"1"), Ok(vec![Record::Packet(Packet::Close)]));
+        assert_eq!(decode(b"1"), Ok(vec![Record::Packet(EnginePacket::Close)]));
     }
 
     #[test]
     fn refuses_malformed_payloads() {
         assert_eq!(
             decode(b"abc"),
-            Err(PayloadError::Packet {
+            Err(PayloadError::EnginePacket {
                 index: 0,
-                error: DecodeError::UnknownType('a')
+                error: EngineDecodeError::UnknownType('a')
             })
         );
         assert_eq!(decode(b"4a\x1ebnot base64!"), Err(PayloadError::Base64(1)));
         assert_eq!(decode(b"4a\xff"), Err(PayloadError::NotUtf8));
         assert_eq!(
             decode(b"4a\x1e"),
-            Err(PayloadError::Packet {
+            Err(PayloadError::EnginePacket {
                 index: 1,
-                error: DecodeError::Empty
+                error: EngineDecodeError::Empty
             })
         );
         assert_eq!(
             decode(b""),
-            Err(PayloadError::Packet {
+            Err(PayloadError::EnginePacket {
                 index: 0,
-                error: DecodeError::Empty
+                error: EngineDecodeError::Empty
             })
         );
     }
@@ -157,7 +157,7 @@ mod tests {
         assert_eq!(
             decode(body.as_bytes()),
             Ok(vec![
-                Record::Packet(Packet::Message("é\u{1f600}")),
+                Record::Packet(EnginePacket::Message("é\u{1f600}")),
                 Record::Binary(vec![]),
                 Record::Binary(vec![0xff; 7]),
             ])

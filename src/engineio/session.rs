@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::heartbeat::{Ended, Heartbeat};
 use super::outbox::OutboxReceiver;
-use super::packet::Packet;
+use super::packet::EnginePacket;
 use super::payload::Record;
 use super::{Admission, CloseReason, EngineConfig, Outbox, RequestInfo, SessionHandler};
 
@@ -215,20 +215,20 @@ impl<S: SessionHandler> Session<S> {
             Record::Packet(packet) => packet,
         };
         match packet {
-            Packet::Message(data) => handler
+            EnginePacket::Message(data) => handler
                 .on_text(&self.request, data)
                 .await
                 .map_err(|_| CloseReason::ParseError),
-            Packet::Pong(_) => {
+            EnginePacket::Pong(_) => {
                 self.heartbeat.pong();
                 Ok(())
             }
             // In Engine.IO v4 only the server pings (the upgrade probe, which
             // the websocket transport handles, aside).
-            Packet::Ping(_) => Err(CloseReason::ParseError),
-            Packet::Close => Err(CloseReason::TransportClose),
-            Packet::Upgrade | Packet::Noop => Ok(()),
-            Packet::Open(_) | Packet::Binary(_) => Err(CloseReason::ParseError),
+            EnginePacket::Ping(_) => Err(CloseReason::ParseError),
+            EnginePacket::Close => Err(CloseReason::TransportClose),
+            EnginePacket::Upgrade | EnginePacket::Noop => Ok(()),
+            EnginePacket::Open(_) | EnginePacket::Binary(_) => Err(CloseReason::ParseError),
         }
     }
 

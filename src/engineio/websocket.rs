@@ -24,7 +24,7 @@ use super::fragments::{Message, Reassembler};
 use super::frame_reader::FrameReader;
 use super::frame_writer::FrameWriter;
 use super::outbox::{Outbound, OutboxReceiver};
-use super::packet::Packet;
+use super::packet::EnginePacket;
 use super::payload::Record;
 use super::session::{Session, Transport};
 use super::{CloseReason, Engine, EngineHandler, RequestInfo, SessionHandler};
@@ -37,14 +37,13 @@ const MAX_COALESCED: usize = 256;
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Stream = TokioIo<Upgraded>;
-type Reader = FrameReader<ReadHalf<Stream>>;
-type Writer<W> = FrameWriter<W>;
+type WsReader = FrameReader<ReadHalf<Stream>>;
 
 /// Completes the upgrade and splits the websocket; `None` if it failed.
 async fn accept(
     upgrade: UpgradeFut,
     max_payload: usize,
-) -> Option<(Reader, Writer<WriteHalf<Stream>>)> {
+) -> Option<(WsReader, FrameWriter<WriteHalf<Stream>>)> {
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(error) => {
@@ -131,8 +130,8 @@ pub async fn adopt<S: SessionHandler>(
 /// function: an async one would hold its arguments beside the futures they
 /// were moved into.
 fn carry<'a, S: SessionHandler>(
-    read: Reader,
-    write: Writer<WriteHalf<Stream>>,
+    read: WsReader,
+    write: FrameWriter<WriteHalf<Stream>>,
     receiver: OutboxReceiver,
     session: &'a Session<S>,
     max_payload: usize,
@@ -149,8 +148,8 @@ fn carry<'a, S: SessionHandler>(
 /// the client did anything else. `probing` tells whether this websocket
 /// started the upgrade (and so must undo it on failure).
 async fn probe<S: SessionHandler, W: AsyncWrite + Unpin + Send>(
-    read: &mut Reader,
-    write: &mut Writer<W>,
+    read: &mut WsReader,
+    write: &mut FrameWriter<W>,
     session: &Session<S>,
     probing: &mut bool,
 ) -> Option<OutboxReceiver> {
@@ -162,8 +161,8 @@ async fn probe<S: SessionHandler, W: AsyncWrite + Unpin + Send>(
             OpCode::Text if frame.fin => std::str::from_utf8(frame.payload).ok()?,
             _ => return None,
         };
-        match Packet::decode_text(text) {
-            Ok(Packet::Ping("probe")) if !*probing => {
+        match EnginePacket::decode_text(text) {
+            Ok(EnginePacket::Ping("probe")) if !*probing => {
                 if !session.begin_upgrade() {
                     return None;
                 }
@@ -173,14 +172,14 @@ async fn probe<S: SessionHandler, W: AsyncWrite + Unpin + Send>(
                     .await
                     .ok()?;
             }
-            Ok(Packet::Upgrade) if *probing => return session.complete_upgrade().await,
+            Ok(EnginePacket::Upgrade) if *probing => return session.complete_upgrade().await,
             _ => return None,
         }
     }
 }
 
 /// Sends a close frame on a websocket that carries no session.
-async fn close_now<W: AsyncWrite + Unpin + Send>(write: &mut Writer<W>) {
+async fn close_now<W: AsyncWrite + Unpin + Send>(write: &mut FrameWriter<W>) {
     let _ = write.send(Frame::close_raw(Payload::Borrowed(&[]))).await;
 }
 
@@ -189,7 +188,7 @@ async fn close_now<W: AsyncWrite + Unpin + Send>(write: &mut Writer<W>) {
 /// closes otherwise. A plain function returning the future: an async fn
 /// would store its arguments twice in every idle connection's task.
 fn read_loop<S: SessionHandler>(
-    mut read: Reader,
+    mut read: WsReader,
     session: &Session<S>,
     max_payload: usize,
 ) -> impl Future<Output = ()> + Send + '_ {
@@ -223,7 +222,7 @@ fn read_loop<S: SessionHandler>(
             let record = match &message {
                 Ok(Message::Text(bytes)) => std::str::from_utf8(bytes)
                     .ok()
-                    .and_then(|text| Packet::decode_text(text).ok())
+                    .and_then(|text| EnginePacket::decode_text(text).ok())
                     .map(Record::Packet)
                     .ok_or(CloseReason::ParseError),
                 Ok(Message::Binary(bytes)) => Ok(Record::Binary(bytes.to_vec())),
@@ -264,7 +263,7 @@ async fn deliver<S: SessionHandler>(
 
 /// The writer of one websocket session.
 struct WriteLoop<W> {
-    ws: Writer<W>,
+    ws: FrameWriter<W>,
     receiver: OutboxReceiver,
 }
 

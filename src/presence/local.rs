@@ -11,13 +11,13 @@ use crate::metrics::METRICS;
 
 /// Presence kept in this process's memory.
 pub struct LocalPresence {
-    state: Mutex<State>,
+    state: Mutex<PresenceState>,
     version: AtomicU64,
     announce: Arc<dyn Announce>,
 }
 
 #[derive(Default)]
-struct State {
+struct PresenceState {
     conns: HashMap<ConnKey, Member>,
     /// Connections per user, in byte order of the names.
     users: BTreeMap<Arc<str>, usize>,
@@ -40,7 +40,7 @@ impl LocalPresence {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, PresenceState> {
         // Every update is a few map operations that cannot panic halfway.
         self.state
             .lock()

@@ -84,11 +84,11 @@ impl fmt::Display for AddressKey {
 #[derive(Debug)]
 pub struct Gate {
     limits: ConnectionLimits,
-    state: Mutex<State>,
+    state: Mutex<GateState>,
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct GateState {
     total: usize,
     next_serial: u64,
     by_address: HashMap<AddressKey, Counts>,
@@ -149,7 +149,7 @@ impl Gate {
         &self.limits
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, GateState> {
         // Every update is a few counter changes no panic can interrupt.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -222,7 +222,7 @@ impl Gate {
     }
 }
 
-impl State {
+impl GateState {
     fn new_serial(&mut self) -> u64 {
         self.next_serial += 1;
         self.next_serial

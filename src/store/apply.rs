@@ -24,7 +24,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::change::{Change, NewMessage, Outcome, PurgeCommand, ReadMark};
+use super::change::{Change, NewMessage, Outcome, PurgeSelection, ReadMark};
 use super::chunk::{Builder, Sealed};
 use super::clock::format_time;
 use super::error::DbContext;
@@ -506,13 +506,13 @@ impl<'t> Batch<'t> {
         })
     }
 
-    fn purge(&mut self, p: &PurgeCommand) -> Result<Outcome, StoreError> {
+    fn purge(&mut self, p: &PurgeSelection) -> Result<Outcome, StoreError> {
         let count = match p {
-            PurgeCommand::Room { room, before } => match self.id_of(room)? {
+            PurgeSelection::Room { room, before } => match self.id_of(room)? {
                 Some(id) => self.purge_room(id, before.unwrap_or(u64::MAX))?,
                 None => 0,
             },
-            PurgeCommand::All { before } => {
+            PurgeSelection::All { before } => {
                 // Only the rooms whose oldest message is older than
                 // `before`: as of the last commit in `oldest`, and as of
                 // now for the rooms this batch changed.
@@ -756,15 +756,15 @@ mod tests {
             .unwrap()
     }
 
-    fn purge(store: &Store, command: PurgeCommand) -> u64 {
+    fn purge(store: &Store, command: PurgeSelection) -> u64 {
         match store.apply(Change::Purge(command)).unwrap() {
             Outcome::Purged { count } => count,
             other => panic!("expected Purged, got {other:?}"),
         }
     }
 
-    fn before(ts: u64) -> PurgeCommand {
-        PurgeCommand::Room {
+    fn before(ts: u64) -> PurgeSelection {
+        PurgeSelection::Room {
             room: ROOM.into(),
             before: Some(ts),
         }
@@ -865,7 +865,7 @@ mod tests {
         assert_eq!(
             purge(
                 &store,
-                PurgeCommand::Room {
+                PurgeSelection::Room {
                     room: ROOM.into(),
                     before: Some(11)
                 }
@@ -1011,7 +1011,7 @@ mod tests {
         assert_eq!(
             purge(
                 &store,
-                PurgeCommand::Room {
+                PurgeSelection::Room {
                     room: ROOM.into(),
                     before: Some(25)
                 }
@@ -1023,7 +1023,7 @@ mod tests {
         assert_eq!(
             purge(
                 &store,
-                PurgeCommand::Room {
+                PurgeSelection::Room {
                     room: ROOM.into(),
                     before: Some(25)
                 }
@@ -1031,14 +1031,14 @@ mod tests {
             0
         );
         // Everything before a ts, in every room.
-        assert_eq!(purge(&store, PurgeCommand::All { before: 32 }), 4);
+        assert_eq!(purge(&store, PurgeSelection::All { before: 32 }), 4);
         assert_eq!(texts(&store, "dm:Ann_Cy"), ["y"]);
         assert_eq!(texts(&store, ROOM), ["x"]);
         // A room emptied leaves the inbox; its cursors go back to 0.
         assert_eq!(
             purge(
                 &store,
-                PurgeCommand::Room {
+                PurgeSelection::Room {
                     room: ROOM.into(),
                     before: None
                 }
@@ -1050,7 +1050,7 @@ mod tests {
         assert_eq!(store.read_cursor(ROOM, "Bob").unwrap(), 0);
         // A bound in the future takes only what is there now: later
         // messages (even with older clocks) stay.
-        assert_eq!(purge(&store, PurgeCommand::All { before: u64::MAX }), 1);
+        assert_eq!(purge(&store, PurgeSelection::All { before: u64::MAX }), 1);
         let m = stored(send(&store, "Bob", "back", 5));
         assert_eq!(m.ts, 41, "ts never repeats in a room");
         assert_eq!(texts(&store, ROOM), ["back"]);
@@ -1058,7 +1058,7 @@ mod tests {
         assert_eq!(
             purge(
                 &store,
-                PurgeCommand::Room {
+                PurgeSelection::Room {
                     room: "dm:nope".into(),
                     before: None
                 }

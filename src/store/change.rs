@@ -18,7 +18,7 @@ pub enum Change {
     /// A user has read a room up to a `ts`.
     Read(ReadMark),
     /// History deleted for good.
-    Purge(PurgeCommand),
+    Purge(PurgeSelection),
 }
 
 /// A message as a connection submitted it; the store assigns its `ts`.
@@ -60,7 +60,7 @@ pub struct ReadMark {
 
 /// Which messages a purge deletes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PurgeCommand {
+pub enum PurgeSelection {
     /// One room's messages older than `before` (exclusive), all without it.
     Room {
         /// Room id, `dm:A_B`.

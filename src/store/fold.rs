@@ -245,7 +245,7 @@ mod tests {
     fn a_fold_drops_what_was_purged_while_it_waited() {
         let (_dir, store) = tmp_store();
         fill(&store, 30);
-        let purge = crate::store::change::PurgeCommand::Room {
+        let purge = crate::store::change::PurgeSelection::Room {
             room: "dm:A_B".into(),
             before: Some(1015),
         };

@@ -101,7 +101,7 @@ pub fn open_damaged(dir: &Path, file: &[u8]) {
 fn base_file() -> &'static [u8] {
     static FILE: OnceLock<Vec<u8>> = OnceLock::new();
     FILE.get_or_init(|| {
-        use super::change::{Change, NewMessage, PurgeCommand, ReadMark};
+        use super::change::{Change, NewMessage, PurgeSelection, ReadMark};
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = Store::open(dir.path()).expect("a new store");
         let message = |room: &str, from: &str, to: &str, i: u64| NewMessage {
@@ -136,7 +136,7 @@ fn base_file() -> &'static [u8] {
             }))
             .expect("read");
         store
-            .apply(Change::Purge(PurgeCommand::Room {
+            .apply(Change::Purge(PurgeSelection::Room {
                 room: "dm:A_C".into(),
                 before: Some(1_700_000_010_000_000),
             }))

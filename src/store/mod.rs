@@ -40,7 +40,8 @@ use tokio::sync::watch;
 pub use self::applier::{Applier, ApplierHandle, ApplierMode, MAX_BATCH};
 pub use self::apply::EID_WINDOW;
 pub use self::change::{
-    Applied, AppliedBatch, Change, NewMessage, NotApplied, Outcome, Pending, PurgeCommand, ReadMark,
+    Applied, AppliedBatch, Change, NewMessage, NotApplied, Outcome, Pending, PurgeSelection,
+    ReadMark,
 };
 pub use self::clock::{format_time, now_us, utc_offset_s};
 pub use self::contain::{contained, panic_message};
@@ -86,11 +87,11 @@ pub struct StoredMessage {
 /// restart. Every read and write takes the database open at that moment.
 #[derive(Clone)]
 pub struct Store {
-    shared: Arc<Shared>,
+    shared: Arc<StoreShared>,
 }
 
 /// What every clone of a [`Store`] shares.
-struct Shared {
+struct StoreShared {
     path: PathBuf,
     // None while a reopen is under way (or after one failed).
     db: RwLock<Option<Arc<OpenDatabase>>>,
@@ -177,7 +178,7 @@ impl Store {
         let path = data_dir.join(DB_FILE_NAME);
         let db = open_database(&path)?;
         Ok(Store {
-            shared: Arc::new(Shared {
+            shared: Arc::new(StoreShared {
                 path,
                 db: RwLock::new(Some(Arc::new(db))),
                 failing: watch::Sender::new(None),

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::apply::RoomCache;
-use super::change::{Change, NewMessage, Outcome, PurgeCommand, ReadMark};
+use super::change::{Change, NewMessage, Outcome, PurgeSelection, ReadMark};
 use super::clock::format_time;
 use super::fold::fold_step;
 use super::schema::BUCKETS;
@@ -103,13 +103,13 @@ impl Model {
         }
     }
 
-    fn purge(&mut self, p: &PurgeCommand) -> Outcome {
+    fn purge(&mut self, p: &PurgeSelection) -> Outcome {
         let mut count = 0;
         for (name, room) in &mut self.rooms {
             let before = match p {
-                PurgeCommand::Room { room, before } if room == name => before.unwrap_or(u64::MAX),
-                PurgeCommand::Room { .. } => continue,
-                PurgeCommand::All { before } => *before,
+                PurgeSelection::Room { room, before } if room == name => before.unwrap_or(u64::MAX),
+                PurgeSelection::Room { .. } => continue,
+                PurgeSelection::All { before } => *before,
             };
             let had = room.messages.len();
             room.messages.retain(|m| m.ts >= before);
@@ -218,11 +218,11 @@ fn random_change(rng: &mut Rng, clock: &mut u64) -> Change {
             user: from.into(),
             ts: clock.saturating_sub(rng.below(20_000_000)),
         }),
-        90..96 => Change::Purge(PurgeCommand::Room {
+        90..96 => Change::Purge(PurgeSelection::Room {
             room,
             before: (rng.below(3) > 0).then(|| clock.saturating_sub(rng.below(60_000_000))),
         }),
-        _ => Change::Purge(PurgeCommand::All {
+        _ => Change::Purge(PurgeSelection::All {
             before: clock.saturating_sub(rng.below(120_000_000)),
         }),
     }

@@ -667,7 +667,7 @@ fn export_one<E: From<StoreError>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::change::{Change, PurgeCommand};
+    use crate::store::change::{Change, PurgeSelection};
     use crate::store::fold::fold_step;
     use crate::store::testutil::*;
 
@@ -716,7 +716,7 @@ mod tests {
         }
         if matches!(layout, Layout::Unswept) {
             // Purged through a batch: the sweep Store::apply would run does not.
-            let purge = PurgeCommand::Room {
+            let purge = PurgeSelection::Room {
                 room: ROOM.into(),
                 before: Some(5),
             };
@@ -927,7 +927,7 @@ mod tests {
             ));
             assert!(s.export_all::<StoreError>(|_| Ok(())).is_err());
             // Purging it needs no decoding of what goes.
-            let purge = PurgeCommand::Room {
+            let purge = PurgeSelection::Room {
                 room: ROOM.into(),
                 before: None,
             };

@@ -508,7 +508,7 @@ fn read_cids(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::change::{Change, PurgeCommand, ReadMark};
+    use crate::store::change::{Change, PurgeSelection, ReadMark};
     use crate::store::testutil::*;
     use crate::store::{DB_FILE_NAME, Outcome};
 
@@ -534,7 +534,7 @@ mod tests {
             .unwrap();
         let floor = exported(&store)[10].ts;
         store
-            .apply(Change::Purge(PurgeCommand::Room {
+            .apply(Change::Purge(PurgeSelection::Room {
                 room: "dm:A_B".into(),
                 before: Some(floor),
             }))

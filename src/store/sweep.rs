@@ -258,7 +258,7 @@ fn forget(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::change::{Change, PurgeCommand};
+    use crate::store::change::{Change, PurgeSelection};
     use crate::store::schema::{CIDS, SWEEP};
     use crate::store::testutil::*;
     use crate::store::{HistoryQuery, Outcome};
@@ -305,7 +305,7 @@ mod tests {
     }
 
     fn purge_in_batch(store: &Store, before: u64) -> u64 {
-        let purge = Change::Purge(PurgeCommand::Room {
+        let purge = Change::Purge(PurgeSelection::Room {
             room: ROOM.into(),
             before: Some(before),
         });

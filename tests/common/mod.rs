@@ -19,7 +19,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use chatd::client::{Client, ConnectOptions, Event, RawArgs, tls};
+use chatd::client::{Client, ClientEvent, ConnectOptions, RawArgs, tls};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -397,7 +397,7 @@ impl Drop for Server {
 /// The next event of `client`, which must be named `name`; returns its
 /// first argument.
 pub async fn expect_event(client: &mut Client, name: &str) -> Value {
-    let Event { name: got, args } = next_event(client).await;
+    let ClientEvent { name: got, args } = next_event(client).await;
     assert_eq!(got, name, "unexpected event with {args:?}");
     first(args)
 }
@@ -405,7 +405,7 @@ pub async fn expect_event(client: &mut Client, name: &str) -> Value {
 /// Skips events until one named `name`; returns its first argument.
 pub async fn wait_for_event(client: &mut Client, name: &str) -> Value {
     loop {
-        let Event { name: got, args } = next_event(client).await;
+        let ClientEvent { name: got, args } = next_event(client).await;
         if got == name {
             return first(args);
         }
@@ -436,7 +436,7 @@ pub async fn send(client: &Client, text: &str) -> Value {
     first(ack)
 }
 
-async fn next_event(client: &mut Client) -> Event {
+async fn next_event(client: &mut Client) -> ClientEvent {
     tokio::time::timeout(TIMEOUT, client.next_event())
         .await
         .unwrap_or_else(|_| panic!("no event within {TIMEOUT:?}"))

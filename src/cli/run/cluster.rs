@@ -15,7 +15,7 @@ use crate::cluster::log::{CatchUp, JetStreamLog, claim_store};
 use crate::cluster::presence::ClusterPresence;
 use crate::cluster::roster::{Roster, is_valid_node_name};
 use crate::cluster::stream::{Replication, ensure_log_stream, ensure_presence_bucket};
-use crate::cluster::{ClusterError, Engine};
+use crate::cluster::{ClusterEngine, ClusterError};
 use crate::health::Health;
 use crate::store::Store;
 
@@ -57,7 +57,7 @@ impl ClusterNode {
         if !is_valid_node_name(&node) {
             bail!("--node {node:?} is not a node name: give 1 to 64 of A-Z a-z 0-9 _ -");
         }
-        let engine = Engine::connect(&urls, &node).await?;
+        let engine = ClusterEngine::connect(&urls, &node).await?;
         let (engine_health, _probe) = watch_health(engine.clone());
         tokio::spawn(report_engine(engine_health.clone(), health.clone()));
         let replication = Replication::default();
@@ -108,7 +108,7 @@ impl Departure {
 
 /// The log stream and the presence bucket, created if need be.
 async fn ensure(
-    engine: &Engine,
+    engine: &ClusterEngine,
     replication: Replication,
 ) -> Result<
     (
