@@ -105,14 +105,19 @@ fn answer(applied: Applied<Ticket>) -> Option<SettledEvent> {
             // Counted before the ack goes out, so a client that saw its ack
             // also sees it counted.
             METRICS.messages_accepted(1);
-            let json = message_json(&message);
+            // The message object is written once, into the fan-out frame,
+            // and the ack copies it from there: no buffer of its own.
+            let mut object = 0..0;
+            let frame = event_packet_with("/", "chat message", |frame| {
+                let start = frame.len();
+                MessageView::of(&message).write_json(frame);
+                object = start..frame.len();
+            });
             if let Some(client) = &client {
-                ack_message(client, &json, false);
+                ack_message(client, &frame[object], false);
             }
             Some(SettledEvent {
-                frame: event_packet_with("/", "chat message", |frame| {
-                    frame.extend_from_slice(&json)
-                }),
+                frame,
                 users: [message.from, message.to],
                 room: message.room,
                 seq,
@@ -178,8 +183,7 @@ fn answer(applied: Applied<Ticket>) -> Option<SettledEvent> {
     }
 }
 
-/// A stored message as one JSON object, shared by the ack and the fan-out
-/// frame.
+/// A stored message as one JSON object, for an ack without a frame.
 fn message_json(message: &StoredMessage) -> Vec<u8> {
     let mut json = Vec::with_capacity(160 + message.text.len());
     MessageView::of(message).write_json(&mut json);
