@@ -46,6 +46,7 @@ use super::apply::{Batch, Effect, RoomCache};
 use super::change::{Applied, AppliedBatch, NotApplied, Outcome, Pending};
 use super::error::DbContext;
 use super::fold::{FOLD_AT, STEP, fold_step};
+use super::relist::{RELIST_AFTER, RELIST_STEP, pending as relist_pending, relist_step};
 use super::schema::BUCKETS;
 use super::sweep::{pending as sweep_pending, sweep_step};
 use super::{Store, StoreError, contained};
@@ -485,16 +486,17 @@ impl Worker {
 
     // One step of background work; a fault of the disk starts an outage.
     fn background_step(&mut self, committed: usize) {
-        // The step rewrites the states of the rooms it folds or sweeps.
-        match self.background.folding {
-            Some(b) => self.rooms.forget_bucket(b),
-            None if self.background.sweeping => self.rooms.clear(),
-            None => {}
-        }
-        if let Err(error) = self.background.step(&self.store, committed)
-            && error.is_storage_fault()
-        {
-            self.fault(&error);
+        // What a step rewrote, the room cache no longer knows.
+        match self.background.step(&self.store, committed) {
+            Ok(Stepped::Folded(b)) => self.rooms.forget_bucket(b),
+            Ok(Stepped::Swept) => self.rooms.clear(),
+            Ok(Stepped::Relisted(rooms)) => self.rooms.forget(&rooms),
+            Ok(Stepped::Nothing) => {}
+            Err(error) => {
+                if error.is_storage_fault() {
+                    self.fault(&error);
+                }
+            }
         }
     }
 }
@@ -603,6 +605,8 @@ pub(crate) struct Committed {
     pub staged: u64,
     /// Some purge removed messages.
     pub purged: bool,
+    /// Some room's inbox keys were marked behind (`relist.rs`).
+    pub marked: bool,
     /// The commit was durable, and so is every commit and step before it.
     pub durable: bool,
 }
@@ -640,11 +644,13 @@ pub(crate) fn commit<T>(
     let staged = applied.t.staged.len().ctx("counting staged messages")?;
     let cache = applied.finish()?;
     txn.commit().ctx("committing changes")?;
+    let marked = cache.marked;
     *rooms = cache;
     Ok(Committed {
         effects,
         staged,
         purged,
+        marked,
         durable,
     })
 }
@@ -657,6 +663,10 @@ struct Background {
     staged: u64,
     // Purged messages may be waiting for a sweep.
     sweeping: bool,
+    // Since when some room's inbox keys have been behind, if any are.
+    behind_since: Option<Instant>,
+    // Relist now rather than when RELIST_AFTER has passed.
+    relist_now: bool,
     // A commit or step made without fsync since the last durable commit.
     unsynced: bool,
 }
@@ -680,17 +690,28 @@ impl Background {
             folding: None,
             staged,
             sweeping: sweep_pending(store)?,
+            behind_since: relist_pending(store)?.then(Instant::now),
+            relist_now: false,
             unsynced: false,
         })
     }
 
     fn busy(&self) -> bool {
-        self.folding.is_some() || self.sweeping
+        self.folding.is_some() || self.sweeping || self.relist_due()
+    }
+
+    fn relist_due(&self) -> bool {
+        self.behind_since
+            .is_some_and(|since| self.relist_now || since.elapsed() >= RELIST_AFTER)
     }
 
     fn committed(&mut self, committed: &Committed) {
         self.staged = committed.staged;
         self.sweeping |= committed.purged;
+        if committed.marked && self.behind_since.is_none() {
+            self.behind_since = Some(Instant::now());
+            self.relist_now = false;
+        }
         self.unsynced = !committed.durable;
         if self.folding.is_none() && self.staged >= FOLD_AT {
             self.folding = Some(0);
@@ -709,13 +730,33 @@ impl Background {
         if self.folding.is_none() && self.staged > 0 {
             self.folding = Some(0);
         }
+        self.relist_now = self.behind_since.is_some();
     }
 
     // One step of whatever is under way, sized to keep up with the
     // `committed` changes just applied. A failed step abandons its pass
     // (logged here, given back for the caller to tell a fault of the disk):
     // nothing is lost, a later pass does the work again.
-    fn step(&mut self, store: &Store, committed: usize) -> Result<(), StoreError> {
+    fn step(&mut self, store: &Store, committed: usize) -> Result<Stepped, StoreError> {
+        if self.relist_due() {
+            return match contained("relisting inbox keys", || relist_step(store, RELIST_STEP)) {
+                Ok(relisted) => {
+                    self.unsynced = true;
+                    if relisted.done {
+                        self.behind_since = None;
+                        self.relist_now = false;
+                    }
+                    Ok(Stepped::Relisted(relisted.rooms))
+                }
+                Err(error) => {
+                    tracing::error!(%error, "relisting inbox keys failed");
+                    // Tried again a while later, not at every step.
+                    self.behind_since = Some(Instant::now());
+                    self.relist_now = false;
+                    Err(error)
+                }
+            };
+        }
         if let Some(b) = self.folding {
             match contained("folding staged messages", || {
                 fold_step(store, b, STEP.max(2 * committed))
@@ -727,11 +768,12 @@ impl Background {
                     if folded.bucket_empty {
                         self.folding = (b + 1 < BUCKETS).then_some(b + 1);
                     }
+                    Ok(Stepped::Folded(b))
                 }
                 Err(error) => {
                     tracing::error!(%error, bucket = b, "folding staged messages failed");
                     self.folding = None;
-                    return Err(error);
+                    Err(error)
                 }
             }
         } else if self.sweeping {
@@ -739,15 +781,17 @@ impl Background {
                 Ok(swept) => {
                     self.unsynced = true;
                     self.sweeping = !swept.done;
+                    Ok(Stepped::Swept)
                 }
                 Err(error) => {
                     tracing::error!(%error, "deleting purged messages failed");
                     self.sweeping = false;
-                    return Err(error);
+                    Err(error)
                 }
             }
+        } else {
+            Ok(Stepped::Nothing)
         }
-        Ok(())
     }
 
     // At exit: leave nothing non-durable behind.
@@ -758,6 +802,18 @@ impl Background {
             tracing::warn!(%error, "syncing the last commits and steps failed");
         }
     }
+}
+
+/// Which background step ran, so the applier forgets what it rewrote.
+enum Stepped {
+    /// None was under way.
+    Nothing,
+    /// A fold step, of this bucket's rooms.
+    Folded(u8),
+    /// A sweep step, of some room.
+    Swept,
+    /// A relist step, of these rooms.
+    Relisted(Vec<u32>),
 }
 
 /// An empty durable commit: makes the non-durable steps before it durable.
@@ -779,6 +835,7 @@ impl Store {
             while !fold_step(self, b, STEP)?.bucket_empty {}
         }
         while !sweep_step(self, SWEEP_STEP)?.done {}
+        while !relist_step(self, RELIST_STEP)?.done {}
         make_durable(self)
     }
 

@@ -17,7 +17,10 @@
 //!
 //! A [`Batch`] applies a group commit's changes in one write transaction,
 //! keeping the room states it touches in memory and writing each once, with
-//! its inbox and `oldest` entries, when the batch is done.
+//! its `oldest` entry, when the batch is done. A room's `inbox` keys are
+//! not rewritten at every message: the first message after they were
+//! exact marks them behind in `relist`, and the applier brings them up to
+//! date later, once for however many messages came meanwhile (`relist.rs`).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -32,8 +35,8 @@ use super::read::{find_message, position, room_id, room_state};
 use super::record::{self, Context, RecordRef, Sid, Stamp};
 use super::room::RoomState;
 use super::schema::{
-    APPLIED_SEQ_KEY, CHUNKS, CIDS, CidTable, EID_LOG, EIDS, INBOX, NEXT_ROOM_KEY, OLDEST, ROOM_IDS,
-    ROOMS, STAGED, STATE, SWEEP, bucket, read_u64, write_u64,
+    APPLIED_SEQ_KEY, CHUNKS, CIDS, CidTable, EID_LOG, EIDS, INBOX, NEXT_ROOM_KEY, OLDEST, RELIST,
+    ROOM_IDS, ROOMS, STAGED, STATE, SWEEP, bucket, read_u64, write_u64,
 };
 use super::{StoreError, StoredMessage};
 
@@ -129,6 +132,7 @@ pub(crate) struct Tables<'t> {
     pub chunks: Table<'t, (u32, u64), &'static [u8]>,
     pub staged: Table<'t, (u8, u64), &'static [u8]>,
     pub inbox: Table<'t, (&'static [u8], u64, &'static [u8]), ()>,
+    pub relist: Table<'t, (&'static [u8], &'static [u8]), u64>,
     pub cids: CidTable<'t>,
     pub eids: Table<'t, [u8; 16], (u64, u32, u64)>,
     pub eid_log: Table<'t, u64, [u8; 16]>,
@@ -146,6 +150,7 @@ impl<'t> Tables<'t> {
             chunks: txn.open_table(CHUNKS).ctx("opening chunks")?,
             staged: txn.open_table(STAGED).ctx("opening staged messages")?,
             inbox: txn.open_table(INBOX).ctx("opening inbox")?,
+            relist: txn.open_table(RELIST).ctx("opening relist")?,
             cids: txn.open_table(CIDS).ctx("opening cids")?,
             eids: txn.open_table(EIDS).ctx("opening eids")?,
             eid_log: txn.open_table(EID_LOG).ctx("opening eid log")?,
@@ -153,6 +158,20 @@ impl<'t> Tables<'t> {
             sweep: txn.open_table(SWEEP).ctx("opening sweep")?,
         })
     }
+}
+
+/// Where room `st`'s inbox keys stand, by `relist`.
+pub(crate) fn listing_of(
+    relist: &impl ReadableTable<(&'static [u8], &'static [u8]), u64>,
+    st: &RoomState,
+) -> Result<Listing, StoreError> {
+    let behind = relist
+        .get((st.users[0].as_bytes(), st.name.as_bytes()))
+        .ctx("reading relist")?;
+    Ok(match behind {
+        Some(ts) => Listing::Behind(ts.value()),
+        None => Listing::Exact,
+    })
 }
 
 /// Most rooms whose ids and states a [`RoomCache`] keeps (about 200 bytes
@@ -170,9 +189,11 @@ const CACHED_ROOMS: usize = 4096;
 #[derive(Default)]
 pub(crate) struct RoomCache {
     ids: HashMap<String, u32>,
-    states: HashMap<u32, RoomState>,
+    states: HashMap<u32, (RoomState, Listing)>,
     // The log position the states are as of.
     seq: u64,
+    /// The batch that left this marked some room's inbox keys behind.
+    pub marked: bool,
 }
 
 impl RoomCache {
@@ -185,11 +206,29 @@ impl RoomCache {
     pub(crate) fn clear(&mut self) {
         self.states.clear();
     }
+
+    /// Forgets the states of `rooms` (a relist step brought their inbox
+    /// keys up to date).
+    pub(crate) fn forget(&mut self, rooms: &[u32]) {
+        for id in rooms {
+            self.states.remove(id);
+        }
+    }
+}
+
+/// Where a room's `inbox` keys stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listing {
+    /// They carry the room's newest ts (none while it has no messages).
+    Exact,
+    /// They carry this ts (0: there are none), and `relist` says so.
+    Behind(u64),
 }
 
 /// A room state being changed by a batch, and what its keys were before.
 struct Touched {
     state: RoomState,
+    listing: Listing,
     // The room's newest ts when it had messages at the batch's start (its
     // inbox key then), and its oldest ts (its `oldest` key).
     inbox_at_start: Option<u64>,
@@ -207,10 +246,12 @@ pub(crate) struct Batch<'t> {
     touched: HashMap<u32, Touched>,
     // Room ids and untouched room states from earlier commits.
     ids: HashMap<String, u32>,
-    cached: HashMap<u32, RoomState>,
+    cached: HashMap<u32, (RoomState, Listing)>,
     buf: Vec<u8>,
     // Rooms with DIRECT_AT or more messages in this batch.
     busy: HashSet<String>,
+    // Some room's inbox keys were marked behind.
+    marked: bool,
     // Busy rooms' messages on their way straight into chunks.
     direct: HashMap<u32, Direct>,
 }
@@ -245,6 +286,7 @@ impl<'t> Batch<'t> {
             cached: cache.states,
             buf: Vec::new(),
             busy: HashSet::new(),
+            marked: false,
             direct: HashMap::new(),
         })
     }
@@ -601,6 +643,7 @@ impl<'t> Batch<'t> {
             id,
             Touched {
                 state: RoomState::new(id, &m.room, &m.from, &m.to),
+                listing: Listing::Exact,
                 inbox_at_start: None,
                 oldest_at_start: 0,
             },
@@ -611,14 +654,18 @@ impl<'t> Batch<'t> {
     // Makes room `id`'s state available in `touched`; false if no such room.
     fn load(&mut self, id: u32) -> Result<bool, StoreError> {
         if let Entry::Vacant(slot) = self.touched.entry(id) {
-            let state = match self.cached.remove(&id) {
-                Some(state) => state,
+            let (state, listing) = match self.cached.remove(&id) {
+                Some(cached) => cached,
                 None => match room_state(&self.t.rooms, id)? {
-                    Some(state) => state,
+                    Some(state) => {
+                        let listing = listing_of(&self.t.relist, &state)?;
+                        (state, listing)
+                    }
                     None => return Ok(false),
                 },
             };
             slot.insert(Touched {
+                listing,
                 inbox_at_start: state.has_messages().then_some(state.newest_ts),
                 oldest_at_start: state.oldest_ts,
                 state,
@@ -636,25 +683,10 @@ impl<'t> Batch<'t> {
         for id in direct {
             self.flush(id)?;
         }
-        for (id, touched) in self.touched.drain() {
+        let touched: Vec<(u32, Touched)> = self.touched.drain().collect();
+        for (id, mut touched) in touched {
+            touched.listing = self.list(&touched)?;
             let st = &touched.state;
-            let inbox_now = st.has_messages().then_some(st.newest_ts);
-            if inbox_now != touched.inbox_at_start {
-                for user in &st.users {
-                    if let Some(ts) = touched.inbox_at_start {
-                        self.t
-                            .inbox
-                            .remove((user.as_bytes(), u64::MAX - ts, st.name.as_bytes()))
-                            .ctx("updating inbox")?;
-                    }
-                    if let Some(ts) = inbox_now {
-                        self.t
-                            .inbox
-                            .insert((user.as_bytes(), u64::MAX - ts, st.name.as_bytes()), ())
-                            .ctx("updating inbox")?;
-                    }
-                }
-            }
             if st.oldest_ts != touched.oldest_at_start {
                 if touched.oldest_at_start != 0 {
                     self.t
@@ -676,7 +708,7 @@ impl<'t> Batch<'t> {
             if self.cached.len() >= CACHED_ROOMS {
                 self.cached.clear();
             }
-            self.cached.insert(id, touched.state);
+            self.cached.insert(id, (touched.state, touched.listing));
         }
         write_u64(&mut self.t.state, APPLIED_SEQ_KEY, self.applied_seq)?;
         if self.created {
@@ -690,7 +722,51 @@ impl<'t> Batch<'t> {
             ids: std::mem::take(&mut self.ids),
             states: std::mem::take(&mut self.cached),
             seq: self.applied_seq,
+            marked: self.marked,
         })
+    }
+
+    // Keeps a touched room's inbox keys true to its state: a room with
+    // messages and a newer newest ts is marked behind in `relist` (once,
+    // until a relist step lists it again); a room left without messages
+    // leaves its users' inboxes at once. Returns where the keys stand now.
+    fn list(&mut self, touched: &Touched) -> Result<Listing, StoreError> {
+        let st = &touched.state;
+        let listed = match touched.listing {
+            Listing::Behind(ts) => (ts != 0).then_some(ts),
+            Listing::Exact => touched.inbox_at_start,
+        };
+        let now = st.has_messages().then_some(st.newest_ts);
+        match (touched.listing, now) {
+            (Listing::Behind(_), Some(_)) => Ok(touched.listing),
+            (Listing::Exact, Some(_)) if now == listed => Ok(Listing::Exact),
+            (Listing::Exact, Some(_)) => {
+                let behind = listed.unwrap_or(0);
+                for user in &st.users {
+                    self.t
+                        .relist
+                        .insert((user.as_bytes(), st.name.as_bytes()), behind)
+                        .ctx("marking inbox keys behind")?;
+                }
+                self.marked = true;
+                Ok(Listing::Behind(behind))
+            }
+            (_, None) => {
+                for user in &st.users {
+                    if let Some(ts) = listed {
+                        self.t
+                            .inbox
+                            .remove((user.as_bytes(), u64::MAX - ts, st.name.as_bytes()))
+                            .ctx("updating inbox")?;
+                    }
+                    self.t
+                        .relist
+                        .remove((user.as_bytes(), st.name.as_bytes()))
+                        .ctx("updating relist")?;
+                }
+                Ok(Listing::Exact)
+            }
+        }
     }
 
     // Forgets entry ids applied EID_WINDOW or more positions ago.

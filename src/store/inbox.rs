@@ -2,21 +2,26 @@
 //! unread counts and both read cursors.
 //!
 //! `inbox` holds one key per user and room, `(user, u64::MAX - ts of the
-//! room's newest message, room name)`, kept by the applier whenever a
-//! room's newest message changes; a page is a range read of the user's
-//! keys. Each entry then costs two lookups and the newest message: the
-//! counts are the room state's counters (see `room.rs`). Nothing scans a
-//! room's history or the user's other rooms, so a page costs the same for
+//! room's newest message, room name)`; a page is a range read of the
+//! user's keys. Keys of rooms that had messages since they were last
+//! written are behind, and `relist` says which (`relist.rs`): the page
+//! skips those keys and merges those rooms in by their states' newest ts.
+//! Each entry then costs two lookups and the newest message: the counts
+//! are the room state's counters (see `room.rs`). Nothing scans a room's
+//! history, and of the user's other rooms only those with messages in the
+//! last second or so (the ones marked behind), so a page costs the same for
 //! a room of a million messages as for one of three, and for a user of ten
 //! thousand rooms as for one of ten.
 
+use std::collections::HashSet;
 use std::ops::Bound;
 
 use redb::ReadableDatabase;
 
 use super::error::DbContext;
 use super::read::{newest_message, room_id, room_state};
-use super::schema::{CHUNKS, INBOX, ROOM_IDS, ROOMS, STAGED};
+use super::room::RoomState;
+use super::schema::{CHUNKS, INBOX, RELIST, ROOM_IDS, ROOMS, STAGED};
 use super::{Store, StoreError, StoredMessage};
 
 /// One room of a user's conversation list.
@@ -65,48 +70,99 @@ impl Store {
         if limit == 0 {
             return Ok(list);
         }
+        // Whether a key (u64::MAX - ts, room) comes after the start.
+        let after_start = |inverse: u64, room: &[u8]| match &start {
+            Bound::Excluded((_, i, r)) => (inverse, room) > (*i, *r),
+            Bound::Included((_, i, r)) => (inverse, room) >= (*i, *r),
+            Bound::Unbounded => true,
+        };
         let txn = self.db()?.begin_read().ctx("starting read transaction")?;
         let inbox = txn.open_table(INBOX).ctx("opening inbox")?;
+        let relist = txn.open_table(RELIST).ctx("opening relist")?;
         let ids = txn.open_table(ROOM_IDS).ctx("opening room ids")?;
         let rooms = txn.open_table(ROOMS).ctx("opening rooms")?;
         let chunks = txn.open_table(CHUNKS).ctx("opening chunks")?;
         let staged = txn.open_table(STAGED).ctx("opening staged messages")?;
+        let state_of = |room: &[u8]| -> Result<Option<RoomState>, StoreError> {
+            let room = std::str::from_utf8(room).map_err(|e| StoreError::Corrupt {
+                what: "inbox entry",
+                reason: e.to_string(),
+            })?;
+            match room_id(&ids, room)? {
+                Some(id) => room_state(&rooms, id),
+                None => Ok(None),
+            }
+        };
+        // The user's rooms whose keys are behind (see `relist.rs`): their
+        // keys are skipped, and they come in by their states' newest ts.
+        let mut skipped = HashSet::new();
+        let mut behind = Vec::new();
+        for item in relist
+            .range::<(&[u8], &[u8])>((user_key, b"".as_slice())..)
+            .ctx("reading relist")?
+        {
+            let (key, _) = item.ctx("reading relist")?;
+            let (owner, room) = key.value();
+            if owner != user_key {
+                break;
+            }
+            skipped.insert(room.to_vec());
+            if let Some(st) = state_of(room)?
+                && st.has_messages()
+                && after_start(u64::MAX - st.newest_ts, room)
+            {
+                behind.push((u64::MAX - st.newest_ts, st));
+            }
+        }
+        behind.sort_by(|a, b| (a.0, a.1.name.as_bytes()).cmp(&(b.0, b.1.name.as_bytes())));
+        let mut behind = behind.into_iter().peekable();
+        let push = |st: &RoomState, list: &mut Vec<Conversation>| -> Result<(), StoreError> {
+            if let Some(side) = st.side_of(user)
+                && let Some(last) = newest_message(&chunks, &staged, st)?
+            {
+                list.push(Conversation {
+                    room: st.name.clone(),
+                    peer: st.users[1 - side].clone(),
+                    last,
+                    unread: st.unread(side),
+                    read: st.cursor[side],
+                    peer_read: st.cursor[1 - side],
+                });
+            }
+            Ok(())
+        };
         for item in inbox
             .range::<InboxKey<'_>>((start, Bound::Unbounded))
             .ctx("reading inbox")?
         {
             let (key, _) = item.ctx("reading inbox")?;
-            let (owner, _, room) = key.value();
+            let (owner, inverse, room) = key.value();
             if owner != user_key {
                 break;
             }
-            let room = std::str::from_utf8(room).map_err(|e| StoreError::Corrupt {
-                what: "inbox entry",
-                reason: e.to_string(),
-            })?;
-            let Some(id) = room_id(&ids, room)? else {
+            if skipped.contains(room) {
                 continue;
-            };
-            let Some(st) = room_state(&rooms, id)? else {
-                continue;
-            };
-            let Some(side) = st.side_of(user) else {
-                continue;
-            };
-            let Some(last) = newest_message(&chunks, &staged, &st)? else {
-                continue;
-            };
-            list.push(Conversation {
-                room: st.name.clone(),
-                peer: st.users[1 - side].clone(),
-                last,
-                unread: st.unread(side),
-                read: st.cursor[side],
-                peer_read: st.cursor[1 - side],
-            });
-            if list.len() == limit {
+            }
+            while list.len() < limit
+                && let Some((_, st)) =
+                    behind.next_if(|(i, st)| (*i, st.name.as_bytes()) < (inverse, room))
+            {
+                push(&st, &mut list)?;
+            }
+            if list.len() < limit
+                && let Some(st) = state_of(room)?
+            {
+                push(&st, &mut list)?;
+            }
+            if list.len() >= limit {
+                return Ok(list);
+            }
+        }
+        for (_, st) in behind {
+            if list.len() >= limit {
                 break;
             }
+            push(&st, &mut list)?;
         }
         Ok(list)
     }

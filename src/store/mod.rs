@@ -22,6 +22,7 @@ mod inbox;
 mod model;
 mod read;
 mod record;
+mod relist;
 mod room;
 mod salvage;
 mod schema;

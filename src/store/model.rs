@@ -10,6 +10,7 @@ use super::apply::RoomCache;
 use super::change::{Change, NewMessage, Outcome, PurgeSelection, ReadMark};
 use super::clock::format_time;
 use super::fold::fold_step;
+use super::relist::relist_step;
 use super::schema::BUCKETS;
 use super::sweep::sweep_step;
 use super::testutil::{apply_cached, exported, stage_cached};
@@ -293,12 +294,85 @@ fn check(store: &Store, model: &Model, rng: &mut Rng, context: &str) {
             .into_iter()
             .map(|c| (c.room, c.peer, c.last, c.unread, c.read, c.peer_read))
             .collect();
-        assert_eq!(
-            got,
-            model.conversations(user),
-            "conversations of {user}, {context}"
-        );
+        let want = model.conversations(user);
+        assert_eq!(got, want, "conversations of {user}, {context}");
+        // The same list in pages, each going on after the last entry of
+        // the one before; and `before` alone: rooms older than a ts.
+        let limit = 1 + rng.below(4) as usize;
+        let mut paged = Vec::new();
+        loop {
+            let after = paged
+                .last()
+                .map(|(room, _, last, ..): &(String, String, StoredMessage, u64, u64, u64)| {
+                    (last.ts, room.clone())
+                });
+            let page = store
+                .conversations(
+                    user,
+                    after.as_ref().map(|a| a.0),
+                    after.as_ref().map(|a| a.1.as_str()),
+                    limit,
+                )
+                .unwrap();
+            let full = page.len() == limit;
+            paged.extend(
+                page.into_iter()
+                    .map(|c| (c.room, c.peer, c.last, c.unread, c.read, c.peer_read)),
+            );
+            if !full {
+                break;
+            }
+        }
+        assert_eq!(paged, want, "conversations of {user} by {limit}, {context}");
+        if let Some((_, _, last, ..)) = want.get(rng.below(want.len() as u64 + 1) as usize) {
+            let older: Vec<String> = want
+                .iter()
+                .filter(|w| w.2.ts < last.ts)
+                .map(|w| w.0.clone())
+                .collect();
+            let got: Vec<String> = store
+                .conversations(user, Some(last.ts), None, 100)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.room)
+                .collect();
+            assert_eq!(got, older, "conversations of {user} before {}, {context}", last.ts);
+        }
     }
+}
+
+/// Relists every room that is behind, then checks that the `inbox` keys
+/// are exactly each user's rooms with messages at their newest ts.
+fn relist_all(store: &Store, cache: &mut RoomCache, model: &Model, context: &str) {
+    use redb::{ReadableDatabase, ReadableTable};
+    for _ in 0..1000 {
+        let relisted = relist_step(store, 1 + model.rooms.len()).unwrap();
+        cache.forget(&relisted.rooms);
+        if relisted.done {
+            break;
+        }
+    }
+    let txn = store.db().unwrap().begin_read().unwrap();
+    let relist = txn.open_table(super::schema::RELIST).unwrap();
+    assert!(relist.first().unwrap().is_none(), "relist left entries, {context}");
+    let inbox = txn.open_table(super::schema::INBOX).unwrap();
+    let mut got = Vec::new();
+    for item in inbox.iter().unwrap() {
+        let (key, _) = item.unwrap();
+        let (user, inverse, room) = key.value();
+        got.push((user.to_vec(), inverse, room.to_vec()));
+    }
+    let mut want = Vec::new();
+    for (name, room) in &model.rooms {
+        let Some(last) = room.messages.last() else {
+            continue;
+        };
+        for user in &room.users {
+            want.push((user.as_bytes().to_vec(), u64::MAX - last.ts, name.as_bytes().to_vec()));
+        }
+    }
+    want.sort();
+    assert_eq!(got, want, "inbox keys after relisting, {context}");
 }
 
 #[test]
@@ -325,7 +399,7 @@ fn random_changes_read_back_as_the_model_says() {
                 assert_eq!(got, want, "seed {seed} round {round}: {change:?}");
             }
             // What runs between commits, at random.
-            match rng.below(6) {
+            match rng.below(7) {
                 0 => {
                     let b = rng.below(u64::from(BUCKETS)) as u8;
                     fold_step(&store, b, 1 + rng.below(8) as usize).unwrap();
@@ -334,6 +408,13 @@ fn random_changes_read_back_as_the_model_says() {
                 1 => {
                     sweep_step(&store, 1 + rng.below(8) as usize).unwrap();
                     cache.clear();
+                }
+                3 => {
+                    let relisted = relist_step(&store, 1 + rng.below(8) as usize).unwrap();
+                    cache.forget(&relisted.rooms);
+                }
+                4 if rng.below(3) == 0 => {
+                    relist_all(&store, &mut cache, &model, &format!("seed {seed} round {round}"));
                 }
                 2 if rng.below(4) == 0 => {
                     drop(store);
@@ -349,5 +430,6 @@ fn random_changes_read_back_as_the_model_says() {
                 &format!("seed {seed} round {round}"),
             );
         }
+        relist_all(&store, &mut cache, &model, &format!("seed {seed}, at the end"));
     }
 }

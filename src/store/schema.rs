@@ -1,4 +1,4 @@
-//! Table layout (schema 3) and the schema check done at open.
+//! Table layout (schema 4) and the schema check done at open.
 //!
 //! | table      | key                          | value                         |
 //! |------------|------------------------------|-------------------------------|
@@ -7,15 +7,20 @@
 //! | `rooms`    | room id                      | [`RoomState`](super::room::RoomState) |
 //! | `chunks`   | (room id, first ts)          | a chunk of the room's messages (`chunk.rs`) |
 //! | `staged`   | (bucket of the room, seq)    | room id, ts, record: messages not yet in chunks |
-//! | `inbox`    | (user, MAX - last ts, room)  | (): each user's rooms, newest first |
+//! | `inbox`    | (user, MAX - last ts, room)  | (): each user's rooms, newest first, but see `relist` |
+//! | `relist`   | (user, room)                 | last ts in the user's `inbox` key for the room (0: none): rooms whose key is behind (`relist.rs`) |
 //! | `cids`     | (user, cid)                  | (room id, ts, seq) of the message |
 //! | `eids`     | entry id (cluster)           | (seq, room id, ts) it produced  |
 //! | `eid_log`  | seq                          | entry id: the eids to forget, oldest first |
 //! | `oldest`   | (oldest ts, room id)         | (): which rooms a purge of everything before a ts touches |
 //! | `sweep`    | room id                      | (): rooms whose purged messages are still on disk |
-//! | `meta`     | "schema_version" (`&str`)    | 3: what chatd 0.1 (schema 1 and 2) reads, so it refuses the file |
+//! | `meta`     | "schema_version" (`&str`)    | 3 or more: what chatd 0.1 (schema 1 and 2) reads, so it refuses the file |
 //!
-//! No table of schema 3 has a `&str` in its types: redb decodes `&str`
+//! Schema 4 adds `relist` to schema 3: an older build would take a key
+//! that is behind for the truth, so it refuses the file. A schema 3 file
+//! becomes schema 4 in place when opened (an empty `relist`).
+//!
+//! No table of schema 4 has a `&str` in its types: redb decodes `&str`
 //! with `unwrap`, so a damaged page would panic the server; names are
 //! `&[u8]`, and every value the store decodes is validated. The one
 //! exception is the legacy `meta` marker, which this build writes once and
@@ -45,6 +50,9 @@ pub(crate) const CHUNKS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::n
 pub(crate) const STAGED: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("staged");
 /// (user, u64::MAX - ts of the room's newest message, room name) → ().
 pub(crate) const INBOX: TableDefinition<(&[u8], u64, &[u8]), ()> = TableDefinition::new("inbox");
+/// (user, room name) → the ts in the user's `inbox` key for the room (0:
+/// none) while that key is behind the room's newest message.
+pub(crate) const RELIST: TableDefinition<(&[u8], &[u8]), u64> = TableDefinition::new("relist");
 /// A `cids` key: (sender, cid).
 pub(crate) type CidKey = (&'static [u8], &'static [u8]);
 
@@ -89,11 +97,15 @@ pub(crate) fn bucket(room_id: u32) -> u8 {
     (room_id % u32::from(BUCKETS)) as u8
 }
 
-/// The schema version this build writes and reads. Version 3 (this one)
-/// keeps messages in chunks, with room states, read cursors, cids and the
-/// applied log position; versions 1 and 2 are upgraded in place when
-/// opened (`upgrade.rs`).
-pub const SCHEMA_VERSION: u64 = 3;
+/// The schema version this build writes and reads. Version 3 keeps
+/// messages in chunks, with room states, read cursors, cids and the
+/// applied log position; version 4 (this one) adds `relist`. Versions 1
+/// and 2 are upgraded in place when opened (`upgrade.rs`), version 3 by
+/// [`check_or_init`].
+pub const SCHEMA_VERSION: u64 = 4;
+
+/// The last version before `relist`: upgraded by creating it.
+const BEFORE_RELIST: u64 = 3;
 
 /// The oldest version this build upgrades from.
 pub(crate) const UPGRADES_FROM: u64 = 1;
@@ -101,14 +113,15 @@ pub(crate) const UPGRADES_FROM: u64 = 1;
 /// What the schema check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Found {
-    /// A schema 3 file (or a fresh one, now initialised).
+    /// A current file (or a fresh one, now initialised; or a schema 3
+    /// one, now upgraded).
     Current,
     /// A file of an older schema this build upgrades from.
     Legacy(u64),
 }
 
-/// Checks the schema version (writing it into a fresh file); on success
-/// every schema 3 table exists, so readers never see "table does not
+/// Checks the schema version (writing it into a fresh file, and upgrading
+/// a schema 3 one); on success every current table exists, so readers never see "table does not
 /// exist". A legacy file is left for the caller to upgrade.
 pub(crate) fn check_or_init(txn: &WriteTransaction, path: &Path) -> Result<Found, StoreError> {
     let not_chatd = |reason: String| StoreError::NotChatd {
@@ -135,6 +148,10 @@ pub(crate) fn check_or_init(txn: &WriteTransaction, path: &Path) -> Result<Found
                 });
             }
             Some(SCHEMA_VERSION) => {}
+            Some(BEFORE_RELIST) => {
+                let mut state = open(txn, STATE, &not_chatd)?;
+                write_u64(&mut state, SCHEMA_KEY, SCHEMA_VERSION)?;
+            }
             Some(v) => {
                 return Err(StoreError::OlderSchema {
                     found: v,
@@ -160,7 +177,7 @@ pub(crate) fn check_or_init(txn: &WriteTransaction, path: &Path) -> Result<Found
                 found: v,
                 supported: SCHEMA_VERSION,
             }),
-            Some(_) => Err(not_chatd("schema 3 marker without a state table".into())),
+            Some(_) => Err(not_chatd("schema 3+ marker without a state table".into())),
         };
     } else if !names.is_empty() || has_multimap {
         return Err(not_chatd("no schema version record".into()));
@@ -171,7 +188,7 @@ pub(crate) fn check_or_init(txn: &WriteTransaction, path: &Path) -> Result<Found
     Ok(Found::Current)
 }
 
-/// Writes what a fresh schema 3 file starts with: the version in `state`
+/// Writes what a fresh file starts with: the version in `state`
 /// and the legacy marker.
 pub(crate) fn init(txn: &WriteTransaction) -> Result<(), StoreError> {
     let mut state = txn.open_table(STATE).ctx("opening state table")?;
@@ -209,7 +226,7 @@ pub(crate) fn probe(db: &redb::Database) -> Result<(), StoreError> {
 /// Size of the write [`probe`] makes.
 pub(crate) const PROBE_BYTES: usize = 1024 * 1024;
 
-/// Creates every schema 3 table that does not exist yet.
+/// Creates every current table that does not exist yet.
 pub(crate) fn create_tables(
     txn: &WriteTransaction,
     not_chatd: &impl Fn(String) -> StoreError,
@@ -220,6 +237,7 @@ pub(crate) fn create_tables(
     open(txn, CHUNKS, not_chatd)?;
     open(txn, STAGED, not_chatd)?;
     open(txn, INBOX, not_chatd)?;
+    open(txn, RELIST, not_chatd)?;
     open(txn, CIDS, not_chatd)?;
     open(txn, EIDS, not_chatd)?;
     open(txn, EID_LOG, not_chatd)?;

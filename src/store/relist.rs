@@ -1,0 +1,122 @@
+//! Relisting: bringing rooms' `inbox` keys up to date, once for however
+//! many messages came meanwhile.
+//!
+//! A user's `inbox` key for a room carries the ts of the room's newest
+//! message, so keeping it exact costs two deletes and two inserts per
+//! message: about a quarter of the server's work per message in a busy
+//! closed loop. Instead the first message after a room's keys were exact
+//! marks them behind in `relist` (one insert per user, `apply.rs`), and
+//! later messages to the room touch no key at all. Between commits the
+//! applier takes what `relist` holds, a step at a time, and writes each
+//! marked room's keys afresh from its state: once [`RELIST_AFTER`] has
+//! passed since the first mark, or sooner when the queue goes idle.
+//!
+//! Readers stay exact throughout: a conversation list reads a user's
+//! `relist` entries in the same snapshot as the `inbox` keys, skips the
+//! keys they mark, and puts those rooms in by their states' newest ts
+//! (`inbox.rs`). A room's entries (one per user) go in one step, so a
+//! room is marked for both of its users or for neither.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use redb::{Durability, ReadableTable};
+
+use super::error::DbContext;
+use super::read::{room_id, room_state};
+use super::schema::{INBOX, RELIST, ROOM_IDS, ROOMS};
+use super::{Store, StoreError};
+
+/// Longest a room's inbox keys stay behind while changes keep coming
+/// (the queue going idle relists at once).
+pub(crate) const RELIST_AFTER: Duration = Duration::from_secs(1);
+
+/// About how many `relist` entries one step takes: a few milliseconds of
+/// work, which is all a new change may wait behind it.
+pub(crate) const RELIST_STEP: usize = 512;
+
+/// What a relist step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Relisted {
+    /// The rooms whose keys it wrote (their cached listing is stale).
+    pub rooms: Vec<u32>,
+    /// Nothing is left in `relist`.
+    pub done: bool,
+}
+
+/// Whether some room's inbox keys are behind.
+pub(crate) fn pending(store: &Store) -> Result<bool, StoreError> {
+    use redb::ReadableDatabase;
+    let txn = store.db()?.begin_read().ctx("starting read transaction")?;
+    let relist = txn.open_table(RELIST).ctx("opening relist")?;
+    Ok(relist.first().ctx("reading relist")?.is_some())
+}
+
+/// Writes afresh the inbox keys of the rooms of about `budget` (at least
+/// 1) `relist` entries, and removes their entries, in one non-durable
+/// transaction.
+pub(crate) fn relist_step(store: &Store, budget: usize) -> Result<Relisted, StoreError> {
+    let mut txn = store.db()?.begin_write().ctx("starting relist step")?;
+    txn.set_durability(Durability::None)
+        .ctx("making the relist step non-durable")?;
+    let relisted = {
+        let mut relist = txn.open_table(RELIST).ctx("opening relist")?;
+        let mut inbox = txn.open_table(INBOX).ctx("opening inbox")?;
+        let ids = txn.open_table(ROOM_IDS).ctx("opening room ids")?;
+        let rooms = txn.open_table(ROOMS).ctx("opening rooms")?;
+        let mut names = Vec::new();
+        for item in relist
+            .iter()
+            .ctx("reading relist")?
+            .take(budget.max(1))
+        {
+            let (key, _) = item.ctx("reading relist")?;
+            names.push((key.value().0.to_vec(), key.value().1.to_vec()));
+        }
+        let mut done_names = HashSet::new();
+        let mut relisted = Vec::new();
+        for (user, name) in names {
+            if !done_names.insert(name.clone()) {
+                continue;
+            }
+            let state = match std::str::from_utf8(&name) {
+                Ok(room) => match room_id(&ids, room)? {
+                    Some(id) => room_state(&rooms, id)?,
+                    None => None,
+                },
+                Err(_) => None,
+            };
+            let Some(st) = state else {
+                // No such room: nothing to list; the entry alone goes.
+                relist
+                    .remove((user.as_slice(), name.as_slice()))
+                    .ctx("updating relist")?;
+                continue;
+            };
+            for user in &st.users {
+                let key = (user.as_bytes(), name.as_slice());
+                let Some(listed) = relist.remove(key).ctx("updating relist")? else {
+                    continue;
+                };
+                let listed = listed.value();
+                if listed != 0 {
+                    inbox
+                        .remove((user.as_bytes(), u64::MAX - listed, name.as_slice()))
+                        .ctx("updating inbox")?;
+                }
+                if st.has_messages() {
+                    inbox
+                        .insert((user.as_bytes(), u64::MAX - st.newest_ts, name.as_slice()), ())
+                        .ctx("updating inbox")?;
+                }
+            }
+            relisted.push(st.id);
+        }
+        Relisted {
+            rooms: relisted,
+            done: relist.first().ctx("reading relist")?.is_none(),
+        }
+    };
+    txn.commit().ctx("committing relist step")?;
+    Ok(relisted)
+}
