@@ -1016,7 +1016,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idle_applier_folds_what_is_staged() {
+    async fn an_idle_applier_folds_what_is_staged_and_relists_inbox_keys() {
         let (_dir, store) = tmp_store();
         let mut applier =
             Applier::<usize>::spawn(store.clone(), 16, ApplierMode::HandBack).unwrap();
@@ -1033,12 +1033,22 @@ mod tests {
             answered += applier.batches.recv().await.unwrap().result.unwrap().len();
         }
         assert!(staged_len(&store) > 0);
-        // Wait for the idle fold, without sleeping blindly: poll with a deadline.
+        assert!(relist_pending(&store).unwrap());
+        // Wait for the idle fold and relist, without sleeping blindly: poll
+        // with a deadline.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while staged_len(&store) > 0 {
+        while staged_len(&store) > 0 || relist_pending(&store).unwrap() {
             assert!(Instant::now() < deadline, "the idle applier never folded");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let rooms: Vec<String> = store
+            .conversations("A", None, None, 50)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.room)
+            .collect();
+        let newest_first: Vec<String> = (0..10).rev().map(|i| format!("dm:A_{i}")).collect();
+        assert_eq!(rooms, newest_first);
         let q = HistoryQuery {
             limit: 100,
             ..Default::default()

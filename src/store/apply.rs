@@ -161,7 +161,7 @@ impl<'t> Tables<'t> {
 }
 
 /// Where room `st`'s inbox keys stand, by `relist`.
-pub(crate) fn listing_of(
+fn listing_of(
     relist: &impl ReadableTable<(&'static [u8], &'static [u8]), u64>,
     st: &RoomState,
 ) -> Result<Listing, StoreError> {

@@ -470,6 +470,39 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_3_file_becomes_schema_4_in_place_and_lists_its_rooms() {
+        let (dir, store) = tmp_store();
+        apply_all(
+            &store,
+            [Change::Message(msg("dm:Ann_Bob", "Ann", "Bob", "1", 100))],
+        );
+        store.settle().unwrap();
+        // What schema 3 left: no `relist`, version 3.
+        let txn = store.db().unwrap().begin_write().unwrap();
+        assert!(txn.delete_table(schema::RELIST).unwrap());
+        write_u64(&mut txn.open_table(STATE).unwrap(), SCHEMA_KEY, 3).unwrap();
+        txn.commit().unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&**store.db().unwrap()).unwrap();
+        let version = schema::read_u64(&txn.open_table(STATE).unwrap(), SCHEMA_KEY).unwrap();
+        assert_eq!(version, Some(SCHEMA_VERSION));
+        drop(txn);
+        apply_all(
+            &store,
+            [Change::Message(msg("dm:Ann_Cy", "Ann", "Cy", "2", 200))],
+        );
+        let rooms: Vec<String> = store
+            .conversations("Ann", None, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.room)
+            .collect();
+        assert_eq!(rooms, ["dm:Ann_Cy", "dm:Ann_Bob"]);
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let (dir, store) = tmp_store();
         let txn = store.db().unwrap().begin_write().unwrap();

@@ -301,11 +301,11 @@ fn check(store: &Store, model: &Model, rng: &mut Rng, context: &str) {
         let limit = 1 + rng.below(4) as usize;
         let mut paged = Vec::new();
         loop {
-            let after = paged
-                .last()
-                .map(|(room, _, last, ..): &(String, String, StoredMessage, u64, u64, u64)| {
+            let after = paged.last().map(
+                |(room, _, last, ..): &(String, String, StoredMessage, u64, u64, u64)| {
                     (last.ts, room.clone())
-                });
+                },
+            );
             let page = store
                 .conversations(
                     user,
@@ -336,7 +336,11 @@ fn check(store: &Store, model: &Model, rng: &mut Rng, context: &str) {
                 .into_iter()
                 .map(|c| c.room)
                 .collect();
-            assert_eq!(got, older, "conversations of {user} before {}, {context}", last.ts);
+            assert_eq!(
+                got, older,
+                "conversations of {user} before {}, {context}",
+                last.ts
+            );
         }
     }
 }
@@ -354,7 +358,10 @@ fn relist_all(store: &Store, cache: &mut RoomCache, model: &Model, context: &str
     }
     let txn = store.db().unwrap().begin_read().unwrap();
     let relist = txn.open_table(super::schema::RELIST).unwrap();
-    assert!(relist.first().unwrap().is_none(), "relist left entries, {context}");
+    assert!(
+        relist.first().unwrap().is_none(),
+        "relist left entries, {context}"
+    );
     let inbox = txn.open_table(super::schema::INBOX).unwrap();
     let mut got = Vec::new();
     for item in inbox.iter().unwrap() {
@@ -368,7 +375,11 @@ fn relist_all(store: &Store, cache: &mut RoomCache, model: &Model, context: &str
             continue;
         };
         for user in &room.users {
-            want.push((user.as_bytes().to_vec(), u64::MAX - last.ts, name.as_bytes().to_vec()));
+            want.push((
+                user.as_bytes().to_vec(),
+                u64::MAX - last.ts,
+                name.as_bytes().to_vec(),
+            ));
         }
     }
     want.sort();
@@ -414,7 +425,12 @@ fn random_changes_read_back_as_the_model_says() {
                     cache.forget(&relisted.rooms);
                 }
                 4 if rng.below(3) == 0 => {
-                    relist_all(&store, &mut cache, &model, &format!("seed {seed} round {round}"));
+                    relist_all(
+                        &store,
+                        &mut cache,
+                        &model,
+                        &format!("seed {seed} round {round}"),
+                    );
                 }
                 2 if rng.below(4) == 0 => {
                     drop(store);
@@ -430,6 +446,11 @@ fn random_changes_read_back_as_the_model_says() {
                 &format!("seed {seed} round {round}"),
             );
         }
-        relist_all(&store, &mut cache, &model, &format!("seed {seed}, at the end"));
+        relist_all(
+            &store,
+            &mut cache,
+            &model,
+            &format!("seed {seed}, at the end"),
+        );
     }
 }

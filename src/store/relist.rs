@@ -52,8 +52,8 @@ pub(crate) fn pending(store: &Store) -> Result<bool, StoreError> {
     Ok(relist.first().ctx("reading relist")?.is_some())
 }
 
-/// Writes afresh the inbox keys of the rooms of about `budget` (at least
-/// 1) `relist` entries, and removes their entries, in one non-durable
+/// Writes afresh the inbox keys of the rooms of about `budget` `relist`
+/// entries (at least one), and removes their entries, in one non-durable
 /// transaction.
 pub(crate) fn relist_step(store: &Store, budget: usize) -> Result<Relisted, StoreError> {
     let mut txn = store.db()?.begin_write().ctx("starting relist step")?;
@@ -65,11 +65,7 @@ pub(crate) fn relist_step(store: &Store, budget: usize) -> Result<Relisted, Stor
         let ids = txn.open_table(ROOM_IDS).ctx("opening room ids")?;
         let rooms = txn.open_table(ROOMS).ctx("opening rooms")?;
         let mut names = Vec::new();
-        for item in relist
-            .iter()
-            .ctx("reading relist")?
-            .take(budget.max(1))
-        {
+        for item in relist.iter().ctx("reading relist")?.take(budget.max(1)) {
             let (key, _) = item.ctx("reading relist")?;
             names.push((key.value().0.to_vec(), key.value().1.to_vec()));
         }
@@ -106,7 +102,10 @@ pub(crate) fn relist_step(store: &Store, budget: usize) -> Result<Relisted, Stor
                 }
                 if st.has_messages() {
                     inbox
-                        .insert((user.as_bytes(), u64::MAX - st.newest_ts, name.as_slice()), ())
+                        .insert(
+                            (user.as_bytes(), u64::MAX - st.newest_ts, name.as_slice()),
+                            (),
+                        )
                         .ctx("updating inbox")?;
                 }
             }
@@ -119,4 +118,112 @@ pub(crate) fn relist_step(store: &Store, budget: usize) -> Result<Relisted, Stor
     };
     txn.commit().ctx("committing relist step")?;
     Ok(relisted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::change::{Change, PurgeSelection};
+    use crate::store::testutil::*;
+
+    fn rooms_of(store: &Store, user: &str) -> Vec<String> {
+        let list = store.conversations(user, None, None, 50).unwrap();
+        list.into_iter().map(|c| c.room).collect()
+    }
+
+    fn inbox_keys(store: &Store) -> Vec<(String, u64, String)> {
+        use redb::ReadableDatabase;
+        let txn = store.db().unwrap().begin_read().unwrap();
+        let inbox = txn.open_table(INBOX).unwrap();
+        let keys = inbox.iter().unwrap().map(|item| {
+            let (key, _) = item.unwrap();
+            let (user, inverse, room) = key.value();
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            (text(user), u64::MAX - inverse, text(room))
+        });
+        keys.collect()
+    }
+
+    fn relist_everything(store: &Store) {
+        while !relist_step(store, 1).unwrap().done {}
+    }
+
+    #[test]
+    fn rooms_keep_their_order_while_their_keys_are_behind_and_after() {
+        let (_dir, store) = tmp_store();
+        apply_all(
+            &store,
+            [Change::Message(msg("dm:Ann_Bob", "Ann", "Bob", "1", 100))],
+        );
+        apply_all(
+            &store,
+            [Change::Message(msg("dm:Ann_Cy", "Ann", "Cy", "2", 200))],
+        );
+        relist_everything(&store);
+        // Bob answers: his room goes back on top, its keys behind.
+        apply_all(
+            &store,
+            [Change::Message(msg("dm:Ann_Bob", "Bob", "Ann", "3", 300))],
+        );
+        assert!(pending(&store).unwrap());
+        assert_eq!(rooms_of(&store, "Ann"), ["dm:Ann_Bob", "dm:Ann_Cy"]);
+        assert_eq!(rooms_of(&store, "Bob"), ["dm:Ann_Bob"]);
+        // Ann's keys for Bob's room still carry the first message.
+        assert!(inbox_keys(&store).contains(&("Ann".into(), 100, "dm:Ann_Bob".into())));
+        // Paging from the top entry: the rooms after it, once each.
+        let page = store
+            .conversations("Ann", Some(300), Some("dm:Ann_Bob"), 50)
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].room, "dm:Ann_Cy");
+
+        relist_everything(&store);
+        assert!(!pending(&store).unwrap());
+        assert_eq!(rooms_of(&store, "Ann"), ["dm:Ann_Bob", "dm:Ann_Cy"]);
+        assert_eq!(
+            inbox_keys(&store),
+            [
+                ("Ann".into(), 300, "dm:Ann_Bob".into()),
+                ("Ann".into(), 200, "dm:Ann_Cy".into()),
+                ("Bob".into(), 300, "dm:Ann_Bob".into()),
+                ("Cy".into(), 200, "dm:Ann_Cy".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_room_purged_while_its_keys_are_behind_leaves_every_inbox() {
+        let (_dir, store) = tmp_store();
+        apply_all(
+            &store,
+            [Change::Message(msg("dm:Ann_Bob", "Ann", "Bob", "1", 100))],
+        );
+        apply_all(
+            &store,
+            [Change::Message(msg("dm:Ann_Bob", "Bob", "Ann", "2", 200))],
+        );
+        assert!(pending(&store).unwrap());
+        let purge = PurgeSelection::Room {
+            room: "dm:Ann_Bob".into(),
+            before: None,
+        };
+        apply_all(&store, [Change::Purge(purge)]);
+        assert!(rooms_of(&store, "Ann").is_empty());
+        assert!(inbox_keys(&store).is_empty());
+        assert!(!pending(&store).unwrap());
+    }
+
+    #[test]
+    fn a_step_takes_both_users_of_a_room_or_neither() {
+        let (_dir, store) = tmp_store();
+        apply_all(
+            &store,
+            [Change::Message(msg("dm:Ann_Bob", "Ann", "Bob", "1", 100))],
+        );
+        // One entry's budget: Ann's entry, and Bob's with it.
+        let step = relist_step(&store, 1).unwrap();
+        assert!(step.done);
+        assert_eq!(step.rooms.len(), 1);
+        assert_eq!(inbox_keys(&store).len(), 2);
+    }
 }
