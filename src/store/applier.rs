@@ -30,9 +30,11 @@
 //!
 //! Between commits, while nothing waits, the thread folds staged messages
 //! into chunks (`fold.rs`) once `staged` holds [`FOLD_AT`] messages or the
-//! queue has been idle for a while, and deletes what purges left behind
-//! (`sweep.rs`), a step at a time: a change waits behind one step, never
-//! behind a whole pass.
+//! queue has been idle for a while, deletes what purges left behind
+//! (`sweep.rs`), and writes afresh the inbox keys of rooms marked behind
+//! (`relist.rs`) once [`RELIST_AFTER`] has passed or the queue is idle, a
+//! step at a time: a change waits behind one step, never behind a whole
+//! pass.
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -827,8 +829,8 @@ pub(crate) fn make_durable(store: &Store) -> Result<(), StoreError> {
 }
 
 impl Store {
-    /// Folds every staged message into chunks and deletes what purges left
-    /// behind, durably: what an idle applier does in the background, for
+    /// Folds every staged message into chunks, deletes what purges left
+    /// behind and relists every room whose inbox keys are behind, durably: what an idle applier does in the background, for
     /// when none runs (benchmarks, tests, the offline commands).
     pub fn settle(&self) -> Result<(), StoreError> {
         for b in 0..BUCKETS {

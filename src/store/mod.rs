@@ -2,7 +2,7 @@
 //! reads the chat needs.
 //!
 //! One file, `<data_dir>/chatd.redb`, holds every room's history, the read
-//! cursors, the cids and the applied log position (schema 3, see
+//! cursors, the cids and the applied log position (schema 4, see
 //! `schema.rs`). Every change goes through the [`Applier`] (one thread,
 //! group commit), which applies [`Change`]s in log order by the rules of
 //! `apply.rs`; reads (`history`, `conversations`, `export_*`, `rooms`) run

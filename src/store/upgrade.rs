@@ -1,4 +1,4 @@
-//! The in-place upgrade of a schema 1 or 2 file to schema 3, done once, in
+//! The in-place upgrade of a schema 1 or 2 file to the current schema, done once, in
 //! the transaction that opens the file (so a crash leaves it as it was).
 //!
 //! Schema 2 kept one key per message, `messages: (room, ts) -> record`
@@ -86,7 +86,7 @@ fn decode_legacy<'a>(room: &str, ts: u64, bytes: &'a [u8]) -> Result<LegacyRecor
     Ok(record)
 }
 
-/// Copies a schema `version` (1 or 2) file into schema 3 tables inside
+/// Copies a schema `version` (1 or 2) file into the current tables inside
 /// `txn`, then drops the old tables.
 pub(crate) fn from_legacy(
     txn: &WriteTransaction,
