@@ -1043,14 +1043,8 @@ mod tests {
             assert!(Instant::now() < deadline, "the idle applier never folded");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let rooms: Vec<String> = store
-            .conversations("A", None, None, 50)
-            .unwrap()
-            .into_iter()
-            .map(|c| c.room)
-            .collect();
         let newest_first: Vec<String> = (0..10).rev().map(|i| format!("dm:A_{i}")).collect();
-        assert_eq!(rooms, newest_first);
+        assert_eq!(conversation_rooms(&store, "A"), newest_first);
         let q = HistoryQuery {
             limit: 100,
             ..Default::default()

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::{Durability, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::apply::tail_builder;
 use super::chunk::Sealed;
@@ -55,9 +55,7 @@ pub(crate) struct Folded {
 /// into chunks, in one non-durable transaction.
 pub(crate) fn fold_step(store: &Store, b: u8, budget: usize) -> Result<Folded, StoreError> {
     debug_assert!(b < BUCKETS);
-    let mut txn = store.db()?.begin_write().ctx("starting fold step")?;
-    txn.set_durability(Durability::None)
-        .ctx("making the fold step non-durable")?;
+    let txn = store.begin_step()?;
     let folded = {
         let mut staged = txn.open_table(STAGED).ctx("opening staged messages")?;
         let mut chunks = txn.open_table(CHUNKS).ctx("opening chunks")?;

@@ -165,6 +165,16 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    /// Starts the non-durable write transaction of a background step
+    /// (fold, sweep, relist): the applier's next durable commit, or its
+    /// idle sync, makes it durable.
+    pub(crate) fn begin_step(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = self.db()?.begin_write().ctx("starting a background step")?;
+        txn.set_durability(redb::Durability::None)
+            .ctx("making a background step non-durable")?;
+        Ok(txn)
+    }
+
     /// Opens (creating if needed) `<data_dir>/chatd.redb`, creating `data_dir`
     /// too. Writes the schema version into a fresh file and checks it in an
     /// existing one: a newer version gives [`StoreError::NewerSchema`], a redb
@@ -403,6 +413,12 @@ pub(crate) mod testutil {
         outcomes
     }
 
+    /// The rooms of `user`'s first page of conversations, in order.
+    pub fn conversation_rooms(store: &Store, user: &str) -> Vec<String> {
+        let list = store.conversations(user, None, None, 50).unwrap();
+        list.into_iter().map(|c| c.room).collect()
+    }
+
     /// Every message, as `export_all` streams them.
     pub fn exported(store: &Store) -> Vec<super::StoredMessage> {
         let mut all = Vec::new();
@@ -493,13 +509,10 @@ mod tests {
             &store,
             [Change::Message(msg("dm:Ann_Cy", "Ann", "Cy", "2", 200))],
         );
-        let rooms: Vec<String> = store
-            .conversations("Ann", None, None, 10)
-            .unwrap()
-            .into_iter()
-            .map(|c| c.room)
-            .collect();
-        assert_eq!(rooms, ["dm:Ann_Cy", "dm:Ann_Bob"]);
+        assert_eq!(
+            conversation_rooms(&store, "Ann"),
+            ["dm:Ann_Cy", "dm:Ann_Bob"]
+        );
     }
 
     #[test]

@@ -73,6 +73,17 @@ impl<T: ReadableTable<(u32, u64), &'static [u8]>> Chunks for T {}
 pub(crate) trait Staged: ReadableTable<(u8, u64), &'static [u8]> {}
 impl<T: ReadableTable<(u8, u64), &'static [u8]>> Staged for T {}
 
+/// Whether `table` has any entry, as of now (`context` for errors).
+pub(crate) fn has_entries<K: redb::Key + 'static, V: redb::Value + 'static>(
+    store: &Store,
+    table: redb::TableDefinition<K, V>,
+    context: &'static str,
+) -> Result<bool, StoreError> {
+    let txn = store.db()?.begin_read().ctx("starting read transaction")?;
+    let table = txn.open_table(table).ctx(context)?;
+    Ok(table.first().ctx(context)?.is_some())
+}
+
 /// The state of room `id`, if it exists.
 pub(crate) fn room_state(
     rooms: &impl ReadableTable<u32, &'static [u8]>,

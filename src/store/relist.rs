@@ -20,10 +20,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use redb::{Durability, ReadableTable};
+use redb::ReadableTable;
 
 use super::error::DbContext;
-use super::read::{room_id, room_state};
+use super::read::{has_entries, room_id, room_state};
 use super::schema::{INBOX, RELIST, ROOM_IDS, ROOMS};
 use super::{Store, StoreError};
 
@@ -46,19 +46,14 @@ pub(crate) struct Relisted {
 
 /// Whether some room's inbox keys are behind.
 pub(crate) fn pending(store: &Store) -> Result<bool, StoreError> {
-    use redb::ReadableDatabase;
-    let txn = store.db()?.begin_read().ctx("starting read transaction")?;
-    let relist = txn.open_table(RELIST).ctx("opening relist")?;
-    Ok(relist.first().ctx("reading relist")?.is_some())
+    has_entries(store, RELIST, "reading relist")
 }
 
 /// Writes afresh the inbox keys of the rooms of about `budget` `relist`
 /// entries (at least one), and removes their entries, in one non-durable
 /// transaction.
 pub(crate) fn relist_step(store: &Store, budget: usize) -> Result<Relisted, StoreError> {
-    let mut txn = store.db()?.begin_write().ctx("starting relist step")?;
-    txn.set_durability(Durability::None)
-        .ctx("making the relist step non-durable")?;
+    let txn = store.begin_step()?;
     let relisted = {
         let mut relist = txn.open_table(RELIST).ctx("opening relist")?;
         let mut inbox = txn.open_table(INBOX).ctx("opening inbox")?;
@@ -126,11 +121,6 @@ mod tests {
     use crate::store::change::{Change, PurgeSelection};
     use crate::store::testutil::*;
 
-    fn rooms_of(store: &Store, user: &str) -> Vec<String> {
-        let list = store.conversations(user, None, None, 50).unwrap();
-        list.into_iter().map(|c| c.room).collect()
-    }
-
     fn inbox_keys(store: &Store) -> Vec<(String, u64, String)> {
         use redb::ReadableDatabase;
         let txn = store.db().unwrap().begin_read().unwrap();
@@ -144,6 +134,18 @@ mod tests {
         keys.collect()
     }
 
+    fn send(store: &Store, from: &str, to: &str, time_us: u64) {
+        let room = if from < to {
+            format!("dm:{from}_{to}")
+        } else {
+            format!("dm:{to}_{from}")
+        };
+        apply_all(
+            store,
+            [Change::Message(msg(&room, from, to, "hi", time_us))],
+        );
+    }
+
     fn relist_everything(store: &Store) {
         while !relist_step(store, 1).unwrap().done {}
     }
@@ -151,23 +153,17 @@ mod tests {
     #[test]
     fn rooms_keep_their_order_while_their_keys_are_behind_and_after() {
         let (_dir, store) = tmp_store();
-        apply_all(
-            &store,
-            [Change::Message(msg("dm:Ann_Bob", "Ann", "Bob", "1", 100))],
-        );
-        apply_all(
-            &store,
-            [Change::Message(msg("dm:Ann_Cy", "Ann", "Cy", "2", 200))],
-        );
+        send(&store, "Ann", "Bob", 100);
+        send(&store, "Ann", "Cy", 200);
         relist_everything(&store);
         // Bob answers: his room goes back on top, its keys behind.
-        apply_all(
-            &store,
-            [Change::Message(msg("dm:Ann_Bob", "Bob", "Ann", "3", 300))],
-        );
+        send(&store, "Bob", "Ann", 300);
         assert!(pending(&store).unwrap());
-        assert_eq!(rooms_of(&store, "Ann"), ["dm:Ann_Bob", "dm:Ann_Cy"]);
-        assert_eq!(rooms_of(&store, "Bob"), ["dm:Ann_Bob"]);
+        assert_eq!(
+            conversation_rooms(&store, "Ann"),
+            ["dm:Ann_Bob", "dm:Ann_Cy"]
+        );
+        assert_eq!(conversation_rooms(&store, "Bob"), ["dm:Ann_Bob"]);
         // Ann's keys for Bob's room still carry the first message.
         assert!(inbox_keys(&store).contains(&("Ann".into(), 100, "dm:Ann_Bob".into())));
         // Paging from the top entry: the rooms after it, once each.
@@ -179,7 +175,10 @@ mod tests {
 
         relist_everything(&store);
         assert!(!pending(&store).unwrap());
-        assert_eq!(rooms_of(&store, "Ann"), ["dm:Ann_Bob", "dm:Ann_Cy"]);
+        assert_eq!(
+            conversation_rooms(&store, "Ann"),
+            ["dm:Ann_Bob", "dm:Ann_Cy"]
+        );
         assert_eq!(
             inbox_keys(&store),
             [
@@ -194,21 +193,15 @@ mod tests {
     #[test]
     fn a_room_purged_while_its_keys_are_behind_leaves_every_inbox() {
         let (_dir, store) = tmp_store();
-        apply_all(
-            &store,
-            [Change::Message(msg("dm:Ann_Bob", "Ann", "Bob", "1", 100))],
-        );
-        apply_all(
-            &store,
-            [Change::Message(msg("dm:Ann_Bob", "Bob", "Ann", "2", 200))],
-        );
+        send(&store, "Ann", "Bob", 100);
+        send(&store, "Bob", "Ann", 200);
         assert!(pending(&store).unwrap());
         let purge = PurgeSelection::Room {
             room: "dm:Ann_Bob".into(),
             before: None,
         };
         apply_all(&store, [Change::Purge(purge)]);
-        assert!(rooms_of(&store, "Ann").is_empty());
+        assert!(conversation_rooms(&store, "Ann").is_empty());
         assert!(inbox_keys(&store).is_empty());
         assert!(!pending(&store).unwrap());
     }
@@ -216,10 +209,7 @@ mod tests {
     #[test]
     fn a_step_takes_both_users_of_a_room_or_neither() {
         let (_dir, store) = tmp_store();
-        apply_all(
-            &store,
-            [Change::Message(msg("dm:Ann_Bob", "Ann", "Bob", "1", 100))],
-        );
+        send(&store, "Ann", "Bob", 100);
         // One entry's budget: Ann's entry, and Bob's with it.
         let step = relist_step(&store, 1).unwrap();
         assert!(step.done);

@@ -8,11 +8,11 @@
 //! carried. Rooms waiting for a sweep are listed in `sweep`, so the work
 //! survives a restart. Like fold steps, sweep steps skip the fsync.
 
-use redb::{Durability, ReadableTable, Table};
+use redb::{ReadableTable, Table};
 
 use super::chunk::{self, Builder};
 use super::error::DbContext;
-use super::read::{for_staged, room_state, staged_record};
+use super::read::{for_staged, has_entries, room_state, staged_record};
 use super::record::RecordRef;
 use super::room::RoomState;
 use super::schema::{CHUNKS, CIDS, CidTable, ROOMS, STAGED, SWEEP, bucket};
@@ -29,18 +29,13 @@ pub(crate) struct Swept {
 
 /// Whether some room waits for a sweep.
 pub(crate) fn pending(store: &Store) -> Result<bool, StoreError> {
-    use redb::ReadableDatabase;
-    let txn = store.db()?.begin_read().ctx("starting read transaction")?;
-    let sweep = txn.open_table(SWEEP).ctx("opening sweep")?;
-    Ok(sweep.first().ctx("reading sweep")?.is_some())
+    has_entries(store, SWEEP, "reading sweep")
 }
 
 /// Deletes about `budget` purged messages of the first room waiting for a
 /// sweep, in one non-durable transaction.
 pub(crate) fn sweep_step(store: &Store, budget: usize) -> Result<Swept, StoreError> {
-    let mut txn = store.db()?.begin_write().ctx("starting sweep step")?;
-    txn.set_durability(Durability::None)
-        .ctx("making the sweep step non-durable")?;
+    let txn = store.begin_step()?;
     let swept = {
         let mut sweep = txn.open_table(SWEEP).ctx("opening sweep")?;
         let mut rooms = txn.open_table(ROOMS).ctx("opening rooms")?;
