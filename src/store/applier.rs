@@ -32,7 +32,8 @@
 //! into chunks (`fold.rs`) once `staged` holds [`FOLD_AT`] messages or the
 //! queue has been idle for a while, deletes what purges left behind
 //! (`sweep.rs`), and writes afresh the inbox keys of rooms marked behind
-//! (`relist.rs`) once [`RELIST_AFTER`] has passed or the queue is idle, a
+//! (`relist.rs`) once [`RELIST_AFTER`] has passed, [`RELIST_AT`] rooms are
+//! marked or the queue is idle, a
 //! step at a time: a change waits behind one step, never behind a whole
 //! pass.
 
@@ -48,7 +49,7 @@ use super::apply::{Batch, Effect, RoomCache};
 use super::change::{Applied, AppliedBatch, NotApplied, Outcome, Pending};
 use super::error::DbContext;
 use super::fold::{FOLD_AT, STEP, fold_step};
-use super::relist::{RELIST_AFTER, RELIST_STEP, pending as relist_pending, relist_step};
+use super::relist::{RELIST_AFTER, RELIST_AT, RELIST_STEP, pending as relist_pending, relist_step};
 use super::schema::BUCKETS;
 use super::sweep::{pending as sweep_pending, sweep_step};
 use super::{Store, StoreError, contained};
@@ -607,8 +608,8 @@ pub(crate) struct Committed {
     pub staged: u64,
     /// Some purge removed messages.
     pub purged: bool,
-    /// Some room's inbox keys were marked behind (`relist.rs`).
-    pub marked: bool,
+    /// Rooms whose inbox keys were marked behind (`relist.rs`).
+    pub marked: usize,
     /// The commit was durable, and so is every commit and step before it.
     pub durable: bool,
 }
@@ -667,6 +668,8 @@ struct Background {
     sweeping: bool,
     // Since when some room's inbox keys have been behind, if any are.
     behind_since: Option<Instant>,
+    // Rooms marked behind since then (at least).
+    behind: usize,
     // Relist now rather than when RELIST_AFTER has passed.
     relist_now: bool,
     // A commit or step made without fsync since the last durable commit.
@@ -693,6 +696,7 @@ impl Background {
             staged,
             sweeping: sweep_pending(store)?,
             behind_since: relist_pending(store)?.then(Instant::now),
+            behind: 0,
             relist_now: false,
             unsynced: false,
         })
@@ -703,17 +707,19 @@ impl Background {
     }
 
     fn relist_due(&self) -> bool {
-        self.behind_since
-            .is_some_and(|since| self.relist_now || since.elapsed() >= RELIST_AFTER)
+        self.behind_since.is_some_and(|since| {
+            self.relist_now || self.behind >= RELIST_AT || since.elapsed() >= RELIST_AFTER
+        })
     }
 
     fn committed(&mut self, committed: &Committed) {
         self.staged = committed.staged;
         self.sweeping |= committed.purged;
-        if committed.marked && self.behind_since.is_none() {
+        if committed.marked > 0 && self.behind_since.is_none() {
             self.behind_since = Some(Instant::now());
             self.relist_now = false;
         }
+        self.behind += committed.marked;
         self.unsynced = !committed.durable;
         if self.folding.is_none() && self.staged >= FOLD_AT {
             self.folding = Some(0);
@@ -746,6 +752,7 @@ impl Background {
                     self.unsynced = true;
                     if relisted.done {
                         self.behind_since = None;
+                        self.behind = 0;
                         self.relist_now = false;
                     }
                     Ok(Stepped::Relisted(relisted.rooms))
@@ -1015,6 +1022,37 @@ mod tests {
                 "{room}"
             );
         }
+    }
+
+    #[test]
+    fn relisting_is_due_a_second_after_the_first_mark_or_once_enough_rooms_are_marked() {
+        let mut background = Background {
+            folding: None,
+            staged: 0,
+            sweeping: false,
+            behind_since: None,
+            behind: 0,
+            relist_now: false,
+            unsynced: false,
+        };
+        let marking = |marked| Committed {
+            effects: Vec::new(),
+            staged: 0,
+            purged: false,
+            marked,
+            durable: true,
+        };
+        background.committed(&marking(1));
+        assert!(!background.relist_due() && !background.busy());
+        background.committed(&marking(RELIST_AT - 2));
+        assert!(!background.relist_due());
+        background.committed(&marking(1));
+        assert!(background.relist_due() && background.busy());
+
+        background.behind = 1;
+        assert!(!background.relist_due());
+        background.behind_since = Some(Instant::now() - RELIST_AFTER);
+        assert!(background.relist_due());
     }
 
     #[tokio::test]

@@ -192,8 +192,8 @@ pub(crate) struct RoomCache {
     states: HashMap<u32, (RoomState, Listing)>,
     // The log position the states are as of.
     seq: u64,
-    /// The batch that left this marked some room's inbox keys behind.
-    pub marked: bool,
+    /// How many rooms' inbox keys the batch that left this marked behind.
+    pub marked: usize,
 }
 
 impl RoomCache {
@@ -250,8 +250,8 @@ pub(crate) struct Batch<'t> {
     buf: Vec<u8>,
     // Rooms with DIRECT_AT or more messages in this batch.
     busy: HashSet<String>,
-    // Some room's inbox keys were marked behind.
-    marked: bool,
+    // Rooms whose inbox keys were marked behind.
+    marked: usize,
     // Busy rooms' messages on their way straight into chunks.
     direct: HashMap<u32, Direct>,
 }
@@ -286,7 +286,7 @@ impl<'t> Batch<'t> {
             cached: cache.states,
             buf: Vec::new(),
             busy: HashSet::new(),
-            marked: false,
+            marked: 0,
             direct: HashMap::new(),
         })
     }
@@ -748,7 +748,7 @@ impl<'t> Batch<'t> {
                         .insert((user.as_bytes(), st.name.as_bytes()), behind)
                         .ctx("marking inbox keys behind")?;
                 }
-                self.marked = true;
+                self.marked += 1;
                 Ok(Listing::Behind(behind))
             }
             (_, None) => {
