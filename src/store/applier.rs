@@ -32,11 +32,12 @@
 //! into chunks (`fold.rs`) once `staged` holds [`FOLD_AT`] messages or the
 //! queue has been idle for a while, deletes what purges left behind
 //! (`sweep.rs`), and writes afresh the inbox keys of rooms marked behind
-//! (`relist.rs`) once [`RELIST_AFTER`] has passed, [`RELIST_AT`] rooms are
-//! marked or the queue is idle, a
-//! step at a time: a change waits behind one step, never behind a whole
+//! (`relist.rs`) once [`RELIST_AFTER`] has passed, some user has
+//! [`RELIST_PER_USER`] rooms marked, or the queue is idle, a step at a
+//! time: a change waits behind one step, never behind a whole
 //! pass.
 
+use std::collections::HashMap;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -49,7 +50,9 @@ use super::apply::{Batch, Effect, RoomCache};
 use super::change::{Applied, AppliedBatch, NotApplied, Outcome, Pending};
 use super::error::DbContext;
 use super::fold::{FOLD_AT, STEP, fold_step};
-use super::relist::{RELIST_AFTER, RELIST_AT, RELIST_STEP, pending as relist_pending, relist_step};
+use super::relist::{
+    RELIST_AFTER, RELIST_PER_USER, RELIST_STEP, pending as relist_pending, relist_step,
+};
 use super::schema::BUCKETS;
 use super::sweep::{pending as sweep_pending, sweep_step};
 use super::{Store, StoreError, contained};
@@ -608,8 +611,9 @@ pub(crate) struct Committed {
     pub staged: u64,
     /// Some purge removed messages.
     pub purged: bool,
-    /// Rooms whose inbox keys were marked behind (`relist.rs`).
-    pub marked: usize,
+    /// The users of the rooms whose inbox keys were marked behind (two
+    /// per room, `relist.rs`).
+    pub marked: Vec<String>,
     /// The commit was durable, and so is every commit and step before it.
     pub durable: bool,
 }
@@ -645,9 +649,9 @@ pub(crate) fn commit<T>(
         }
     }
     let staged = applied.t.staged.len().ctx("counting staged messages")?;
-    let cache = applied.finish()?;
+    let mut cache = applied.finish()?;
     txn.commit().ctx("committing changes")?;
-    let marked = cache.marked;
+    let marked = std::mem::take(&mut cache.marked);
     *rooms = cache;
     Ok(Committed {
         effects,
@@ -668,8 +672,10 @@ struct Background {
     sweeping: bool,
     // Since when some room's inbox keys have been behind, if any are.
     behind_since: Option<Instant>,
-    // Rooms marked behind since then (at least).
-    behind: usize,
+    // How many rooms of each user were marked behind since then (at
+    // least), and whether one user has RELIST_PER_USER of them.
+    behind: HashMap<String, usize>,
+    crowded: bool,
     // Relist now rather than when RELIST_AFTER has passed.
     relist_now: bool,
     // A commit or step made without fsync since the last durable commit.
@@ -696,7 +702,8 @@ impl Background {
             staged,
             sweeping: sweep_pending(store)?,
             behind_since: relist_pending(store)?.then(Instant::now),
-            behind: 0,
+            behind: HashMap::new(),
+            crowded: false,
             relist_now: false,
             unsynced: false,
         })
@@ -707,19 +714,22 @@ impl Background {
     }
 
     fn relist_due(&self) -> bool {
-        self.behind_since.is_some_and(|since| {
-            self.relist_now || self.behind >= RELIST_AT || since.elapsed() >= RELIST_AFTER
-        })
+        self.behind_since
+            .is_some_and(|since| self.relist_now || self.crowded || since.elapsed() >= RELIST_AFTER)
     }
 
     fn committed(&mut self, committed: &Committed) {
         self.staged = committed.staged;
         self.sweeping |= committed.purged;
-        if committed.marked > 0 && self.behind_since.is_none() {
+        if !committed.marked.is_empty() && self.behind_since.is_none() {
             self.behind_since = Some(Instant::now());
             self.relist_now = false;
         }
-        self.behind += committed.marked;
+        for user in &committed.marked {
+            let rooms = self.behind.entry(user.clone()).or_default();
+            *rooms += 1;
+            self.crowded |= *rooms >= RELIST_PER_USER;
+        }
         self.unsynced = !committed.durable;
         if self.folding.is_none() && self.staged >= FOLD_AT {
             self.folding = Some(0);
@@ -752,7 +762,8 @@ impl Background {
                     self.unsynced = true;
                     if relisted.done {
                         self.behind_since = None;
-                        self.behind = 0;
+                        self.behind = HashMap::new();
+                        self.crowded = false;
                         self.relist_now = false;
                     }
                     Ok(Stepped::Relisted(relisted.rooms))
@@ -837,8 +848,9 @@ pub(crate) fn make_durable(store: &Store) -> Result<(), StoreError> {
 
 impl Store {
     /// Folds every staged message into chunks, deletes what purges left
-    /// behind and relists every room whose inbox keys are behind, durably: what an idle applier does in the background, for
-    /// when none runs (benchmarks, tests, the offline commands).
+    /// behind and relists every room whose inbox keys are behind, durably:
+    /// what an idle applier does in the background, for when none runs
+    /// (benchmarks, tests, the offline commands).
     pub fn settle(&self) -> Result<(), StoreError> {
         for b in 0..BUCKETS {
             while !fold_step(self, b, STEP)?.bucket_empty {}
@@ -1025,31 +1037,34 @@ mod tests {
     }
 
     #[test]
-    fn relisting_is_due_a_second_after_the_first_mark_or_once_enough_rooms_are_marked() {
+    fn relisting_is_due_a_second_after_the_first_mark_or_once_a_user_has_many_rooms_marked() {
         let mut background = Background {
             folding: None,
             staged: 0,
             sweeping: false,
             behind_since: None,
-            behind: 0,
+            behind: HashMap::new(),
+            crowded: false,
             relist_now: false,
             unsynced: false,
         };
-        let marking = |marked| Committed {
+        // A room of the hub and one of its peers, as a commit reports it.
+        let marking = |peer: usize| Committed {
             effects: Vec::new(),
             staged: 0,
             purged: false,
-            marked,
+            marked: vec!["hub".to_owned(), format!("peer{peer}")],
             durable: true,
         };
-        background.committed(&marking(1));
+        for peer in 1..RELIST_PER_USER {
+            background.committed(&marking(peer));
+        }
+        // Many rooms marked, none of the peers with more than one: not yet.
         assert!(!background.relist_due() && !background.busy());
-        background.committed(&marking(RELIST_AT - 2));
-        assert!(!background.relist_due());
-        background.committed(&marking(1));
+        background.committed(&marking(RELIST_PER_USER));
         assert!(background.relist_due() && background.busy());
 
-        background.behind = 1;
+        background.crowded = false;
         assert!(!background.relist_due());
         background.behind_since = Some(Instant::now() - RELIST_AFTER);
         assert!(background.relist_due());

@@ -192,8 +192,9 @@ pub(crate) struct RoomCache {
     states: HashMap<u32, (RoomState, Listing)>,
     // The log position the states are as of.
     seq: u64,
-    /// How many rooms' inbox keys the batch that left this marked behind.
-    pub marked: usize,
+    /// The users of the rooms whose inbox keys the batch that left this
+    /// marked behind (two per room).
+    pub marked: Vec<String>,
 }
 
 impl RoomCache {
@@ -250,8 +251,8 @@ pub(crate) struct Batch<'t> {
     buf: Vec<u8>,
     // Rooms with DIRECT_AT or more messages in this batch.
     busy: HashSet<String>,
-    // Rooms whose inbox keys were marked behind.
-    marked: usize,
+    // The users of rooms whose inbox keys were marked behind.
+    marked: Vec<String>,
     // Busy rooms' messages on their way straight into chunks.
     direct: HashMap<u32, Direct>,
 }
@@ -286,7 +287,7 @@ impl<'t> Batch<'t> {
             cached: cache.states,
             buf: Vec::new(),
             busy: HashSet::new(),
-            marked: 0,
+            marked: Vec::new(),
             direct: HashMap::new(),
         })
     }
@@ -722,7 +723,7 @@ impl<'t> Batch<'t> {
             ids: std::mem::take(&mut self.ids),
             states: std::mem::take(&mut self.cached),
             seq: self.applied_seq,
-            marked: self.marked,
+            marked: std::mem::take(&mut self.marked),
         })
     }
 
@@ -748,7 +749,7 @@ impl<'t> Batch<'t> {
                         .insert((user.as_bytes(), st.name.as_bytes()), behind)
                         .ctx("marking inbox keys behind")?;
                 }
-                self.marked += 1;
+                self.marked.extend(st.users.iter().cloned());
                 Ok(Listing::Behind(behind))
             }
             (_, None) => {

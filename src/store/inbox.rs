@@ -8,9 +8,9 @@
 //! skips those keys and merges those rooms in by their states' newest ts.
 //! Each entry then costs two lookups and the newest message: the counts
 //! are the room state's counters (see `room.rs`). Nothing scans a room's
-//! history, and of the user's other rooms only those marked behind (at
-//! most a few hundred: the applier relists them within a second, and
-//! sooner once `RELIST_AT` rooms are marked), so a page costs the same for
+//! history, and of the user's other rooms only those marked behind (a few
+//! dozen at most: the applier relists them within a second, and sooner
+//! once a user has `RELIST_PER_USER` of them), so a page costs the same for
 //! a room of a million messages as for one of three, and for a user of ten
 //! thousand rooms as for one of ten.
 

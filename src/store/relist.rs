@@ -9,8 +9,8 @@
 //! later messages to the room touch no key at all. Between commits the
 //! applier takes what `relist` holds, a step at a time, and writes each
 //! marked room's keys afresh from its state: once [`RELIST_AFTER`] has
-//! passed since the first mark, or once [`RELIST_AT`] rooms are marked,
-//! or sooner when the queue goes idle.
+//! passed since the first mark, or once some user has [`RELIST_PER_USER`]
+//! rooms marked, or sooner when the queue goes idle.
 //!
 //! Readers stay exact throughout: a conversation list reads a user's
 //! `relist` entries in the same snapshot as the `inbox` keys, skips the
@@ -32,12 +32,14 @@ use super::{Store, StoreError};
 /// (the queue going idle relists at once).
 pub(crate) const RELIST_AFTER: Duration = Duration::from_secs(1);
 
-/// How many rooms marked behind start a relist pass sooner than
-/// [`RELIST_AFTER`]: a conversation page reads the state of each of its
-/// user's rooms that is behind, so this bounds that work (a user of
+/// How many of one user's rooms marked behind start a relist pass sooner
+/// than [`RELIST_AFTER`]: a conversation page reads the state of each of
+/// its user's rooms that is behind, so this bounds that work (a user of
 /// thousands of rooms that all had a message within the second would
-/// otherwise cost a page that many reads).
-pub(crate) const RELIST_AT: usize = 256;
+/// otherwise cost a page that many reads). Per user, not in all: a pass
+/// for every few hundred rooms marked anywhere gave back most of what
+/// writing the keys behind saves, at a thousand busy rooms.
+pub(crate) const RELIST_PER_USER: usize = 64;
 
 /// About how many `relist` entries one step takes: a few milliseconds of
 /// work, which is all a new change may wait behind it.
