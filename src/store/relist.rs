@@ -36,9 +36,10 @@ pub(crate) const RELIST_AFTER: Duration = Duration::from_secs(1);
 /// than [`RELIST_AFTER`]: a conversation page reads the state of each of
 /// its user's rooms that is behind, so this bounds that work (a user of
 /// thousands of rooms that all had a message within the second would
-/// otherwise cost a page that many reads). Per user, not in all: a pass
-/// for every few hundred rooms marked anywhere gave back most of what
-/// writing the keys behind saves, at a thousand busy rooms.
+/// otherwise cost a page that many reads). Per user, not in all: with a
+/// thousand busy rooms, a count over all users would start a pass every
+/// few milliseconds, every few messages per room, and give back much of
+/// what writing the keys behind saves.
 pub(crate) const RELIST_PER_USER: usize = 64;
 
 /// About how many `relist` entries one step takes: a few milliseconds of
