@@ -773,6 +773,7 @@ impl Background {
                     // Tried again a while later, not at every step.
                     self.behind_since = Some(Instant::now());
                     self.relist_now = false;
+                    self.crowded = false;
                     Err(error)
                 }
             };
